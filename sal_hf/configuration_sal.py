@@ -1,0 +1,186 @@
+"""SALConfig: every hyperparameter of a SAL model and of its learning rule, validated early."""
+
+from __future__ import annotations
+
+from transformers import PreTrainedConfig
+
+
+LEARNING_RULES = ("sal", "dfa", "fa", "bp")
+FEEDBACK_MODES = ("direct", "layerwise")
+AREA_MODES = ("expert", "partition")
+AREA_INITS = ("independent", "identical")
+ROUTING_SCOPES = ("layer", "shared")
+ROUTERS = ("learned", "random")
+AREA_NORMS = ("batch", "area")
+ACTIVATIONS = ("relu", "tanh", "gelu", "silu", "sigmoid")
+# The feedback each rule implies; `sal` may use either.
+RULE_FEEDBACK = {"dfa": "direct", "fa": "layerwise", "sal": "direct", "bp": None}
+
+
+class SALConfig(PreTrainedConfig):
+    r"""Configuration of a SAL (Selective Adaptive Learning) network: an MLP whose hidden layers are split
+    into K mutually exclusive *areas*, one of which each sample activates, trained without backpropagation.
+
+    Args:
+        input_size (`int`, defaults to 784):
+            Number of input values per sample; inputs of any shape are flattened to this size.
+        hidden_sizes (`list[int]`, defaults to `[256]`):
+            Units of each hidden layer. `[256]` is the paper's "2-layer MLP" (input-256-labels).
+        hidden_act (`str`, defaults to `"relu"`):
+            Hidden activation, one of `relu`, `tanh`, `gelu`, `silu`, `sigmoid`.
+        num_areas (`int`, defaults to 16):
+            K, the number of areas per layer. `1` gives an ordinary dense network.
+        area_mode (`str`, defaults to `"expert"`):
+            `expert`: area k owns a full weight matrix `W[k]` (parameters grow with K, compute per sample does
+            not). `partition`: the units of one layer are split into K blocks and a sample activates one block
+            (each hidden size must be divisible by K).
+        area_init (`str`, defaults to `"independent"`):
+            `independent`: every area gets its own Kaiming draw; `identical`: all areas start as copies of one.
+        routing_scope (`str`, defaults to `"layer"`):
+            `layer`: each layer routes its own input; `shared`: the input is routed once and every layer uses
+            that area.
+        router (`str`, defaults to `"learned"`):
+            `learned`: the routing projection learns by its local rule; `random`: it stays at its random draw.
+        routing_dim (`int`, defaults to 32):
+            Size of the routing space of the projection and the frozen prototypes.
+        routing_balance_rate (`float`, defaults to 1e-3):
+            Step, per optimizer step, of the per-area selection bias that steers load towards 1/K (revives dead
+            areas without gradients). `0` disables balancing.
+        routing_center_momentum (`float`, defaults to 0.01):
+            Momentum of the running mean subtracted from the router's input.
+        routing_loss_weight (`float`, defaults to 1.0):
+            Weight of the routers' local objective in the update (`0` freezes the learned projection).
+        output_areas (`bool`, defaults to `False`):
+            Give the output layer K areas too (routed on its input).
+        dual_path (`bool`, defaults to `False`):
+            Add a shared dense path beside the area path in every hidden layer; the two are summed.
+        learning_rule (`str`, defaults to `"sal"`):
+            `sal` (area-local feedback alignment), `dfa`, `fa` or `bp` (ordinary backpropagation). All train the
+            same architecture, so every comparison is this one flag.
+        feedback (`str`, *optional*):
+            `direct` (DFA-style) or `layerwise` (FA-style). Derived from `learning_rule` when unset: `sal` and
+            `dfa` use `direct`, `fa` uses `layerwise`; only `sal` may choose.
+        area_update_norm (`str`, defaults to `"batch"`):
+            `batch`: an area's update is averaged over the whole batch (the gradient of a mean loss). `area`:
+            over the samples routed to it. Only for `sal`.
+        routing_seed (`int`, defaults to 0):
+            Seed of the frozen prototypes and initial routing projections (layer l uses `routing_seed + 2 l`).
+        feedback_seed (`int`, defaults to 1000):
+            Seed of the fixed feedback matrices (layer l uses `feedback_seed + l`).
+
+    Example:
+
+    ```python
+    >>> from sal_hf import SALConfig
+    >>> config = SALConfig(input_size=64, hidden_sizes=[256], num_labels=10, num_areas=16)
+    ```
+    """
+
+    model_type = "sal"
+    # Trainer's evaluation gathers logits only; the routing records are for the learning rule and diagnostics.
+    keys_to_ignore_at_inference = ["areas", "pre_activations", "routing_losses"]
+
+    input_size: int = 784
+    hidden_sizes: list[int] | None = None
+    hidden_act: str = "relu"
+    num_areas: int = 16
+    area_mode: str = "expert"
+    area_init: str = "independent"
+    routing_scope: str = "layer"
+    router: str = "learned"
+    routing_dim: int = 32
+    routing_balance_rate: float = 1e-3
+    routing_center_momentum: float = 0.01
+    routing_loss_weight: float = 1.0
+    output_areas: bool = False
+    dual_path: bool = False
+    learning_rule: str = "sal"
+    feedback: str | None = None
+    area_update_norm: str = "batch"
+    routing_seed: int = 0
+    feedback_seed: int = 1000
+
+    def __post_init__(self, **kwargs):
+        if self.hidden_sizes is None:
+            self.hidden_sizes = [256]
+        else:
+            self.hidden_sizes = list(self.hidden_sizes)
+        if self.feedback is None:
+            self.feedback = RULE_FEEDBACK.get(self.learning_rule)
+        super().__post_init__(**kwargs)
+        self.validate_sal()
+
+    def validate_sal(self) -> None:
+        """Raise a `ValueError` naming the field, its value and the fix for every invalid setting."""
+        for name in ("input_size", "num_areas", "routing_dim", "routing_seed", "feedback_seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"SALConfig.{name} must be an int; got {name}={value!r}.")
+        for name in ("input_size", "num_areas", "routing_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SALConfig.{name} must be >= 1; got {name}={getattr(self, name)!r}.")
+        sizes = self.hidden_sizes
+        if not sizes or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in sizes):
+            raise ValueError(f"SALConfig.hidden_sizes must be a non-empty list of positive ints; got hidden_sizes={sizes!r}.")
+        choices = {
+            "hidden_act": ACTIVATIONS,
+            "area_mode": AREA_MODES,
+            "area_init": AREA_INITS,
+            "routing_scope": ROUTING_SCOPES,
+            "router": ROUTERS,
+            "learning_rule": LEARNING_RULES,
+            "area_update_norm": AREA_NORMS,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"SALConfig.{name} must be one of {allowed}; got {name}={getattr(self, name)!r}.")
+        for name in ("routing_balance_rate", "routing_loss_weight"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"SALConfig.{name} must be a number >= 0; got {name}={value!r}.")
+        if not 0.0 < self.routing_center_momentum <= 1.0:
+            raise ValueError(
+                f"SALConfig.routing_center_momentum must be in (0, 1]; got routing_center_momentum={self.routing_center_momentum!r}."
+            )
+        if self.num_labels is None or self.num_labels < 2:
+            raise ValueError(f"SALConfig.num_labels must be >= 2 for classification; got num_labels={self.num_labels!r}.")
+        if self.problem_type not in (None, "single_label_classification"):
+            raise ValueError(
+                f"SAL's error signal is softmax cross-entropy; got problem_type={self.problem_type!r}. "
+                "Use problem_type=None or 'single_label_classification'."
+            )
+
+        expected = RULE_FEEDBACK[self.learning_rule]
+        if self.learning_rule == "sal":
+            if self.feedback not in FEEDBACK_MODES:
+                raise ValueError(f"SALConfig.feedback must be one of {FEEDBACK_MODES}; got feedback={self.feedback!r}.")
+        elif self.feedback != expected:
+            raise ValueError(
+                f"learning_rule={self.learning_rule!r} implies feedback={expected!r}; got feedback={self.feedback!r}. "
+                "Leave feedback unset, or use learning_rule='sal' to choose the feedback."
+            )
+        if self.area_update_norm != "batch" and self.learning_rule != "sal":
+            raise ValueError(
+                f"area_update_norm={self.area_update_norm!r} is a SAL refinement; with "
+                f"learning_rule={self.learning_rule!r} use area_update_norm='batch'."
+            )
+        if self.area_mode == "partition":
+            bad = [d for d in sizes if d % self.num_areas]
+            if bad:
+                raise ValueError(
+                    f"area_mode='partition' splits each hidden layer into num_areas={self.num_areas} blocks, but "
+                    f"hidden_sizes={sizes} has sizes {bad} not divisible by it. Change hidden_sizes or num_areas."
+                )
+            if self.output_areas:
+                raise ValueError("area_mode='partition' cannot split the output layer; set output_areas=False.")
+        if self.num_areas == 1:
+            for name in ("dual_path", "output_areas"):
+                if getattr(self, name):
+                    raise ValueError(f"{name}=True needs areas; got num_areas=1. Set num_areas > 1 or {name}=False.")
+
+    @property
+    def num_hidden_layers(self) -> int:
+        return len(self.hidden_sizes)
+
+
+__all__ = ["SALConfig"]

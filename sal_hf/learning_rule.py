@@ -1,0 +1,178 @@
+"""The SAL / DFA / FA learning rule as a surrogate scalar, local to each layer.
+
+Pure torch. Paper: "SAL: Selective Adaptive Learning for Backpropagation-Free Training with
+Sparsification", Liu, Yang, Zou, arXiv 2601.21561. Symbols of the method (see shared SAL-METHOD.md) and the
+arguments that carry them:
+
+    z      logits, (B, C)                       -> ``logits``
+    y      labels, (B,)                         -> ``labels``
+    e      output error softmax(z) - onehot(y),
+           divided by B (gradient of mean CE)   -> :func:`output_error`
+    a_l    pre-activation of hidden layer l     -> ``pre_activations[l]``, (B, d_l)
+    f'     derivative of the activation         -> :func:`activation_derivative`
+    B_l    fixed random feedback of layer l     -> ``feedback[l]`` (see feedback.py for shapes)
+    delta_l = (g_l) * f'(a_l), with g_l = e @ B_l (direct) or delta_{l+1} @ B_l (layerwise)
+    k*     area a sample selected at layer l    -> ``areas[l]``, (B,) long, or None when K = 1
+
+The update of the selected area's weights is ``grad W_l[k*] = sum_{i routed to k*} delta_l,i x_l,i^T``
+(averaged over the batch, or over the samples of the area with ``area_norm="area"``), and the output layer
+gets the true gradient ``e^T h_L``. :func:`surrogate_loss` returns a scalar whose *value* is the ordinary
+loss and whose *gradient* is exactly that update: every ``a_l`` was computed from a detached input, each
+``delta_l`` is a constant, so autograd never leaves a layer. An area that no sample selected is not in the
+graph at all and gets no ``.grad`` (None, not zero), so optimizers leave it untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch.nn import functional as F
+
+
+LOCAL_RULES = ("sal", "dfa", "fa")
+AREA_NORMS = ("batch", "area")
+
+
+def output_error(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``e = (softmax(z) - onehot(y)) / B``, the gradient of the mean cross-entropy w.r.t. the logits.
+    (B, C) fp32, no graph."""
+    with torch.no_grad():
+        probs = torch.softmax(logits.float(), dim=-1)  # (B, C)
+        return (probs - F.one_hot(labels, probs.shape[-1]).to(probs.dtype)) / probs.shape[0]
+
+
+def activation_derivative(activation: Callable[[torch.Tensor], torch.Tensor], pre_activation: torch.Tensor) -> torch.Tensor:
+    """``f'(a)`` elementwise, by autograd on a detached copy of ``a`` (works for any pointwise ``f``)."""
+    with torch.enable_grad():
+        a = pre_activation.detach().float().requires_grad_(True)
+        (derivative,) = torch.autograd.grad(activation(a).sum(), a)
+    return derivative
+
+
+def area_sample_weights(area: torch.Tensor | None, num_areas: int) -> torch.Tensor | None:
+    """``B / n_{k*_i}`` per sample: turns a batch average into an average over each area's own samples.
+    (B, 1), or None when there is one area."""
+    if area is None or num_areas == 1:
+        return None
+    counts = torch.bincount(area, minlength=num_areas).to(torch.float32)  # (K,)
+    return (area.shape[0] / counts[area]).unsqueeze(-1)
+
+
+def local_deltas(
+    error: torch.Tensor,
+    pre_activations: Sequence[torch.Tensor],
+    feedback: Sequence[torch.Tensor],
+    *,
+    mode: str,
+    activation: Callable[[torch.Tensor], torch.Tensor],
+) -> list[torch.Tensor]:
+    """Local error ``delta_l`` of every hidden layer, (B, d_l) fp32, no graph.
+
+    Args:
+        error: ``e``, (B, C).
+        pre_activations: ``a_l`` per hidden layer.
+        feedback: ``B_l`` per hidden layer: (C, d_l) for ``direct``, (d_{l+1}, d_l) for ``layerwise``.
+        mode: ``"direct"`` (DFA) or ``"layerwise"`` (FA).
+        activation: the hidden activation ``f``.
+    """
+    if len(feedback) != len(pre_activations):
+        raise ValueError(f"Got {len(feedback)} feedback matrices for {len(pre_activations)} hidden layers.")
+    deltas: list[torch.Tensor] = [None] * len(pre_activations)  # type: ignore[list-item]
+    signal = error
+    with torch.no_grad():
+        for index in reversed(range(len(pre_activations))):
+            source = error if mode == "direct" else signal
+            matrix = feedback[index].to(source.dtype)
+            deltas[index] = (source @ matrix) * activation_derivative(activation, pre_activations[index])
+            signal = deltas[index]
+    return deltas
+
+
+def surrogate_loss(
+    loss: torch.Tensor,
+    logits: torch.Tensor,
+    error: torch.Tensor,
+    pre_activations: Sequence[torch.Tensor],
+    deltas: Sequence[torch.Tensor],
+    *,
+    sample_weights: Sequence[torch.Tensor | None] | None = None,
+    extra_terms: Sequence[torch.Tensor] = (),
+) -> torch.Tensor:
+    """A scalar equal to ``loss`` whose gradient is the local update.
+
+    Args:
+        loss: the ordinary loss (only its value is used).
+        logits: ``z``, with a graph to the output layer only.
+        error: ``e`` for the output layer (true error).
+        pre_activations: ``a_l``, each with a graph to layer l only.
+        deltas: ``delta_l`` (constants).
+        sample_weights: optional per-layer (B, 1) weights, layers then output; see :func:`area_sample_weights`.
+        extra_terms: further local objectives (the routers' own losses), added to the gradient only.
+    """
+    weights = list(sample_weights) if sample_weights is not None else [None] * (len(deltas) + 1)
+    signals = [*deltas, error]
+    outputs = [*pre_activations, logits]
+    terms = []
+    for output, signal, weight in zip(outputs, signals, weights):
+        if weight is not None:
+            signal = signal * weight
+        terms.append((output.float() * signal.detach()).sum())
+    local = torch.stack([*terms, *(term.float() for term in extra_terms)]).sum()
+    # Value of `loss`, gradient of `local`.
+    return loss.detach().float() + (local - local.detach())
+
+
+class LocalLearningRule:
+    """Stateless wrapper holding the rule's settings; turns a model's local forward into a surrogate.
+
+    Args:
+        rule: ``"sal"``, ``"dfa"`` or ``"fa"``.
+        feedback_mode: ``"direct"`` or ``"layerwise"``.
+        activation: hidden activation ``f``.
+        area_norm: ``"batch"`` averages an area's update over the whole batch (the gradient of a mean
+            loss; default), ``"area"`` over the samples routed to that area (~K times larger steps with SGD;
+            Adam cancels the difference).
+        num_areas: K, needed for ``area_norm="area"``.
+        routing_loss_weight: weight of the routers' local objective.
+    """
+
+    def __init__(
+        self,
+        rule: str,
+        *,
+        feedback_mode: str,
+        activation: Callable[[torch.Tensor], torch.Tensor],
+        area_norm: str = "batch",
+        num_areas: int = 1,
+        routing_loss_weight: float = 1.0,
+    ) -> None:
+        if rule not in LOCAL_RULES:
+            raise ValueError(f"Got rule={rule!r}; a local learning rule is one of {LOCAL_RULES} ('bp' uses autograd).")
+        if area_norm not in AREA_NORMS:
+            raise ValueError(f"Got area_norm={area_norm!r}; expected one of {AREA_NORMS}.")
+        self.rule = rule
+        self.feedback_mode = feedback_mode
+        self.activation = activation
+        self.area_norm = area_norm
+        self.num_areas = num_areas
+        self.routing_loss_weight = routing_loss_weight
+
+    def __call__(
+        self,
+        *,
+        loss: torch.Tensor,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        pre_activations: Sequence[torch.Tensor],
+        areas: Sequence[torch.Tensor | None],
+        feedback: Sequence[torch.Tensor],
+        routing_losses: Sequence[torch.Tensor] = (),
+    ) -> torch.Tensor:
+        error = output_error(logits, labels)
+        deltas = local_deltas(error, pre_activations, feedback, mode=self.feedback_mode, activation=self.activation)
+        weights = None
+        if self.area_norm == "area":
+            weights = [area_sample_weights(area, self.num_areas) for area in areas]
+        extra = [self.routing_loss_weight * term for term in routing_losses]
+        return surrogate_loss(loss, logits, error, pre_activations, deltas, sample_weights=weights, extra_terms=extra)

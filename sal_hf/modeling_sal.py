@@ -1,0 +1,390 @@
+"""SAL model classes: area layers, the routed MLP, and the image-classification head.
+
+The model computes outputs and knows nothing of how it is trained. With ``local=True`` it runs every layer
+on a detached copy of its input and returns what a local learning rule needs (pre-activations, areas, the
+routers' own losses); the rule itself lives in ``learning_rule.py`` and the trainer in ``trainer.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.utils import ModelOutput
+
+from .configuration_sal import SALConfig
+from .feedback import FeedbackMatrices
+from .routing import AreaRouter
+
+
+ACTIVATIONS = {"relu": F.relu, "tanh": torch.tanh, "gelu": F.gelu, "silu": F.silu, "sigmoid": torch.sigmoid}
+
+
+class SALAreaLinear(nn.Module):
+    """K disjoint linear maps; each sample goes through the one its area selects.
+
+    One ``nn.Parameter`` per area (``weight_k``, ``bias_k``): an area no sample selected is not in the graph,
+    gets no ``.grad`` at all, and so no optimizer momentum or weight decay can move it. (They are attributes of
+    this module rather than an ``nn.ParameterList``: transformers' initialisation of custom code skips modules
+    without parameters of their own.)
+
+    Args:
+        in_features: input size.
+        out_features: output size.
+        num_areas: K.
+        partition: if True, area k owns only the output block ``[k*out/K, (k+1)*out/K)`` and a sample's other
+            outputs are zero (sparse activations); otherwise every area owns a full ``out x in`` matrix.
+    """
+
+    def __init__(self, in_features: int, out_features: int, num_areas: int, partition: bool = False) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.num_areas = num_areas
+        self.partition = partition
+        self.block = out_features // num_areas if partition else out_features
+        for k in range(num_areas):
+            self.register_parameter(f"weight_{k}", nn.Parameter(torch.empty(self.block, in_features)))
+            self.register_parameter(f"bias_{k}", nn.Parameter(torch.empty(self.block)))
+
+    @property
+    def weights(self) -> list[nn.Parameter]:
+        return [getattr(self, f"weight_{k}") for k in range(self.num_areas)]
+
+    @property
+    def biases(self) -> list[nn.Parameter]:
+        return [getattr(self, f"bias_{k}") for k in range(self.num_areas)]
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, num_areas={self.num_areas}, partition={self.partition}"
+
+    def forward(self, x: torch.Tensor, area: torch.Tensor | None) -> torch.Tensor:
+        if self.num_areas == 1:
+            return F.linear(x, self.weight_0, self.bias_0)
+        batch = x.shape[0]
+        # Group samples by area: one matmul per non-empty area, never a loop over samples.
+        order = torch.argsort(area, stable=True)  # (B,)
+        counts = torch.bincount(area, minlength=self.num_areas).tolist()
+        chunks = x[order].split(counts)
+        weights, biases = self.weights, self.biases
+        y = torch.cat([F.linear(chunk, weights[k], biases[k]) for k, chunk in enumerate(chunks) if counts[k]])  # (B, block), sorted
+        if self.partition:
+            full = y.new_zeros(batch, self.num_areas, self.block)  # (B, K, out/K), sorted
+            full[torch.arange(batch, device=x.device), area[order]] = y
+            y = full.view(batch, self.out_features)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(batch, device=order.device)
+        return y[inverse]  # (B, out), original order
+
+
+class SALLayer(nn.Module):
+    """One SAL layer: route (unless the area is given), then the selected area's linear map, the optional
+    shared dense path, and the activation.
+
+    Args:
+        config: the model config.
+        in_features: input size.
+        out_features: output size.
+        layer_index: position in the network (seeds the router).
+        num_areas: K for this layer.
+        route: whether this layer owns a router (False when routing is shared and this is not the first layer).
+        activation: the activation, or None for the output layer.
+    """
+
+    def __init__(
+        self,
+        config: SALConfig,
+        in_features: int,
+        out_features: int,
+        layer_index: int,
+        num_areas: int,
+        route: bool,
+        activation: str | None,
+    ) -> None:
+        super().__init__()
+        self.router = None
+        if route and num_areas > 1:
+            self.router = AreaRouter(
+                in_features,
+                num_areas,
+                config.routing_dim,
+                learned=config.router == "learned",
+                seed=config.routing_seed + 2 * layer_index,
+                balance_rate=config.routing_balance_rate,
+                center_momentum=config.routing_center_momentum,
+            )
+        self.areas = SALAreaLinear(in_features, out_features, num_areas, partition=config.area_mode == "partition")
+        self.shared = nn.Linear(in_features, out_features) if config.dual_path and activation is not None else None
+        self.activation = ACTIVATIONS[activation] if activation is not None else None
+
+    def forward(
+        self, x: torch.Tensor, area: torch.Tensor | None = None, local: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Returns ``(h, a, area, routing_loss)``: output (B, out), pre-activation (B, out), area (B,) or
+        None, and the router's local loss when ``local`` and the router learns (else None)."""
+        routing_loss = None
+        if self.router is not None:
+            area, routed = self.router(x)
+            if local and self.router.learned:
+                routing_loss = self.router.local_loss(routed, area)
+        a = self.areas(x, area)
+        if self.shared is not None:
+            a = a + self.shared(x)
+        h = self.activation(a) if self.activation is not None else a
+        return h, a, area, routing_loss
+
+
+@dataclass
+class SALModelOutput(ModelOutput):
+    """Output of [`SALModel`].
+
+    Args:
+        last_hidden_state (`torch.Tensor` of shape `(batch_size, hidden_sizes[-1])`): output of the last hidden layer.
+        hidden_states (`tuple[torch.Tensor]`, *optional*): input and every hidden layer's output, with
+            `output_hidden_states=True`.
+        areas (`tuple[torch.Tensor | None]`): area selected by each sample in each hidden layer, `(batch_size,)`
+            long, or None for a layer without areas.
+        pre_activations (`tuple[torch.Tensor]`, *optional*): pre-activation of each hidden layer, with `local=True`.
+        routing_losses (`tuple[torch.Tensor]`, *optional*): the learned routers' local objectives, with `local=True`.
+    """
+
+    last_hidden_state: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    areas: tuple[torch.Tensor | None, ...] | None = None
+    pre_activations: tuple[torch.Tensor, ...] | None = None
+    routing_losses: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class SALImageClassifierOutput(ImageClassifierOutput):
+    """[`ImageClassifierOutput`] plus what SAL records: `areas` (hidden layers, then the output layer),
+    and with `local=True` the hidden `pre_activations` and the `routing_losses`."""
+
+    areas: tuple[torch.Tensor | None, ...] | None = None
+    pre_activations: tuple[torch.Tensor, ...] | None = None
+    routing_losses: tuple[torch.Tensor, ...] | None = None
+
+
+class SALPreTrainedModel(PreTrainedModel):
+    config: SALConfig
+    config_class = SALConfig
+    base_model_prefix = "sal"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = False
+    _no_split_modules = ["SALLayer"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # `init.*` skips tensors that were loaded from a checkpoint, so loading never overwrites them.
+        if isinstance(module, SALAreaLinear):
+            for k, (weight, bias) in enumerate(zip(module.weights, module.biases)):
+                if k > 0 and self.config.area_init == "identical":
+                    init.copy_(weight, module.weight_0)
+                else:
+                    init.kaiming_uniform_(weight, nonlinearity="relu")
+                init.zeros_(bias)
+        elif isinstance(module, nn.Linear):
+            init.kaiming_uniform_(module.weight, nonlinearity="relu")
+            init.zeros_(module.bias)
+        elif isinstance(module, (AreaRouter, FeedbackMatrices)):
+            for name, value in module.initial_values().items():
+                init.copy_(getattr(module, name), value)
+
+    @property
+    def routers(self) -> list[AreaRouter]:
+        """Every router of the model, in layer order."""
+        return [module for module in self.modules() if isinstance(module, AreaRouter)]
+
+    def update_routing_statistics(self) -> None:
+        """Apply the routing statistics gathered since the last optimizer step (running input mean, balancing
+        bias). Trainers call this once per optimizer step; see [`SALTrainer`]."""
+        for router in self.routers:
+            router.update_statistics()
+
+    def area_health(self) -> dict[str, float]:
+        """Per-layer area utilisation since the last call: min / max share of samples and dead areas (no
+        sample). Resets the counts."""
+        stats: dict[str, float] = {}
+        for index, router in enumerate(self.routers):
+            load = router.pop_load()
+            total = float(load.sum())
+            if total == 0:
+                continue
+            share = load / total
+            stats[f"area/router_{index}/min_share"] = round(float(share.min()), 4)
+            stats[f"area/router_{index}/max_share"] = round(float(share.max()), 4)
+            stats[f"area/router_{index}/dead"] = int((load == 0).sum())
+        return stats
+
+    def _flatten_inputs(self, pixel_values: torch.Tensor | None) -> torch.Tensor:
+        if pixel_values is None:
+            raise ValueError("You have to specify pixel_values.")
+        if pixel_values.dim() < 2:
+            raise ValueError(
+                f"pixel_values must be batched, (batch_size, ...); got shape {tuple(pixel_values.shape)}. "
+                "Add a batch dimension with pixel_values.unsqueeze(0)."
+            )
+        if pixel_values.shape[0] == 0:
+            raise ValueError(f"Got an empty batch: pixel_values has shape {tuple(pixel_values.shape)}.")
+        if not pixel_values.is_floating_point():
+            raise ValueError(
+                f"pixel_values must be floating point; got dtype={pixel_values.dtype}. Scale integer images, e.g. "
+                "pixel_values.float() / 255."
+            )
+        per_sample = pixel_values[0].numel()
+        if per_sample != self.config.input_size:
+            raise ValueError(
+                f"pixel_values has shape {tuple(pixel_values.shape)}, i.e. {per_sample} values per sample, but "
+                f"config.input_size={self.config.input_size}. Resize the inputs or build the model with "
+                f"input_size={per_sample}."
+            )
+        return pixel_values.reshape(pixel_values.shape[0], per_sample).to(self.dtype)  # (B, input_size)
+
+
+class SALModel(SALPreTrainedModel):
+    """The routed MLP without a task head: inputs of any shape are flattened to `config.input_size`."""
+
+    def __init__(self, config: SALConfig) -> None:
+        super().__init__(config)
+        sizes = [config.input_size, *config.hidden_sizes]
+        self.layers = nn.ModuleList(
+            SALLayer(
+                config,
+                sizes[i],
+                sizes[i + 1],
+                layer_index=i,
+                num_areas=config.num_areas,
+                route=config.routing_scope == "layer" or i == 0,
+                activation=config.hidden_act,
+            )
+            for i in range(len(config.hidden_sizes))
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        local: bool = False,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> SALModelOutput | tuple:
+        r"""
+        Args:
+            pixel_values (`torch.Tensor` of shape `(batch_size, ...)` with `input_size` values per sample).
+            local (`bool`, defaults to `False`):
+                Run each layer on a detached copy of its input (no gradient can cross a layer boundary) and
+                return `pre_activations` and `routing_losses` for a local learning rule.
+            output_hidden_states (`bool`, *optional*): return every layer's output.
+        """
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        h = self._flatten_inputs(pixel_values)
+        hidden_states = [h]
+        areas, pre_activations, routing_losses = [], [], []
+        shared_area = None
+        for layer in self.layers:
+            h, a, area, routing_loss = layer(h.detach() if local else h, area=shared_area, local=local)
+            if self.config.routing_scope == "shared":
+                shared_area = area
+            hidden_states.append(h)
+            areas.append(area)
+            pre_activations.append(a)
+            if routing_loss is not None:
+                routing_losses.append(routing_loss)
+        output = SALModelOutput(
+            last_hidden_state=h,
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            areas=tuple(areas),
+            pre_activations=tuple(pre_activations) if local else None,
+            routing_losses=tuple(routing_losses) if local else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class SALForImageClassification(SALPreTrainedModel):
+    """[`SALModel`] with a linear output layer (with K areas if `config.output_areas`). Holds the fixed
+    feedback matrices when the learning rule needs them."""
+
+    def __init__(self, config: SALConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.sal = SALModel(config)
+        self.classifier = SALLayer(
+            config,
+            config.hidden_sizes[-1],
+            config.num_labels,
+            layer_index=len(config.hidden_sizes),
+            num_areas=config.num_areas if config.output_areas else 1,
+            route=config.routing_scope == "layer",
+            activation=None,
+        )
+        self.feedback = None
+        if config.learning_rule != "bp":
+            self.feedback = FeedbackMatrices(
+                config.hidden_sizes, config.num_labels, mode=config.feedback, seed=config.feedback_seed
+            )
+        self.post_init()
+
+    def _check_labels(self, labels: torch.Tensor, batch_size: int) -> None:
+        if labels.dim() != 1 or labels.shape[0] != batch_size or labels.is_floating_point():
+            raise ValueError(
+                f"labels must be integer class ids of shape ({batch_size},); got shape {tuple(labels.shape)}, "
+                f"dtype {labels.dtype}."
+            )
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= self.num_labels:
+            bad = low if low < 0 else high
+            raise ValueError(
+                f"Label {bad} is outside [0, {self.num_labels}) (config.num_labels={self.num_labels}). Map the "
+                "labels to 0..num_labels-1 or build the model with a larger num_labels."
+            )
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        local: bool = False,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> SALImageClassifierOutput | tuple:
+        r"""
+        Args:
+            pixel_values (`torch.Tensor` of shape `(batch_size, ...)` with `input_size` values per sample).
+            labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+                Class ids in `[0, config.num_labels)`; the cross-entropy loss is returned when given.
+            local (`bool`, defaults to `False`): see [`SALModel.forward`]; the output layer also gets a
+                detached input.
+            output_hidden_states (`bool`, *optional*): return every layer's output.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if labels is not None and pixel_values is not None:
+            self._check_labels(labels, pixel_values.shape[0])
+        outputs = self.sal(pixel_values, local=local, output_hidden_states=output_hidden_states, return_dict=True)
+        shared_area = outputs.areas[0] if self.config.routing_scope == "shared" and self.config.output_areas else None
+        h = outputs.last_hidden_state
+        logits, _, area, routing_loss = self.classifier(h.detach() if local else h, area=shared_area, local=local)
+
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.float(), labels)
+        routing_losses = None
+        if local:
+            routing_losses = outputs.routing_losses + ((routing_loss,) if routing_loss is not None else ())
+        output = SALImageClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            areas=(*outputs.areas, area),
+            pre_activations=outputs.pre_activations,
+            routing_losses=routing_losses,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = ["SALPreTrainedModel", "SALModel", "SALForImageClassification"]

@@ -1,0 +1,178 @@
+"""Learned-frozen decoupled routing: which area each sample activates.
+
+Pure torch. A learnable projection ``P`` maps the (centred) layer input into a routing space, frozen
+unit-norm prototypes ``C`` in that space pick one area per sample by hard selection:
+
+    k* = argmax_k  cos(P (x - mu), C[k]) + b[k]
+
+``mu`` is a running mean of the router's input (without centring, learned routing collapses onto a
+few areas) and ``b`` a per-area selection bias nudged towards balanced load after every optimizer step.
+Neither ``mu`` nor ``b`` is trained by a gradient. ``P`` learns by a local rule only: the router's own
+loss pulls ``P x`` towards the prototype it selected (competitive learning, a k-means-like step), so no
+error signal crosses into the router from anywhere else.
+
+Routing runs in fp32 whatever the autocast context: a bf16 cosine flips ties between areas.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def seeded_normal(shape: tuple[int, ...], seed: int, std: float = 1.0) -> torch.Tensor:
+    """Draw a CPU fp32 normal tensor from its own generator, so frozen tensors do not depend on the
+    global RNG stream or the device (PEFT's VeRA does the same for its projections)."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    # An explicit device: under a meta-device context (transformers' loading) this still draws real numbers.
+    return torch.randn(shape, generator=generator, device="cpu") * std
+
+
+def make_prototypes(num_areas: int, routing_dim: int, seed: int) -> torch.Tensor:
+    """Frozen prototypes: ``num_areas`` random unit vectors in the routing space. Shape (K, d_r)."""
+    return F.normalize(seeded_normal((num_areas, routing_dim), seed), dim=-1)
+
+
+def make_projection(routing_dim: int, in_features: int, seed: int) -> torch.Tensor:
+    """Initial routing projection ``P`` (d_r, d_in), variance-preserving like a forward layer."""
+    return seeded_normal((routing_dim, in_features), seed, std=in_features**-0.5)
+
+
+class AreaRouter(nn.Module):
+    """Hard router of one layer (or of the whole network when routing is shared).
+
+    Args:
+        in_features: size of the input that is routed.
+        num_areas: number of areas K.
+        routing_dim: size d_r of the routing space.
+        learned: if True, ``projection`` is an ``nn.Parameter`` trained by :meth:`local_loss`; if False it
+            is a frozen random buffer (the fixed-random-routing ablation).
+        seed: seed of the prototypes and of the initial projection.
+        balance_rate: step of the load-balancing bias per optimizer step.
+        center_momentum: momentum of the running mean of the input.
+
+    Buffers (all persistent, so checkpoints and resumes route identically): ``prototypes`` (K, d_r),
+    ``input_mean`` (d_in), ``area_bias`` (K), ``num_updates`` (). Non-persistent accumulators gather what
+    the current optimizer step saw until :meth:`update_statistics` applies it, so gradient accumulation
+    over micro-batches routes exactly like one big batch.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_areas: int,
+        routing_dim: int,
+        *,
+        learned: bool = True,
+        seed: int = 0,
+        balance_rate: float = 1e-3,
+        center_momentum: float = 0.01,
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.num_areas = num_areas
+        self.routing_dim = routing_dim
+        self.learned = learned
+        self.seed = seed
+        self.balance_rate = balance_rate
+        self.center_momentum = center_momentum
+
+        projection = torch.empty(routing_dim, in_features)
+        if learned:
+            self.projection = nn.Parameter(projection)
+        else:
+            self.register_buffer("projection", projection)
+        self.register_buffer("prototypes", torch.empty(num_areas, routing_dim))
+        self.register_buffer("input_mean", torch.empty(in_features))
+        self.register_buffer("area_bias", torch.empty(num_areas))
+        self.register_buffer("num_updates", torch.empty((), dtype=torch.long))
+        # Since the last optimizer step: sum of inputs and samples per area.
+        self.register_buffer("pending_input_sum", torch.empty(in_features, dtype=torch.float64), persistent=False)
+        self.register_buffer("pending_load", torch.empty(num_areas, dtype=torch.float64), persistent=False)
+        # Since the last time someone read the area health (see :meth:`pop_load`).
+        self.register_buffer("logged_load", torch.empty(num_areas, dtype=torch.float64), persistent=False)
+        self.reset_parameters()
+
+    def initial_values(self) -> dict[str, torch.Tensor]:
+        """Fresh value of every parameter and buffer, by attribute name (CPU tensors). Deterministic
+        given ``seed``; the Hugging Face shell copies them in without overwriting loaded ones."""
+        return {
+            "projection": make_projection(self.routing_dim, self.in_features, self.seed),
+            "prototypes": make_prototypes(self.num_areas, self.routing_dim, self.seed + 1),
+            **{
+                name: torch.zeros_like(getattr(self, name), device="cpu")
+                for name in ("input_mean", "area_bias", "num_updates", "pending_input_sum", "pending_load", "logged_load")
+            },
+        }
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        for name, value in self.initial_values().items():
+            getattr(self, name).copy_(value)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, num_areas={self.num_areas}, routing_dim={self.routing_dim}, "
+            f"learned={self.learned}"
+        )
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Unit-norm routing vectors ``P (x - mu)``, in fp32. (B, d_in) -> (B, d_r)."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            centred = x.float() - self.input_mean.float()
+            return F.normalize(F.linear(centred, self.projection.float()), dim=-1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Route a batch.
+
+        Args:
+            x: (B, d_in) router input. It is detached: routing never passes a gradient back.
+
+        Returns:
+            ``(area, routed)``: area index per sample, (B,) long; routing vectors, (B, d_r) fp32, with a
+            graph to ``projection`` only (for :meth:`local_loss`).
+        """
+        x = x.detach()
+        routed = self.project(x)  # (B, d_r)
+        with torch.no_grad():
+            scores = routed @ self.prototypes.float().T + self.area_bias.float()  # (B, K)
+            area = scores.argmax(dim=-1)
+            if self.training:
+                self.pending_input_sum += x.sum(dim=0, dtype=torch.float64)
+                load = torch.bincount(area, minlength=self.num_areas).double()
+                self.pending_load += load
+                self.logged_load += load
+        return area, routed
+
+    def local_loss(self, routed: torch.Tensor, area: torch.Tensor) -> torch.Tensor:
+        """The router's own objective: ``mean_i (1 - cos(P x_i, C[k*_i]))``. Its gradient reaches
+        ``projection`` alone and pulls each routing vector towards the prototype it selected."""
+        return (1.0 - (routed * self.prototypes.float()[area]).sum(dim=-1)).mean()
+
+    @torch.no_grad()
+    def update_statistics(self) -> None:
+        """Apply what the last optimizer step saw: move the running mean and the balancing bias, then
+        clear the accumulators. Call once per optimizer step, after every process has reduced (summed)
+        ``pending_input_sum`` and ``pending_load``, so that every rank routes identically."""
+        count = self.pending_load.sum()
+        if count == 0:
+            return
+        batch_mean = self.pending_input_sum / count
+        # A cumulative average for the first steps, then an exponential one.
+        momentum = max(self.center_momentum, 1.0 / float(self.num_updates + 1))
+        self.input_mean.lerp_(batch_mean.to(self.input_mean.dtype), momentum)
+        # An area that took less than its share 1/K is made cheaper to select, one that took more dearer;
+        # a dead area (no samples) keeps gaining until it wins some. No gradient is involved.
+        share = self.pending_load / count
+        self.area_bias += (self.balance_rate * (1.0 - self.num_areas * share)).to(self.area_bias.dtype)
+        self.num_updates += 1
+        self.pending_input_sum.zero_()
+        self.pending_load.zero_()
+
+    @torch.no_grad()
+    def pop_load(self) -> torch.Tensor:
+        """Samples routed to each area since the last call, (K,) float64; resets the count."""
+        load = self.logged_load.clone()
+        self.logged_load.zero_()
+        return load
