@@ -121,7 +121,9 @@ class SALConfig(PreTrainedConfig):
                 raise ValueError(f"SALConfig.{name} must be >= 1; got {name}={getattr(self, name)!r}.")
         sizes = self.hidden_sizes
         if not sizes or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in sizes):
-            raise ValueError(f"SALConfig.hidden_sizes must be a non-empty list of positive ints; got hidden_sizes={sizes!r}.")
+            raise ValueError(
+                f"SALConfig.hidden_sizes must be a non-empty list of positive ints; got hidden_sizes={sizes!r}."
+            )
         choices = {
             "hidden_act": ACTIVATIONS,
             "area_mode": AREA_MODES,
@@ -143,7 +145,9 @@ class SALConfig(PreTrainedConfig):
                 f"SALConfig.routing_center_momentum must be in (0, 1]; got routing_center_momentum={self.routing_center_momentum!r}."
             )
         if self.num_labels is None or self.num_labels < 2:
-            raise ValueError(f"SALConfig.num_labels must be >= 2 for classification; got num_labels={self.num_labels!r}.")
+            raise ValueError(
+                f"SALConfig.num_labels must be >= 2 for classification; got num_labels={self.num_labels!r}."
+            )
         if self.problem_type not in (None, "single_label_classification"):
             raise ValueError(
                 f"SAL's error signal is softmax cross-entropy; got problem_type={self.problem_type!r}. "

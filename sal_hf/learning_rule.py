@@ -42,7 +42,9 @@ def output_error(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return (probs - F.one_hot(labels, probs.shape[-1]).to(probs.dtype)) / probs.shape[0]
 
 
-def activation_derivative(activation: Callable[[torch.Tensor], torch.Tensor], pre_activation: torch.Tensor) -> torch.Tensor:
+def activation_derivative(
+    activation: Callable[[torch.Tensor], torch.Tensor], pre_activation: torch.Tensor
+) -> torch.Tensor:
     """``f'(a)`` elementwise, by autograd on a detached copy of ``a`` (works for any pointwise ``f``)."""
     with torch.enable_grad():
         a = pre_activation.detach().float().requires_grad_(True)

@@ -72,7 +72,9 @@ class SALAreaLinear(nn.Module):
         counts = torch.bincount(area, minlength=self.num_areas).tolist()
         chunks = x[order].split(counts)
         weights, biases = self.weights, self.biases
-        y = torch.cat([F.linear(chunk, weights[k], biases[k]) for k, chunk in enumerate(chunks) if counts[k]])  # (B, block), sorted
+        y = torch.cat(
+            [F.linear(chunk, weights[k], biases[k]) for k, chunk in enumerate(chunks) if counts[k]]
+        )  # (B, block), sorted
         if self.partition:
             full = y.new_zeros(batch, self.num_areas, self.block)  # (B, K, out/K), sorted
             full[torch.arange(batch, device=x.device), area[order]] = y
@@ -282,7 +284,9 @@ class SALModel(SALPreTrainedModel):
                 return `pre_activations` and `routing_losses` for a local learning rule.
             output_hidden_states (`bool`, *optional*): return every layer's output.
         """
-        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         h = self._flatten_inputs(pixel_values)
         hidden_states = [h]

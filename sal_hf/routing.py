@@ -102,7 +102,14 @@ class AreaRouter(nn.Module):
             "prototypes": make_prototypes(self.num_areas, self.routing_dim, self.seed + 1),
             **{
                 name: torch.zeros_like(getattr(self, name), device="cpu")
-                for name in ("input_mean", "area_bias", "num_updates", "pending_input_sum", "pending_load", "logged_load")
+                for name in (
+                    "input_mean",
+                    "area_bias",
+                    "num_updates",
+                    "pending_input_sum",
+                    "pending_load",
+                    "logged_load",
+                )
             },
         }
 

@@ -42,7 +42,9 @@ class SALTrainer(Trainer):
         super().__init__(*args, **kwargs)
         core = self.accelerator.unwrap_model(self.model)
         if not isinstance(core, SALPreTrainedModel):
-            raise ValueError(f"SALTrainer trains SAL models; got {type(core).__name__}. Use transformers.Trainer instead.")
+            raise ValueError(
+                f"SALTrainer trains SAL models; got {type(core).__name__}. Use transformers.Trainer instead."
+            )
         config = core.config
         self.learning_rule = None
         if config.learning_rule != "bp":
@@ -66,7 +68,9 @@ class SALTrainer(Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         if self.learning_rule is None or not model.training:
-            loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+            loss, outputs = super().compute_loss(
+                model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+            )
         else:
             if "labels" not in inputs:
                 raise ValueError(f"SAL training needs labels; the batch has only {sorted(inputs)}.")

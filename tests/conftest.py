@@ -1,0 +1,52 @@
+import os
+
+import pytest
+import torch
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+TINY = {"input_size": 16, "hidden_sizes": [32, 32], "num_labels": 5, "num_areas": 4}
+
+
+def tiny_config(**overrides):
+    from sal_hf import SALConfig
+
+    return SALConfig(**{**TINY, **overrides})
+
+
+def tiny_batch(n: int = 32, seed: int = 0, input_size: int = TINY["input_size"], num_labels: int = TINY["num_labels"]):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, input_size, generator=generator)
+    y = torch.randint(0, num_labels, (n,), generator=generator)
+    return x, y
+
+
+def as_dataset(x: torch.Tensor, y: torch.Tensor) -> list[dict]:
+    return [{"pixel_values": xi, "labels": int(yi)} for xi, yi in zip(x, y)]
+
+
+def training_args(tmp_path, **overrides):
+    from transformers import TrainingArguments
+
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=16,
+        learning_rate=1e-2,
+        num_train_epochs=1,
+        save_strategy="no",
+        eval_strategy="no",
+        logging_steps=1,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        dataloader_num_workers=0,
+    )
+    return TrainingArguments(**{**defaults, **overrides})
+
+
+@pytest.fixture
+def seeded():
+    torch.manual_seed(0)

@@ -1,0 +1,56 @@
+"""SALConfig: derived defaults and validation messages."""
+
+import pytest
+from conftest import tiny_config
+
+from sal_hf import SALConfig
+
+
+def test_defaults_and_derived_feedback():
+    config = SALConfig()
+    assert config.model_type == "sal"
+    assert config.hidden_sizes == [256] and config.num_areas == 16 and config.learning_rule == "sal"
+    assert config.feedback == "direct"
+    assert SALConfig(learning_rule="fa").feedback == "layerwise"
+    assert SALConfig(learning_rule="bp").feedback is None
+    assert SALConfig(learning_rule="sal", feedback="layerwise").feedback == "layerwise"
+
+
+def test_round_trip_through_dict():
+    config = tiny_config(area_mode="partition", routing_scope="shared", feedback="layerwise")
+    again = SALConfig.from_dict(config.to_dict())
+    assert again.to_dict() == config.to_dict()
+
+
+INVALID = [
+    ({"num_areas": 0}, "num_areas"),
+    ({"num_areas": "16"}, "num_areas='16'"),
+    ({"input_size": -1}, "input_size"),
+    ({"hidden_sizes": []}, "hidden_sizes"),
+    ({"hidden_sizes": [32, 0]}, "hidden_sizes"),
+    ({"routing_dim": 0}, "routing_dim"),
+    ({"learning_rule": "backprop"}, "learning_rule='backprop'"),
+    ({"hidden_act": "swish"}, "hidden_act='swish'"),
+    ({"area_mode": "blocks"}, "area_mode='blocks'"),
+    ({"area_init": "zeros"}, "area_init='zeros'"),
+    ({"routing_scope": "global"}, "routing_scope='global'"),
+    ({"router": "soft"}, "router='soft'"),
+    ({"learning_rule": "dfa", "feedback": "layerwise"}, "implies feedback='direct'"),
+    ({"learning_rule": "bp", "feedback": "direct"}, "learning_rule='bp' implies"),
+    ({"feedback": "backward"}, "feedback='backward'"),
+    ({"learning_rule": "dfa", "area_update_norm": "area"}, "area_update_norm='area'"),
+    ({"area_update_norm": "sample"}, "area_update_norm='sample'"),
+    ({"area_mode": "partition", "hidden_sizes": [30]}, "not divisible"),
+    ({"area_mode": "partition", "output_areas": True}, "output_areas=False"),
+    ({"num_areas": 1, "dual_path": True}, "dual_path=True needs areas"),
+    ({"routing_balance_rate": -0.1}, "routing_balance_rate"),
+    ({"routing_center_momentum": 0.0}, "routing_center_momentum"),
+    ({"num_labels": 1}, "num_labels"),
+    ({"problem_type": "regression"}, "problem_type='regression'"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", INVALID)
+def test_invalid_settings_raise_value_error_naming_the_field(overrides, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        tiny_config(**overrides)

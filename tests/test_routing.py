@@ -1,0 +1,87 @@
+"""The router, pure torch."""
+
+import torch
+
+from sal_hf.routing import AreaRouter, make_prototypes
+
+
+def test_prototypes_are_seeded_unit_vectors():
+    a, b = make_prototypes(8, 4, seed=3), make_prototypes(8, 4, seed=3)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, make_prototypes(8, 4, seed=4))
+    torch.testing.assert_close(a.norm(dim=-1), torch.ones(8))
+
+
+def test_route_is_argmax_of_cosine_plus_bias():
+    router = AreaRouter(6, 5, 3, seed=0).train(False)
+    router.area_bias.copy_(torch.tensor([0.0, 0.3, -0.2, 0.1, 0.0]))
+    x = torch.randn(20, 6)
+    area, routed = router(x)
+    expected = (
+        torch.nn.functional.normalize(x @ router.projection.T, dim=-1) @ router.prototypes.T + router.area_bias
+    ).argmax(-1)
+    assert torch.equal(area, expected)
+    assert area.dtype == torch.long and routed.dtype == torch.float32
+
+
+def test_routing_runs_in_fp32_under_bf16_autocast():
+    router = AreaRouter(6, 5, 3, seed=0)
+    x = torch.randn(20, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        area, routed = router(x.bfloat16())
+    assert routed.dtype == torch.float32
+    assert torch.equal(area, router.eval()(x)[0])
+
+
+def test_local_loss_reaches_the_projection_only():
+    router = AreaRouter(6, 4, 3, seed=0)
+    x = torch.randn(10, 6, requires_grad=True)
+    area, routed = router(x)
+    router.local_loss(routed, area).backward()
+    assert router.projection.grad is not None and router.projection.grad.abs().sum() > 0
+    assert x.grad is None  # the router detaches its input
+
+
+def test_local_loss_pulls_towards_the_selected_prototype():
+    torch.manual_seed(0)
+    router = AreaRouter(6, 4, 3, seed=0, balance_rate=0.0)
+    x = torch.randn(64, 6)
+    optimizer = torch.optim.SGD(router.parameters(), lr=0.5)
+    losses = []
+    for _ in range(20):
+        area, routed = router(x)
+        loss = router.local_loss(routed, area)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_balancing_revives_a_dead_area_without_gradients():
+    router = AreaRouter(4, 3, 2, learned=False, seed=0, balance_rate=0.05)
+    router.area_bias.copy_(torch.tensor([0.0, 0.0, -1.0]))  # area 2 starts dead
+    x = torch.randn(90, 4)
+    for _ in range(100):
+        router(x)
+        router.update_statistics()
+    area, _ = router(x)
+    assert (area == 2).sum() > 0
+    assert router.area_bias[2] > -1.0
+
+
+def test_statistics_apply_once_per_step_and_centre_the_input():
+    router = AreaRouter(4, 3, 2, seed=0)
+    x = torch.randn(32, 4) + 5.0
+    router(x[:16])
+    router(x[16:])  # two micro-batches of one step
+    assert router.num_updates == 0 and torch.equal(router.input_mean, torch.zeros(4))
+    router.update_statistics()
+    torch.testing.assert_close(router.input_mean, x.mean(0))  # the first step takes the batch mean
+    assert router.num_updates == 1 and router.pending_load.sum() == 0
+
+
+def test_eval_mode_gathers_no_statistics():
+    router = AreaRouter(4, 3, 2, seed=0).eval()
+    router(torch.randn(8, 4))
+    assert router.pending_load.sum() == 0 and router.logged_load.sum() == 0
