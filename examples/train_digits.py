@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from transformers import AutoModelForImageClassification, HfArgumentParser, TrainingArguments
 
 import sal_hf
+from sal_hf.data import load_image_dataset
 
 
 @dataclass
@@ -28,18 +27,6 @@ class DemoArguments:
     num_areas: int = field(default=16, metadata={"help": "areas K of the SAL model (BP uses 1)"})
     hidden_size: int = field(default=256, metadata={"help": "hidden units (the paper's 2-layer MLP)"})
     test_size: float = field(default=0.2, metadata={"help": "stratified test share, split with seed 0"})
-
-
-class DigitsDataset(torch.utils.data.Dataset):
-    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
-        self.images = torch.tensor(images, dtype=torch.float32).view(-1, 1, 8, 8)
-        self.labels = torch.tensor(labels, dtype=torch.long)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {"pixel_values": self.images[index], "labels": self.labels[index]}
 
 
 def accuracy(prediction) -> dict[str, float]:
@@ -65,12 +52,10 @@ def main() -> None:
     )
     demo, args = parser.parse_args_into_dataclasses()
 
-    digits = load_digits()
-    x = digits.data.astype(np.float32) / 16.0  # pixel values 0..16 -> [0, 1]
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, digits.target, test_size=demo.test_size, stratify=digits.target, random_state=0
-    )
-    train, test = DigitsDataset(x_train, y_train), DigitsDataset(x_test, y_test)
+    data = load_image_dataset("digits", seed=0, test_size=demo.test_size)
+    train, test = data["train"], data["test"]
+    names = train.features["labels"].names
+    test_images = test[:]["pixel_values"]  # (N, 8, 8)
 
     rows = []
     for rule in demo.rules:
@@ -80,8 +65,8 @@ def main() -> None:
             num_labels=10,
             num_areas=demo.num_areas if rule == "sal" else 1,
             learning_rule=rule,
-            id2label={i: str(i) for i in range(10)},
-            label2id={str(i): i for i in range(10)},
+            id2label=dict(enumerate(names)),
+            label2id={name: i for i, name in enumerate(names)},
         )
         torch.manual_seed(args.seed)
         model = AutoModelForImageClassification.from_config(config)
@@ -98,7 +83,7 @@ def main() -> None:
         again = AutoModelForImageClassification.from_pretrained(out_dir).eval()
         model.eval()
         with torch.no_grad():
-            same = torch.equal(again(pixel_values=test.images).logits, model(pixel_values=test.images).logits)
+            same = torch.equal(again(pixel_values=test_images).logits, model(pixel_values=test_images).logits)
         logged = [entry for entry in trainer.state.log_history if any(k.startswith("area/") for k in entry)]
         health = {k: v for k, v in logged[-1].items() if k.startswith("area/")} if logged else {}
         rows.append((rule, config.num_areas, metrics["eval_accuracy"], seconds, out_dir, same, health))

@@ -227,6 +227,8 @@ class SALPreTrainedModel(PreTrainedModel):
     def _flatten_inputs(self, pixel_values: torch.Tensor | None) -> torch.Tensor:
         if pixel_values is None:
             raise ValueError("You have to specify pixel_values.")
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(f"pixel_values must be a torch.Tensor; got {type(pixel_values).__name__}.")
         if pixel_values.dim() < 2:
             raise ValueError(
                 f"pixel_values must be batched, (batch_size, ...); got shape {tuple(pixel_values.shape)}. "
