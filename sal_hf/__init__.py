@@ -10,7 +10,7 @@ from .configuration_sal import SALConfig
 from .learning_rule import LocalLearningRule
 from .modeling_sal import SALForImageClassification, SALModel, SALPreTrainedModel
 from .routing import AreaRouter
-from .trainer import SALRoutingCallback, SALTrainer
+from .trainer import SALInterruptCallback, SALRoutingCallback, SALTrainer
 
 
 __version__ = "0.1.0"
@@ -24,6 +24,7 @@ __all__ = [
     "LocalLearningRule",
     "SALConfig",
     "SALForImageClassification",
+    "SALInterruptCallback",
     "SALModel",
     "SALPreTrainedModel",
     "SALRoutingCallback",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from transformers import PreTrainedConfig
 
 
@@ -58,8 +60,8 @@ class SALConfig(PreTrainedConfig):
             `sal` (area-local feedback alignment), `dfa`, `fa` or `bp` (ordinary backpropagation). All train the
             same architecture, so every comparison is this one flag.
         feedback (`str`, *optional*):
-            `direct` (DFA-style) or `layerwise` (FA-style). Derived from `learning_rule` when unset: `sal` and
-            `dfa` use `direct`, `fa` uses `layerwise`; only `sal` may choose.
+            `direct` (DFA-style) or `layerwise` (FA-style). When unset, `learning_rule` decides (see
+            `feedback_mode`): `sal` and `dfa` use `direct`, `fa` uses `layerwise`; only `sal` may choose.
         area_update_norm (`str`, defaults to `"batch"`):
             `batch`: an area's update is averaged over the whole batch (the gradient of a mean loss). `area`:
             over the samples routed to it. Only for `sal`.
@@ -105,8 +107,6 @@ class SALConfig(PreTrainedConfig):
             self.hidden_sizes = [256]
         else:
             self.hidden_sizes = list(self.hidden_sizes)
-        if self.feedback is None:
-            self.feedback = RULE_FEEDBACK.get(self.learning_rule)
         super().__post_init__(**kwargs)
         self.validate_sal()
 
@@ -155,10 +155,9 @@ class SALConfig(PreTrainedConfig):
             )
 
         expected = RULE_FEEDBACK[self.learning_rule]
-        if self.learning_rule == "sal":
-            if self.feedback not in FEEDBACK_MODES:
-                raise ValueError(f"SALConfig.feedback must be one of {FEEDBACK_MODES}; got feedback={self.feedback!r}.")
-        elif self.feedback != expected:
+        if self.feedback is not None and self.feedback not in FEEDBACK_MODES:
+            raise ValueError(f"SALConfig.feedback must be one of {FEEDBACK_MODES}; got feedback={self.feedback!r}.")
+        if self.learning_rule != "sal" and self.feedback not in (None, expected):
             raise ValueError(
                 f"learning_rule={self.learning_rule!r} implies feedback={expected!r}; got feedback={self.feedback!r}. "
                 "Leave feedback unset, or use learning_rule='sal' to choose the feedback."
@@ -181,6 +180,28 @@ class SALConfig(PreTrainedConfig):
             for name in ("dual_path", "output_areas"):
                 if getattr(self, name):
                     raise ValueError(f"{name}=True needs areas; got num_areas=1. Set num_areas > 1 or {name}=False.")
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> tuple[dict, dict]:
+        """[`PreTrainedConfig.get_config_dict`], refusing a checkpoint of another model type: transformers would
+        only warn and build a SAL model from a foreign config."""
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        model_type = config_dict.get("model_type", cls.model_type)
+        if model_type != cls.model_type:
+            source = str(pretrained_model_name_or_path)
+            if os.path.isdir(source):
+                source = os.path.join(source, "config.json")
+            raise ValueError(
+                f"{source} has model_type={model_type!r}, not 'sal': it is not a SAL checkpoint. Load it with "
+                "AutoModel / the class of that model type, or point to a directory saved by a SAL model."
+            )
+        return config_dict, kwargs
+
+    @property
+    def feedback_mode(self) -> str | None:
+        """The feedback in use: `feedback` when set, else the one `learning_rule` implies (None for `bp`). Derived
+        on read, not stored, so a checkpoint loaded with another `learning_rule` gets that rule's feedback."""
+        return self.feedback if self.feedback is not None else RULE_FEEDBACK[self.learning_rule]
 
     @property
     def num_hidden_layers(self) -> int:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 from torch import nn
 from transformers import Trainer, TrainerCallback
+from transformers.utils import logging
 
 from .learning_rule import LocalLearningRule
 from .modeling_sal import ACTIVATIONS, SALPreTrainedModel
@@ -14,11 +18,59 @@ from .modeling_sal import ACTIVATIONS, SALPreTrainedModel
 
 class SALRoutingCallback(TrainerCallback):
     """Applies the routing statistics (running input mean, balancing bias) once per optimizer step, so that
-    gradient accumulation over micro-batches routes exactly like one large batch."""
+    gradient accumulation over micro-batches routes exactly like one large batch.
+
+    Args:
+        accelerator: when given, the statistics are summed over all processes first (`accelerator.reduce`), so
+            every rank moves its routing state identically and routes like a single process with the global batch.
+    """
+
+    def __init__(self, accelerator: Accelerator | None = None) -> None:
+        self.accelerator = accelerator
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if isinstance(model, SALPreTrainedModel):
-            model.update_routing_statistics()
+        if not isinstance(model, SALPreTrainedModel):
+            return
+        if self.accelerator is not None and self.accelerator.num_processes > 1:
+            for router in model.routers:
+                for buffer in (router.pending_input_sum, router.pending_load):
+                    buffer.copy_(self.accelerator.reduce(buffer, reduction="sum"))
+        model.update_routing_statistics()
+
+
+logger = logging.get_logger(__name__)
+
+
+class SALInterruptCallback(TrainerCallback):
+    """Makes Ctrl-C (SIGINT) safe: the first one lets the current optimizer step finish, saves a checkpoint
+    (unless `save_strategy="no"`) and stops training normally, so no checkpoint is ever half written by the
+    interrupt; a second Ctrl-C aborts at once. Only installed from the main thread. Under `torchrun` every rank
+    of the terminal's process group receives the signal and stops at the same step."""
+
+    def __init__(self) -> None:
+        self.interrupted = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        self.interrupted = True
+        signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+        logger.warning("Interrupted: finishing this step, saving a checkpoint and stopping. Ctrl-C again aborts now.")
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.interrupted = False
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.interrupted:
+            control.should_training_stop = True
+            control.should_save = args.save_strategy != "no"
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._previous)
+        self._previous = None
 
 
 class SALTrainer(Trainer):
@@ -33,7 +85,8 @@ class SALTrainer(Trainer):
       `bp` it is Trainer's `compute_loss`. A NaN or infinite loss stops training with an error before any
       update is applied, so the weights and the saved checkpoints stay as they were.
     - `log`: adds area health (per-router min / max share of samples, dead areas) to the training logs.
-    - A [`SALRoutingCallback`] is added to apply routing statistics after every optimizer step.
+    - A [`SALRoutingCallback`] is added to apply routing statistics after every optimizer step (summed over
+      processes), and a [`SALInterruptCallback`] that turns Ctrl-C into "save a checkpoint and stop".
 
     Everything else, the training loop included, is inherited unchanged.
     """
@@ -50,7 +103,7 @@ class SALTrainer(Trainer):
         if config.learning_rule != "bp":
             self.learning_rule = LocalLearningRule(
                 config.learning_rule,
-                feedback_mode=config.feedback,
+                feedback_mode=config.feedback_mode,
                 activation=ACTIVATIONS[config.hidden_act],
                 area_norm=config.area_update_norm,
                 num_areas=config.num_areas,
@@ -58,7 +111,8 @@ class SALTrainer(Trainer):
             )
             # The surrogate is a per-batch mean: Trainer divides it by the accumulation steps.
             self.loss_is_scaled_for_ga = False
-        self.add_callback(SALRoutingCallback())
+        self.add_callback(SALRoutingCallback(self.accelerator))
+        self.add_callback(SALInterruptCallback())
 
     def compute_loss(
         self,
@@ -97,8 +151,11 @@ class SALTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
             core = self.accelerator.unwrap_model(self.model)
+            if self.accelerator.num_processes > 1:
+                for router in core.routers:
+                    router.logged_load.copy_(self.accelerator.reduce(router.logged_load, reduction="sum"))
             logs.update(core.area_health())
         super().log(logs, start_time)
 
 
-__all__ = ["SALTrainer", "SALRoutingCallback"]
+__all__ = ["SALTrainer", "SALRoutingCallback", "SALInterruptCallback"]
