@@ -101,6 +101,12 @@ class SALTrainer(Trainer):
         config = core.config
         self.learning_rule = None
         if config.learning_rule != "bp":
+            if self.args.label_smoothing_factor or self.compute_loss_func is not None:
+                raise ValueError(
+                    f"learning_rule={config.learning_rule!r} computes its own error signal from softmax cross-entropy; "
+                    f"got label_smoothing_factor={self.args.label_smoothing_factor} and compute_loss_func="
+                    f"{self.compute_loss_func!r}. Remove them, or train with learning_rule='bp'."
+                )
             self.learning_rule = LocalLearningRule(
                 config.learning_rule,
                 feedback_mode=config.feedback_mode,
