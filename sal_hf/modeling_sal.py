@@ -198,6 +198,14 @@ class SALPreTrainedModel(PreTrainedModel):
             for name, value in module.initial_values().items():
                 init.copy_(getattr(module, name), value)
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # transformers writes only the saved class's own auto class to `auto_map`; the copied modeling file
+        # defines every SAL class, so let `AutoModel` load the body of any SAL checkpoint as remote code too.
+        if self._auto_class is not None:
+            module = type(self).__module__.split(".")[-1]
+            self.config.auto_map = {"AutoModel": f"{module}.SALModel", **(getattr(self.config, "auto_map", None) or {})}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     @property
     def routers(self) -> list[AreaRouter]:
         """Every router of the model, in layer order."""

@@ -32,7 +32,8 @@ class SALTrainer(Trainer):
       gradient accumulation, clipping, schedulers, mixed precision and DDP are Trainer's, unchanged. With
       `bp` it is Trainer's `compute_loss`. A NaN or infinite loss stops training with an error before any
       update is applied, so the weights and the saved checkpoints stay as they were.
-    - `log`: adds area health (per-router min / max share of samples, dead areas) to the training logs.
+    - `log`: adds area health (per-router min / max share of samples, dead areas) to the training logs, and
+      the diagnostics of any [`SALDiagnosticsCallback`] (see `diagnostics.py`).
     - A [`SALRoutingCallback`] is added to apply routing statistics after every optimizer step.
 
     Everything else, the training loop included, is inherited unchanged.
@@ -97,6 +98,12 @@ class SALTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
             core = self.accelerator.unwrap_model(self.model)
+            from .diagnostics import SALDiagnosticsCallback  # the diagnostics build on this module
+
+            # Before `area_health`, which resets the area loads that the diagnostics read.
+            for callback in self.callback_handler.callbacks:
+                if isinstance(callback, SALDiagnosticsCallback):
+                    logs.update(callback.diagnostics(core, self.learning_rule))
             logs.update(core.area_health())
         super().log(logs, start_time)
 
