@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -34,6 +35,8 @@ class SALTrainer(Trainer):
       update is applied, so the weights and the saved checkpoints stay as they were.
     - `log`: adds area health (per-router min / max share of samples, dead areas) to the training logs, and
       the diagnostics of any [`SALDiagnosticsCallback`] (see `diagnostics.py`).
+    - `create_model_card`: writes a SAL model card (learning rule, areas, routing, seeds, data, metrics, area
+      utilisation, versions; see `model_card.py`) in place of Trainer's draft; `push_to_hub` uploads it.
     - A [`SALRoutingCallback`] is added to apply routing statistics after every optimizer step.
 
     Everything else, the training loop included, is inherited unchanged.
@@ -106,6 +109,17 @@ class SALTrainer(Trainer):
                     logs.update(callback.diagnostics(core, self.learning_rule))
             logs.update(core.area_health())
         super().log(logs, start_time)
+
+    def create_model_card(self, **kwargs: Any) -> None:
+        """Write `README.md` in `args.output_dir`. Takes [`~Trainer.create_model_card`]'s arguments (`dataset`,
+        `model_name`, `license`, `tags`, ...) and `command`, the command line that trained the model."""
+        if not self.is_world_process_zero():
+            return
+        from .model_card import sal_model_card
+
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        with open(os.path.join(self.args.output_dir, "README.md"), "w", encoding="utf-8") as file:
+            file.write(sal_model_card(self, **kwargs))
 
 
 __all__ = ["SALTrainer", "SALRoutingCallback"]
