@@ -125,6 +125,7 @@ def plot_run(history: list[dict], out: Path, title: str = "") -> list[Path]:
                 axis.set(
                     ylabel="area", title=f"router {router}: area utilisation (ideal 1/K = {1 / grid.shape[0]:.3f})"
                 )
+                axis.set_yticks(range(0, grid.shape[0], max(1, grid.shape[0] // 8)))
             else:
                 for key in ("min_share", "max_share"):
                     steps, values = series(history, f"area/router_{router}/{key}")
