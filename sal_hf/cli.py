@@ -73,7 +73,10 @@ class DataArguments:
     diagnostics: bool = field(
         default=True, metadata={"help": "log per-area shares, routing churn and BP alignment (SALDiagnosticsCallback)"}
     )
-    probe_size: int = field(default=256, metadata={"help": "samples in the diagnostics' fixed probe batch"})
+    probe_size: int = field(
+        default=128,
+        metadata={"help": "samples in the diagnostics' fixed probe batch (cost per log: ~5 passes over it)"},
+    )
 
 
 def _train_parser():

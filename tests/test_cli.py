@@ -75,3 +75,46 @@ def test_console_script_points_at_main():
     module, function = scripts["sal-hf"].split(":")
     assert (module, function) == ("sal_hf.cli", "main")
     assert sys.modules[module].main is cli.main and sal_hf.cli is cli
+
+
+def load_plot_run():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("plot_run", ROOT / "scripts" / "plot_run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def assert_pngs(paths, names):
+    assert {path.name for path in paths} == names
+    for path in paths:
+        data = path.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, path
+
+
+def test_plot_run_draws_a_trained_run(trained, tmp_path):
+    written = load_plot_run().main([str(trained), "--out", str(tmp_path / "plots")])
+    assert_pngs(written, {"loss.png", "accuracy.png", "areas.png", "diagnostics.png"})
+
+
+def test_plot_run_reads_tensorboard_events(tmp_path):
+    pytest.importorskip("tensorboard")
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(tmp_path / "runs" / "x"))
+    for step in (1, 2, 3):
+        writer.add_scalar("train/loss", 2.0 / step, step)
+        for k in range(3):
+            writer.add_scalar(f"train/area/router_0/share_{k}", [0.2, 0.3, 0.5][k], step)
+        writer.add_scalar("train/alignment/layer_0", 90.0 - step, step)
+    writer.add_scalar("eval/accuracy", 0.5, 3)
+    writer.close()
+    plot_run = load_plot_run()
+    history = plot_run.read_log_history(tmp_path)
+    train = [entry for entry in history if "loss" in entry]
+    assert [entry["step"] for entry in train] == [1, 2, 3]
+    assert train[1]["area/router_0/share_2"] == pytest.approx(0.5) and train[2]["alignment/layer_0"] == 87.0
+    assert [entry for entry in history if "eval_accuracy" in entry] == [{"step": 3, "eval_accuracy": 0.5}]
+    written = plot_run.plot_run(history, tmp_path / "plots")
+    assert_pngs(written, {"loss.png", "accuracy.png", "areas.png", "diagnostics.png"})
