@@ -172,13 +172,9 @@ def train(argv: list[str]) -> int:
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
-    trainer.save_model()
     trainer.save_state()
-    card = {"dataset": data_args.dataset, "command": "sal-hf train " + shlex.join(argv)}
-    if args.push_to_hub:
-        trainer.push_to_hub(**card)  # writes the card, then uploads args.output_dir
-    else:
-        trainer.create_model_card(**card)
+    trainer.create_model_card(dataset=data_args.dataset, command="sal-hf train " + shlex.join(argv))
+    trainer.save_model()  # with --push-to-hub, Trainer uploads args.output_dir here, card included
     print(f"Saved to {args.output_dir}: eval accuracy {metrics.get('eval_accuracy', float('nan')):.4f}")
     return 0
 

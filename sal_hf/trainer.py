@@ -112,14 +112,16 @@ class SALTrainer(Trainer):
 
     def create_model_card(self, **kwargs: Any) -> None:
         """Write `README.md` in `args.output_dir`. Takes [`~Trainer.create_model_card`]'s arguments (`dataset`,
-        `model_name`, `license`, `tags`, ...) and `command`, the command line that trained the model."""
+        `model_name`, `license`, `tags`, ...) and `command`, the command line that trained the model. They are
+        remembered, so the card that `push_to_hub` (or `save_model` with `push_to_hub=True`) rewrites keeps them."""
+        self.model_card_kwargs = {**getattr(self, "model_card_kwargs", {}), **kwargs}
         if not self.is_world_process_zero():
             return
         from .model_card import sal_model_card
 
         os.makedirs(self.args.output_dir, exist_ok=True)
         with open(os.path.join(self.args.output_dir, "README.md"), "w", encoding="utf-8") as file:
-            file.write(sal_model_card(self, **kwargs))
+            file.write(sal_model_card(self, **self.model_card_kwargs))
 
 
 __all__ = ["SALTrainer", "SALRoutingCallback"]
