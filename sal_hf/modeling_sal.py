@@ -7,7 +7,9 @@ routers' own losses); the rule itself lives in ``learning_rule.py`` and the trai
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -198,7 +200,7 @@ class SALPreTrainedModel(PreTrainedModel):
             for name, value in module.initial_values().items():
                 init.copy_(getattr(module, name), value)
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
         # transformers writes only the saved class's own auto class to `auto_map`; the copied modeling file
         # defines every SAL class, so let `AutoModel` load the body of any SAL checkpoint as remote code too.
         if self._auto_class is not None:

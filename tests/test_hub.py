@@ -103,6 +103,7 @@ with torch.no_grad():
 image = Image.fromarray((torch.arange(48).reshape(4, 4, 3) * 5).to(torch.uint8).numpy())
 classify = pipeline("image-classification", model=directory, trust_remote_code=True)
 torch.save({"logits": logits, "hidden": hidden, "pipeline": classify(image, top_k=5)}, outputs)
+model.save_pretrained(outputs + ".resaved")  # a model loaded as remote code saves Hub-ready too
 print(json.dumps({
     "model": type(model).__module__, "body": type(body).__module__, "processor": type(processor).__module__,
     "pipeline_model": type(classify.model).__module__, "sal_hf_loaded": any(m.startswith("sal_hf") for m in sys.modules),
@@ -137,6 +138,11 @@ def test_remote_code_loads_and_predicts_identically_without_sal_hf(saved, tmp_pa
         assert torch.equal(out["logits"], model(pixel_values=x).logits)
         assert torch.equal(out["hidden"], model.sal(pixel_values=x).last_hidden_state)
     assert {entry["label"] for entry in out["pipeline"]} == set(model.config.id2label.values())
+    resaved = tmp_path / "out.pt.resaved"
+    assert CODE_FILES - {"image_processing_sal.py"} <= set(os.listdir(resaved))
+    assert json.loads((resaved / "config.json").read_text())["auto_map"]["AutoModelForImageClassification"] == (
+        "modeling_sal.SALForImageClassification"
+    )
 
 
 def test_pipeline_classifies_a_pil_image(saved, monkeypatch):
