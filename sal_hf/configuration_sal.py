@@ -26,6 +26,9 @@ class SALConfig(PreTrainedConfig):
     Args:
         input_size (`int`, defaults to 784):
             Number of input values per sample; inputs of any shape are flattened to this size.
+        image_size (`list[int]`, *optional*):
+            `[height, width]` of the grayscale images the model reads (`height * width` must equal
+            `input_size`; an int means a square). Only [`SALImageProcessor`] uses it, to resize images.
         hidden_sizes (`list[int]`, defaults to `[256]`):
             Units of each hidden layer. `[256]` is the paper's "2-layer MLP" (input-256-labels).
         hidden_act (`str`, defaults to `"relu"`):
@@ -83,6 +86,7 @@ class SALConfig(PreTrainedConfig):
     keys_to_ignore_at_inference = ["areas", "pre_activations", "routing_losses"]
 
     input_size: int = 784
+    image_size: list[int] | None = None
     hidden_sizes: list[int] | None = None
     hidden_act: str = "relu"
     num_areas: int = 16
@@ -107,6 +111,10 @@ class SALConfig(PreTrainedConfig):
             self.hidden_sizes = [256]
         else:
             self.hidden_sizes = list(self.hidden_sizes)
+        if isinstance(self.image_size, int) and not isinstance(self.image_size, bool):
+            self.image_size = [self.image_size, self.image_size]
+        elif self.image_size is not None:
+            self.image_size = list(self.image_size)
         super().__post_init__(**kwargs)
         self.validate_sal()
 
@@ -124,6 +132,17 @@ class SALConfig(PreTrainedConfig):
             raise ValueError(
                 f"SALConfig.hidden_sizes must be a non-empty list of positive ints; got hidden_sizes={sizes!r}."
             )
+        size = self.image_size
+        if size is not None:
+            if len(size) != 2 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in size):
+                raise ValueError(
+                    f"SALConfig.image_size must be [height, width] of positive ints; got image_size={size!r}."
+                )
+            if size[0] * size[1] != self.input_size:
+                raise ValueError(
+                    f"SALConfig.image_size={size} holds {size[0] * size[1]} values but input_size={self.input_size}. "
+                    "Set input_size=height*width or fix image_size."
+                )
         choices = {
             "hidden_act": ACTIVATIONS,
             "area_mode": AREA_MODES,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -238,6 +239,14 @@ class SALPreTrainedModel(PreTrainedModel):
                 "weights do not match its config.json (num_areas, hidden_sizes, ...); re-save the model or fix the config."
             )
         return (model, info) if output_loading_info else model
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        # transformers writes only the saved class's own auto class to `auto_map`; the copied modeling file
+        # defines every SAL class, so let `AutoModel` load the body of any SAL checkpoint as remote code too.
+        if self._auto_class is not None:
+            module = type(self).__module__.split(".")[-1]
+            self.config.auto_map = {"AutoModel": f"{module}.SALModel", **(getattr(self.config, "auto_map", None) or {})}
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     @property
     def routers(self) -> list[AreaRouter]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from typing import Any
@@ -84,7 +85,10 @@ class SALTrainer(Trainer):
       gradient accumulation, clipping, schedulers, mixed precision and DDP are Trainer's, unchanged. With
       `bp` it is Trainer's `compute_loss`. A NaN or infinite loss stops training with an error before any
       update is applied, so the weights and the saved checkpoints stay as they were.
-    - `log`: adds area health (per-router min / max share of samples, dead areas) to the training logs.
+    - `log`: adds area health (per-router min / max share of samples, dead areas) to the training logs, and
+      the diagnostics of any [`SALDiagnosticsCallback`] (see `diagnostics.py`).
+    - `create_model_card`: writes a SAL model card (learning rule, areas, routing, seeds, data, metrics, area
+      utilisation, versions; see `model_card.py`) in place of Trainer's draft; `push_to_hub` uploads it.
     - A [`SALRoutingCallback`] is added to apply routing statistics after every optimizer step (summed over
       processes), and a [`SALInterruptCallback`] that turns Ctrl-C into "save a checkpoint and stop".
 
@@ -160,8 +164,27 @@ class SALTrainer(Trainer):
             if self.accelerator.num_processes > 1:
                 for router in core.routers:
                     router.logged_load.copy_(self.accelerator.reduce(router.logged_load, reduction="sum"))
+            from .diagnostics import SALDiagnosticsCallback  # the diagnostics build on this module
+
+            # Before `area_health`, which resets the area loads that the diagnostics read.
+            for callback in self.callback_handler.callbacks:
+                if isinstance(callback, SALDiagnosticsCallback):
+                    logs.update(callback.diagnostics(core, self.learning_rule))
             logs.update(core.area_health())
         super().log(logs, start_time)
+
+    def create_model_card(self, **kwargs: Any) -> None:
+        """Write `README.md` in `args.output_dir`. Takes [`~Trainer.create_model_card`]'s arguments (`dataset`,
+        `model_name`, `license`, `tags`, ...) and `command`, the command line that trained the model. They are
+        remembered, so the card that `push_to_hub` (or `save_model` with `push_to_hub=True`) rewrites keeps them."""
+        self.model_card_kwargs = {**getattr(self, "model_card_kwargs", {}), **kwargs}
+        if not self.is_world_process_zero():
+            return
+        from .model_card import sal_model_card
+
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        with open(os.path.join(self.args.output_dir, "README.md"), "w", encoding="utf-8") as file:
+            file.write(sal_model_card(self, **self.model_card_kwargs))
 
 
 __all__ = ["SALTrainer", "SALRoutingCallback", "SALInterruptCallback"]
