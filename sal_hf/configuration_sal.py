@@ -13,6 +13,7 @@ ROUTING_SCOPES = ("layer", "shared")
 ROUTERS = ("learned", "random")
 AREA_NORMS = ("batch", "area")
 ACTIVATIONS = ("relu", "tanh", "gelu", "silu", "sigmoid")
+NORMS = ("none", "layernorm", "rmsnorm")
 # The feedback each rule implies; `sal` may use either.
 RULE_FEEDBACK = {"dfa": "direct", "fa": "layerwise", "sal": "direct", "bp": None}
 
@@ -54,6 +55,14 @@ class SALConfig(PreTrainedConfig):
             Give the output layer K areas too (routed on its input).
         dual_path (`bool`, defaults to `False`):
             Add a shared dense path beside the area path in every hidden layer; the two are summed.
+        residual (`bool`, defaults to `False`):
+            Make every hidden layer after the first a residual block, ``h_l = h_{l-1} + f(a_l)``. Needs equal
+            hidden sizes (the first layer maps the input to that width and is never residual). The block's
+            local update is unchanged: ``dh_l / da_l = f'(a_l)``, so ``delta_l = g_l * f'(a_l)``.
+        norm (`str`, defaults to `"none"`):
+            `none`, `layernorm` or `rmsnorm`: normalise every layer's input (pre-norm, output layer included)
+            before its router and areas. The norm's parameters belong to that layer and learn from its own
+            local update. Deep residual stacks (tens of layers) need it.
         learning_rule (`str`, defaults to `"sal"`):
             `sal` (area-local feedback alignment), `dfa`, `fa` or `bp` (ordinary backpropagation). All train the
             same architecture, so every comparison is this one flag.
@@ -94,6 +103,8 @@ class SALConfig(PreTrainedConfig):
     routing_loss_weight: float = 1.0
     output_areas: bool = False
     dual_path: bool = False
+    residual: bool = False
+    norm: str = "none"
     learning_rule: str = "sal"
     feedback: str | None = None
     area_update_norm: str = "batch"
@@ -132,6 +143,7 @@ class SALConfig(PreTrainedConfig):
             "router": ROUTERS,
             "learning_rule": LEARNING_RULES,
             "area_update_norm": AREA_NORMS,
+            "norm": NORMS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -177,6 +189,13 @@ class SALConfig(PreTrainedConfig):
                 )
             if self.output_areas:
                 raise ValueError("area_mode='partition' cannot split the output layer; set output_areas=False.")
+        if not isinstance(self.residual, bool):
+            raise ValueError(f"SALConfig.residual must be a bool; got residual={self.residual!r}.")
+        if self.residual and len(set(sizes)) != 1:
+            raise ValueError(
+                f"residual=True adds each hidden layer's input to its output, so all hidden sizes must be equal; "
+                f"got hidden_sizes={sizes}. Use equal sizes (e.g. [{sizes[0]}] * {len(sizes)}) or residual=False."
+            )
         if self.num_areas == 1:
             for name in ("dual_path", "output_areas"):
                 if getattr(self, name):
