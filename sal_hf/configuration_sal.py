@@ -58,7 +58,11 @@ class SALConfig(PreTrainedConfig):
         residual (`bool`, defaults to `False`):
             Make every hidden layer after the first a residual block, ``h_l = h_{l-1} + f(a_l)``. Needs equal
             hidden sizes (the first layer maps the input to that width and is never residual). The block's
-            local update is unchanged: ``dh_l / da_l = f'(a_l)``, so ``delta_l = g_l * f'(a_l)``.
+            local update keeps its form: ``dh_l / da_l = s f'(a_l)``, so ``delta_l = s g_l * f'(a_l)``.
+        residual_scale (`float`, *optional*):
+            ``s`` in ``h_l = h_{l-1} + s f(a_l)``. Defaults to ``1 / sqrt(number of residual blocks)`` when
+            `residual` is set: with direct feedback every block receives an aligned signal, so the change of the
+            residual stream per step grows with the number of blocks unless each branch is scaled down.
         norm (`str`, defaults to `"none"`):
             `none`, `layernorm` or `rmsnorm`: normalise every layer's input (pre-norm, output layer included)
             before its router and areas. The norm's parameters belong to that layer and learn from its own
@@ -104,6 +108,7 @@ class SALConfig(PreTrainedConfig):
     output_areas: bool = False
     dual_path: bool = False
     residual: bool = False
+    residual_scale: float | None = None
     norm: str = "none"
     learning_rule: str = "sal"
     feedback: str | None = None
@@ -118,6 +123,8 @@ class SALConfig(PreTrainedConfig):
             self.hidden_sizes = list(self.hidden_sizes)
         if self.feedback is None:
             self.feedback = RULE_FEEDBACK.get(self.learning_rule)
+        if self.residual_scale is None:
+            self.residual_scale = max(1, len(self.hidden_sizes) - 1) ** -0.5 if self.residual is True else 1.0
         super().__post_init__(**kwargs)
         self.validate_sal()
 
@@ -191,6 +198,10 @@ class SALConfig(PreTrainedConfig):
                 raise ValueError("area_mode='partition' cannot split the output layer; set output_areas=False.")
         if not isinstance(self.residual, bool):
             raise ValueError(f"SALConfig.residual must be a bool; got residual={self.residual!r}.")
+        if not isinstance(self.residual_scale, (int, float)) or not self.residual_scale > 0:
+            raise ValueError(
+                f"SALConfig.residual_scale must be a number > 0; got residual_scale={self.residual_scale!r}."
+            )
         if self.residual and len(set(sizes)) != 1:
             raise ValueError(
                 f"residual=True adds each hidden layer's input to its output, so all hidden sizes must be equal; "

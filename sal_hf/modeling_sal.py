@@ -105,7 +105,8 @@ class SALLayer(nn.Module):
         num_areas: K for this layer.
         route: whether this layer owns a router (False when routing is shared and this is not the first layer).
         activation: the activation, or None for the output layer.
-        residual: add the layer's input to its output (needs ``in_features == out_features``).
+        residual: add the layer's input to its output (needs ``in_features == out_features``), as
+            ``h = x + config.residual_scale * f(a)``.
     """
 
     def __init__(
@@ -125,6 +126,7 @@ class SALLayer(nn.Module):
                 f"A residual layer needs in_features == out_features; got {in_features} -> {out_features}."
             )
         self.residual = residual
+        self.residual_scale = config.residual_scale
         self.norm = make_norm(config.norm, in_features)
         self.router = None
         if route and num_areas > 1:
@@ -147,8 +149,8 @@ class SALLayer(nn.Module):
         """Returns ``(h, a, area, routing_loss)``: output (B, out), pre-activation (B, out), area (B,) or
         None, and the router's local loss when ``local`` and the router learns (else None).
 
-        With a residual connection ``h = x + f(a)``, so ``dh/da = f'(a)`` as without one: a local rule that
-        feeds the signal ``g`` at ``h`` back into ``a`` as ``g * f'(a)`` trains this layer's norm, areas and
+        With a residual connection ``h = x + s f(a)``, so ``dh/da = s f'(a)``: a local rule that feeds the
+        signal ``g`` at ``h`` back into ``a`` as ``s g * f'(a)`` trains this layer's norm, areas and
         shared path by autograd inside the layer (``a`` has a graph to those and to nothing else)."""
         routing_loss = None
         skip = x
@@ -163,7 +165,7 @@ class SALLayer(nn.Module):
             a = a + self.shared(x)
         h = self.activation(a) if self.activation is not None else a
         if self.residual:
-            h = skip + h
+            h = skip + self.residual_scale * h
         return h, a, area, routing_loss
 
 

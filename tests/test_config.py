@@ -49,6 +49,7 @@ INVALID = [
     ({"problem_type": "regression"}, "problem_type='regression'"),
     ({"norm": "batchnorm"}, "norm='batchnorm'"),
     ({"residual": 1}, "residual=1"),
+    ({"residual_scale": 0.0}, "residual_scale=0.0"),
     ({"residual": True, "hidden_sizes": [32, 16]}, "hidden_sizes=[32, 16]"),
 ]
 
