@@ -215,6 +215,33 @@ def write_report(results: list[dict], args, out: Path, command: str) -> None:
             f"{fmt(r['cos_to_bp'])} | {r['seconds']:.0f} |"
         )
     lines += ["", "![accuracy and norms against depth](depth.png)", ""]
+    lines += [
+        "How a deep SAL model is built (`SALConfig(residual=True, norm=...)`): layer 0 maps the input to the "
+        "width; every later hidden layer is a block `h_l = h_{l-1} + s f(A_l(norm_l(h_{l-1})))`, the output layer "
+        "reads `norm(h_L)`. In SAL mode each block runs on a detached `h_{l-1}`, so its pre-activation `a_l` has a "
+        "graph to its own norm, areas (and shared path) and nothing else; its router learns from its own local "
+        "loss (tests/test_locality.py walks both graphs). "
+        "The feedback `g_l = e B_l` is the signal at the block output; since `dh_l/da_l = s f'(a_l)` the local "
+        "delta is `s g_l f'(a_l)`, and autograd inside the block turns it into updates of the block's areas and "
+        "its norm. With layer-wise feedback the skip path also carries `g_{l+1}` back "
+        "(tests/test_depth.py checks that feedback through the forward weights then equals BP exactly).",
+        "",
+        "`residual_scale` s defaults to `1/sqrt(number of blocks)`: with direct feedback every block receives "
+        "an aligned signal, so with s = 1 the residual stream moves by the sum of all blocks' steps (Adam gives "
+        "each about lr) and deep DFA/SAL stacks trained worse (digits, 10 epochs, the settings above but s = 1: "
+        "SAL 79.2% and DFA 85.0% at 8 layers, against 84.2% and 86.9% with the default s in the table).",
+        "",
+    ]
+    lines += [
+        "Reading the table: nothing diverged, but depth buys SAL and DFA nothing here while BP gains 3 points: the "
+        "cosine of a deep block's update to its BP gradient stays near 0 (the first layer's is 0.1-0.35), so the "
+        "deep blocks move in directions BP would not and the accuracy is carried by the first and last layers. "
+        "The hidden output norm grows roughly like the square root of the depth (last layer: 110 at 32 layers, "
+        "198 at 128) "
+        "and the pre-norm keeps every block's input at unit scale. One seed, digits (1,437 training images): "
+        "differences of a point or two are within seed noise.",
+        "",
+    ]
     sal = {r["depth"]: r for r in results if r["rule"] == "sal"}
     if sal and min(sal) == 2 and max(sal) >= 128:
         deep, shallow = sal[max(sal)], sal[2]
@@ -223,7 +250,7 @@ def write_report(results: list[dict], args, out: Path, command: str) -> None:
         lines += [
             f"Target (SAL at {deep['depth']} layers: no NaN/Inf, within 2 points of its 2-layer accuracy): "
             f"{'met' if met else 'NOT met'}: {100 * deep['accuracy']:.1f}% vs {100 * shallow['accuracy']:.1f}% "
-            f"({gap:+.1f} points lost), NaN/Inf {'seen' if deep['nan_or_inf'] else 'none'}.",
+            f"({gap:.1f} points lost), NaN/Inf {'seen' if deep['nan_or_inf'] else 'none'}.",
             "",
         ]
     (out / "DEPTH.md").write_text("\n".join(lines))
@@ -243,12 +270,20 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("docs"))
+    parser.add_argument("--from-json", type=Path, default=None, help="only rewrite the report from saved results")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.quick:
         args.dataset = "digits"
     if min(args.depths) < 2:
         raise ValueError(f"--depths counts layers including the output layer, so each must be >= 2; got {args.depths}.")
     command = "python " + " ".join(sys.argv)
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        write_report(saved["results"], args, args.out, saved["command"])
+        return
     data = load(args.dataset, args.seed)
     results = []
     for depth in args.depths:
@@ -258,7 +293,7 @@ def main() -> None:
             print(json.dumps(result), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     Path("outputs").mkdir(exist_ok=True)
-    Path("outputs/depth.json").write_text(json.dumps(results, indent=1))
+    Path("outputs/depth.json").write_text(json.dumps({"command": command, "results": results}, indent=1))
     write_report(results, args, args.out, command)
     print((args.out / "DEPTH.md").read_text())
 

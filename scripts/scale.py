@@ -93,7 +93,10 @@ def main() -> None:
     parser.add_argument("--optim", default="adamw_torch", help="TrainingArguments.optim")
     parser.add_argument("--save-dir", type=Path, default=None, help="where to save (default: a temporary folder)")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch.cuda.is_available() is False (CPU-only torch or no GPU).")
 
@@ -134,16 +137,18 @@ def main() -> None:
     class StepTimer(TrainerCallback):
         def __init__(self) -> None:
             self.times: list[float] = []
+            self.cpu_times: list[float] = []  # process CPU time: robust to a shared machine's load
 
         def on_step_begin(self, *_, **__) -> None:
             if args.device == "cuda":
                 torch.cuda.synchronize()
-            self.begin = time.perf_counter()
+            self.begin, self.cpu_begin = time.perf_counter(), time.process_time()
 
         def on_step_end(self, *_, **__) -> None:
             if args.device == "cuda":
                 torch.cuda.synchronize()
             self.times.append(time.perf_counter() - self.begin)
+            self.cpu_times.append(time.process_time() - self.cpu_begin)
 
     timer = StepTimer()
     work = Path(tempfile.mkdtemp(prefix="sal-scale-"))
@@ -173,6 +178,7 @@ def main() -> None:
         report["train_loss"] = round(result.training_loss, 4)
         report["step_s_median"] = round(statistics.median(timer.times), 4)
         report["step_s_first"] = round(timer.times[0], 4)
+        report["step_cpu_s_median"] = round(statistics.median(timer.cpu_times), 4)
         report["peak_rss_gib_after_train"] = round(peak_rss_gib(), 2)
         if args.device == "cuda":
             report["cuda_peak_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
