@@ -54,6 +54,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     precision = ["--bf16"] if args.device == "cuda" else []
     small = ["--tiny"] if args.tiny else []
+    if args.device == "cpu":  # one thread: two threads on a loaded 2-core machine were ~10x slower
+        small += ["--threads", "1"]
 
     bench_md = work / "bench.md"
     steps = ["--steps", "3", "--warmup", "1", "--optimizers", "sgd", "--archs", "mlp"] if args.tiny else []
