@@ -9,7 +9,7 @@ PY=${PYTHON:-python3}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1 PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
 echo "gpu_check: needs torch (CUDA), transformers>=5,<6, accelerate>=1.10, safetensors, numpy"
 "$PY" - <<'PYEOF'
-import importlib, sys
+import importlib.util, sys
 missing = [name for name in ("torch", "transformers", "accelerate", "safetensors", "numpy") if importlib.util.find_spec(name) is None]
 if missing:
     sys.exit(f"gpu_check: missing packages: {' '.join(missing)}. Install them (from wheels, no network needed) and rerun.")
