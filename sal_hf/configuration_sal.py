@@ -60,9 +60,10 @@ class SALConfig(PreTrainedConfig):
             hidden sizes (the first layer maps the input to that width and is never residual). The block's
             local update keeps its form: ``dh_l / da_l = s f'(a_l)``, so ``delta_l = s g_l * f'(a_l)``.
         residual_scale (`float`, *optional*):
-            ``s`` in ``h_l = h_{l-1} + s f(a_l)``. Defaults to ``1 / sqrt(number of residual blocks)`` when
-            `residual` is set: with direct feedback every block receives an aligned signal, so the change of the
-            residual stream per step grows with the number of blocks unless each branch is scaled down.
+            ``s`` in ``h_l = h_{l-1} + s f(a_l)``. Defaults to ``1 / (number of residual blocks)`` when `residual`
+            is set: with direct feedback every block receives an aligned signal, so the change of the residual
+            stream per step is the sum of all blocks' changes and grows with depth unless each branch is scaled
+            by 1/blocks (docs/DEPTH.md measures 1/sqrt(blocks) too).
         norm (`str`, defaults to `"none"`):
             `none`, `layernorm` or `rmsnorm`: normalise every layer's input (pre-norm, output layer included)
             before its router and areas. The norm's parameters belong to that layer and learn from its own
@@ -124,7 +125,7 @@ class SALConfig(PreTrainedConfig):
         if self.feedback is None:
             self.feedback = RULE_FEEDBACK.get(self.learning_rule)
         if self.residual_scale is None:
-            self.residual_scale = max(1, len(self.hidden_sizes) - 1) ** -0.5 if self.residual is True else 1.0
+            self.residual_scale = 1.0 / max(1, len(self.hidden_sizes) - 1) if self.residual is True else 1.0
         super().__post_init__(**kwargs)
         self.validate_sal()
 
