@@ -215,7 +215,7 @@ def write_report(results: list[dict], args, out: Path, command: str) -> None:
         "training (BP's is 1 by definition).",
         "",
         "| layers | rule | seed | test acc % | NaN/Inf | act norm | update norm | cos to BP (init) | cos to BP (end) "
-        "| s |",
+        "| time s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -251,12 +251,13 @@ def write_report(results: list[dict], args, out: Path, command: str) -> None:
         "",
     ]
     lines += [
-        "Reading the table: nothing diverged, but depth buys SAL and DFA nothing here while BP gains 3 points: the "
-        "cosine of a deep block's update to its BP gradient stays near 0 (the first layer's is 0.1-0.35), so the "
-        "deep blocks move in directions BP would not and the accuracy is carried by the first and last layers. "
-        "The hidden output norm grows roughly like the square root of the depth (last layer: 110 at 32 layers, "
-        "198 at 128) "
-        "and the pre-norm keeps every block's input at unit scale. One seed, digits (1,437 training images): "
+        "Reading the table: nothing diverged (no NaN/Inf in any loss, activation or parameter, any depth, rule or "
+        "seed). SAL stays flat from 2 to 128 layers (85.3 -> 85.3 seed 0, 85.6 -> 85.8 seed 1), DFA loses up to "
+        "2.8 points at 128 layers and BP gains 2.5-2.8. The cosine between a deep block's update and its BP gradient "
+        "stays near 0 (|cos| <= 0.15 in the middle and last hidden layer, against 0.2-0.45 for the first layer), so "
+        "with direct feedback the deep blocks do not learn in BP's direction: s = 1/blocks keeps them from hurting, "
+        "but depth buys SAL nothing here. Output norms grow mildly with depth (last hidden layer 28-31 at 2 "
+        "layers, 41-44 at 128; 198 with s = 1/sqrt(blocks)). Two seeds, digits (1,437 training images): "
         "differences of a point or two are within seed noise.",
         "",
     ]
