@@ -14,7 +14,7 @@ a plain loop so the script can look inside between steps. It reports per depth a
 Writes ``<out>/DEPTH.md`` (table) and ``<out>/depth.png`` (accuracy and norms against depth), and the raw
 numbers to ``outputs/depth.json``.
 
-    python scripts/depth.py --quick                    # digits, ~10 min on 2 busy cores
+    python scripts/depth.py --quick --threads 1        # digits, ~8 min on the shared 2-core box
     python scripts/depth.py --dataset fashion_mnist    # once sal_hf.data can load it
 """
 
