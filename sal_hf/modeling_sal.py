@@ -280,6 +280,13 @@ class SALPreTrainedModel(PreTrainedModel):
             self.config.auto_map = {"AutoModel": f"{module}.SALModel", **(getattr(self.config, "auto_map", None) or {})}
         return super().save_pretrained(save_directory, *args, **kwargs)
 
+    def get_input_embeddings(self) -> None:
+        # SAL reads pixel values directly: no embedding layer (FSDP and resizing utilities ask for one).
+        return None
+
+    def get_output_embeddings(self) -> None:
+        return None
+
     @property
     def routers(self) -> list[AreaRouter]:
         """Every router of the model, in layer order."""

@@ -104,6 +104,7 @@ def main() -> None:
             "save_s",
             "load_s",
             "reload_identical_logits",
+            "reload_max_abs_logit_diff",
         ]
         lines += ["| quantity | value |", "|---|---|"]
         lines += [f"| {key} | {report.get(key)} |" for key in keys]

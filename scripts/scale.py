@@ -210,9 +210,18 @@ def main() -> None:
         print(json.dumps(report), flush=True)
 
         model.eval()
+        # Compare in full fp32: TF32 matmuls (if a library turned them on) round inputs to 10 mantissa bits.
+        report["tf32_during_training"] = torch.backends.cuda.matmul.allow_tf32
+        report["float32_matmul_precision_during_training"] = torch.get_float32_matmul_precision()
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")
         probe = x[: args.batch_size].to(args.device)
         with torch.no_grad():
-            logits = model(pixel_values=probe).logits.float().cpu()
+            # Accelerate wrapped `forward` in autocast for bf16 training; compare the plain fp32 model to the reload.
+            model = trainer.accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+            out = model(pixel_values=probe)
+            logits, areas = out.logits.float().cpu(), [a.cpu() for a in out.areas if a is not None]
+            checksums = {name: float(t.double().sum()) for name, t in model.state_dict().items()}
         start = time.perf_counter()
         trainer.save_model(str(save_dir))
         report["save_s"] = round(time.perf_counter() - start, 1)
@@ -223,8 +232,22 @@ def main() -> None:
         again = AutoModelForImageClassification.from_pretrained(str(save_dir)).to(args.device).eval()
         report["load_s"] = round(time.perf_counter() - start, 1)
         with torch.no_grad():
-            logits_again = again(pixel_values=probe).logits.float().cpu()
+            out = again(pixel_values=probe)
+            logits_again, areas_again = out.logits.float().cpu(), [a.cpu() for a in out.areas if a is not None]
+        report["reload_state_identical"] = all(
+            float(t.double().sum()) == checksums[name] for name, t in again.state_dict().items()
+        )
+        report["reload_samples_routed_elsewhere"] = int(sum((a != b).sum() for a, b in zip(areas, areas_again)))
         report["reload_identical_logits"] = bool(torch.equal(logits, logits_again))
+        report["reload_max_abs_logit_diff"] = float((logits - logits_again).abs().max())
+        # cuBLAS may pick other kernels for the reloaded (differently aligned) tensors: on CUDA a reload must
+        # match to float tolerance, on the CPU bit for bit.
+        report["reload_matches"] = report["reload_identical_logits"] or (
+            args.device == "cuda"
+            and report["reload_state_identical"]
+            and report["reload_samples_routed_elsewhere"] == 0
+            and torch.allclose(logits, logits_again, rtol=1e-4, atol=1e-4)
+        )
         report["peak_rss_gib_end"] = round(peak_rss_gib(), 2)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -232,7 +255,7 @@ def main() -> None:
     print(json.dumps(report, indent=1))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
-    ok = report["reload_identical_logits"] and stateless_unchanged and stateful_changed
+    ok = report["reload_matches"] and stateless_unchanged and stateful_changed
     if not args.tiny:  # the tiny model's 4 areas are all selected within a step
         ok = ok and report["areas_with_optimizer_state"] < report["areas_total"]
     sys.exit(0 if ok else 1)

@@ -142,3 +142,9 @@ def test_bf16_model_loads_and_predicts(tmp_path):
     model = SALForImageClassification.from_pretrained(tmp_path, dtype=torch.bfloat16)
     out = model(pixel_values=torch.randn(4, 16))
     assert out.logits.dtype == torch.bfloat16
+
+
+def test_no_embedding_layer_is_reported():
+    """Accelerate's FSDP2 preparation asks every model for its embeddings (found on an H100)."""
+    model = SALForImageClassification(tiny_config())
+    assert model.get_input_embeddings() is None and model.get_output_embeddings() is None
