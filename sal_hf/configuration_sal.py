@@ -63,6 +63,10 @@ class SALConfig(PreTrainedConfig):
         area_update_norm (`str`, defaults to `"batch"`):
             `batch`: an area's update is averaged over the whole batch (the gradient of a mean loss). `area`:
             over the samples routed to it. Only for `sal`.
+        area_lr_scale (`float`, defaults to 1.0):
+            Learning-rate multiplier of the area parameters (the selective path, K > 1), applied by [`SALTrainer`]
+            through an optimizer parameter group. Adam-style optimizers give every area a step of about lr however
+            few samples it saw, so `1 / num_areas` slows the areas to the pace of a dense layer.
         routing_seed (`int`, defaults to 0):
             Seed of the frozen prototypes and initial routing projections (layer l uses `routing_seed + 2 l`).
         feedback_seed (`int`, defaults to 1000):
@@ -97,6 +101,7 @@ class SALConfig(PreTrainedConfig):
     learning_rule: str = "sal"
     feedback: str | None = None
     area_update_norm: str = "batch"
+    area_lr_scale: float = 1.0
     routing_seed: int = 0
     feedback_seed: int = 1000
 
@@ -140,6 +145,12 @@ class SALConfig(PreTrainedConfig):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"SALConfig.{name} must be a number >= 0; got {name}={value!r}.")
+        if (
+            isinstance(self.area_lr_scale, bool)
+            or not isinstance(self.area_lr_scale, (int, float))
+            or not self.area_lr_scale > 0
+        ):
+            raise ValueError(f"SALConfig.area_lr_scale must be a number > 0; got area_lr_scale={self.area_lr_scale!r}.")
         if not 0.0 < self.routing_center_momentum <= 1.0:
             raise ValueError(
                 f"SALConfig.routing_center_momentum must be in (0, 1]; got routing_center_momentum={self.routing_center_momentum!r}."
