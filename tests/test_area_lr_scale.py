@@ -1,4 +1,5 @@
-"""config.area_lr_scale: SALTrainer gives the area parameters (K > 1) their own scaled learning rate."""
+"""config.area_lr_scale: SALTrainer gives the area parameters (K > 1) their own scaled learning rate; the
+defaults that depend on K."""
 
 import copy
 
@@ -48,3 +49,16 @@ def test_area_lr_scale_must_be_positive():
         tiny_config(area_lr_scale=0.0)
     with pytest.raises(ValueError, match="area_lr_scale"):
         tiny_config(area_lr_scale="1/K")
+
+
+def test_defaults_depend_on_the_number_of_areas():
+    from sal_hf import SALConfig
+
+    sal = SALConfig(num_labels=10, num_areas=16)
+    assert sal.dual_path is True and sal.area_init == "identical" and sal.area_lr_scale == 1 / 16
+    dense = SALConfig(num_labels=10, num_areas=1, learning_rule="dfa")  # dual_path needs areas: off for K = 1
+    assert dense.dual_path is False and dense.area_lr_scale == 1.0
+    explicit = SALConfig(num_labels=10, num_areas=16, dual_path=False, area_lr_scale=1.0)
+    assert explicit.dual_path is False and explicit.area_lr_scale == 1.0
+    again = SALConfig.from_dict(sal.to_dict())
+    assert again.dual_path is True and again.area_lr_scale == 1 / 16
