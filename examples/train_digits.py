@@ -13,12 +13,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from transformers import AutoModelForImageClassification, HfArgumentParser, TrainingArguments
 
 import sal_hf
 from sal_hf.data import load_image_dataset
+from sal_hf.metrics import classification_metrics
 
 
 @dataclass
@@ -27,10 +27,6 @@ class DemoArguments:
     num_areas: int = field(default=16, metadata={"help": "areas K of the SAL model (BP uses 1)"})
     hidden_size: int = field(default=256, metadata={"help": "hidden units (the paper's 2-layer MLP)"})
     test_size: float = field(default=0.2, metadata={"help": "stratified test share, split with seed 0"})
-
-
-def accuracy(prediction) -> dict[str, float]:
-    return {"accuracy": float((np.argmax(prediction.predictions, -1) == prediction.label_ids).mean())}
 
 
 def main() -> None:
@@ -61,6 +57,7 @@ def main() -> None:
     for rule in demo.rules:
         config = sal_hf.SALConfig(
             input_size=64,
+            image_size=[8, 8],
             hidden_sizes=[demo.hidden_size],
             num_labels=10,
             num_areas=demo.num_areas if rule == "sal" else 1,
@@ -71,7 +68,12 @@ def main() -> None:
         torch.manual_seed(args.seed)
         model = AutoModelForImageClassification.from_config(config)
         trainer = sal_hf.SALTrainer(
-            model=model, args=args, train_dataset=train, eval_dataset=test, compute_metrics=accuracy
+            model=model,
+            args=args,
+            train_dataset=train,
+            eval_dataset=test,
+            compute_metrics=classification_metrics(num_labels=10),  # evaluate, through sal-hf's metric module
+            processing_class=sal_hf.SALImageProcessor.from_sal_config(config),  # saved: pipeline-ready
         )
         start = time.perf_counter()
         trainer.train()

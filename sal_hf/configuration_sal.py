@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from transformers import PreTrainedConfig
 
 
@@ -24,6 +26,9 @@ class SALConfig(PreTrainedConfig):
     Args:
         input_size (`int`, defaults to 784):
             Number of input values per sample; inputs of any shape are flattened to this size.
+        image_size (`list[int]`, *optional*):
+            `[height, width]` of the grayscale images the model reads (`height * width` must equal
+            `input_size`; an int means a square). Only [`SALImageProcessor`] uses it, to resize images.
         hidden_sizes (`list[int]`, defaults to `[256]`):
             Units of each hidden layer. `[256]` is the paper's "2-layer MLP" (input-256-labels).
         hidden_act (`str`, defaults to `"relu"`):
@@ -60,8 +65,8 @@ class SALConfig(PreTrainedConfig):
             `sal` (area-local feedback alignment), `dfa`, `fa` or `bp` (ordinary backpropagation). All train the
             same architecture, so every comparison is this one flag.
         feedback (`str`, *optional*):
-            `direct` (DFA-style) or `layerwise` (FA-style). Derived from `learning_rule` when unset: `sal` and
-            `dfa` use `direct`, `fa` uses `layerwise`; only `sal` may choose.
+            `direct` (DFA-style) or `layerwise` (FA-style). When unset, `learning_rule` decides (see
+            `feedback_mode`): `sal` and `dfa` use `direct`, `fa` uses `layerwise`; only `sal` may choose.
         area_update_norm (`str`, defaults to `"batch"`):
             `batch`: an area's update is averaged over the whole batch (the gradient of a mean loss). `area`:
             over the samples routed to it. Only for `sal`.
@@ -87,6 +92,7 @@ class SALConfig(PreTrainedConfig):
     keys_to_ignore_at_inference = ["areas", "pre_activations", "routing_losses"]
 
     input_size: int = 784
+    image_size: list[int] | None = None
     hidden_sizes: list[int] | None = None
     hidden_act: str = "relu"
     num_areas: int = 16
@@ -112,8 +118,10 @@ class SALConfig(PreTrainedConfig):
             self.hidden_sizes = [256]
         else:
             self.hidden_sizes = list(self.hidden_sizes)
-        if self.feedback is None:
-            self.feedback = RULE_FEEDBACK.get(self.learning_rule)
+        if isinstance(self.image_size, int) and not isinstance(self.image_size, bool):
+            self.image_size = [self.image_size, self.image_size]
+        elif self.image_size is not None:
+            self.image_size = list(self.image_size)
         # Defaults that depend on K (chosen by the ablations, docs/ABLATIONS.md); a bad K is reported below.
         areas = self.num_areas if isinstance(self.num_areas, int) and self.num_areas >= 1 else 1
         if self.dual_path is None:
@@ -137,6 +145,17 @@ class SALConfig(PreTrainedConfig):
             raise ValueError(
                 f"SALConfig.hidden_sizes must be a non-empty list of positive ints; got hidden_sizes={sizes!r}."
             )
+        size = self.image_size
+        if size is not None:
+            if len(size) != 2 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in size):
+                raise ValueError(
+                    f"SALConfig.image_size must be [height, width] of positive ints; got image_size={size!r}."
+                )
+            if size[0] * size[1] != self.input_size:
+                raise ValueError(
+                    f"SALConfig.image_size={size} holds {size[0] * size[1]} values but input_size={self.input_size}. "
+                    "Set input_size=height*width or fix image_size."
+                )
         choices = {
             "hidden_act": ACTIVATIONS,
             "area_mode": AREA_MODES,
@@ -174,10 +193,9 @@ class SALConfig(PreTrainedConfig):
             )
 
         expected = RULE_FEEDBACK[self.learning_rule]
-        if self.learning_rule == "sal":
-            if self.feedback not in FEEDBACK_MODES:
-                raise ValueError(f"SALConfig.feedback must be one of {FEEDBACK_MODES}; got feedback={self.feedback!r}.")
-        elif self.feedback != expected:
+        if self.feedback is not None and self.feedback not in FEEDBACK_MODES:
+            raise ValueError(f"SALConfig.feedback must be one of {FEEDBACK_MODES}; got feedback={self.feedback!r}.")
+        if self.learning_rule != "sal" and self.feedback not in (None, expected):
             raise ValueError(
                 f"learning_rule={self.learning_rule!r} implies feedback={expected!r}; got feedback={self.feedback!r}. "
                 "Leave feedback unset, or use learning_rule='sal' to choose the feedback."
@@ -200,6 +218,28 @@ class SALConfig(PreTrainedConfig):
             for name in ("dual_path", "output_areas"):
                 if getattr(self, name):
                     raise ValueError(f"{name}=True needs areas; got num_areas=1. Set num_areas > 1 or {name}=False.")
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> tuple[dict, dict]:
+        """[`PreTrainedConfig.get_config_dict`], refusing a checkpoint of another model type: transformers would
+        only warn and build a SAL model from a foreign config."""
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        model_type = config_dict.get("model_type", cls.model_type)
+        if model_type != cls.model_type:
+            source = str(pretrained_model_name_or_path)
+            if os.path.isdir(source):
+                source = os.path.join(source, "config.json")
+            raise ValueError(
+                f"{source} has model_type={model_type!r}, not 'sal': it is not a SAL checkpoint. Load it with "
+                "AutoModel / the class of that model type, or point to a directory saved by a SAL model."
+            )
+        return config_dict, kwargs
+
+    @property
+    def feedback_mode(self) -> str | None:
+        """The feedback in use: `feedback` when set, else the one `learning_rule` implies (None for `bp`). Derived
+        on read, not stored, so a checkpoint loaded with another `learning_rule` gets that rule's feedback."""
+        return self.feedback if self.feedback is not None else RULE_FEEDBACK[self.learning_rule]
 
     @property
     def num_hidden_layers(self) -> int:

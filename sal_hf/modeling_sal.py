@@ -7,9 +7,12 @@ routers' own losses); the rule itself lives in ``learning_rule.py`` and the trai
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from torch.nn import functional as F
 from transformers import PreTrainedModel
@@ -181,6 +184,11 @@ class SALPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = False
     _no_split_modules = ["SALLayer"]
 
+    def __init__(self, config: SALConfig, *inputs, **kwargs) -> None:
+        # `from_pretrained(..., num_areas=4)` sets attributes after the config validated itself: check again.
+        config.validate_sal()
+        super().__init__(config, *inputs, **kwargs)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         # `init.*` skips tensors that were loaded from a checkpoint, so loading never overwrites them.
@@ -197,6 +205,48 @@ class SALPreTrainedModel(PreTrainedModel):
         elif isinstance(module, (AreaRouter, FeedbackMatrices)):
             for name, value in module.initial_values().items():
                 init.copy_(getattr(module, name), value)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args, **kwargs):
+        """[`PreTrainedModel.from_pretrained`] with SAL's checks: an unreadable weights file raises an `OSError`
+        naming it, and weights missing from the checkpoint raise a `ValueError` instead of being silently drawn
+        at random (only the feedback matrices may be missing: they are regenerated from `feedback_seed`, e.g.
+        when a `bp` checkpoint is loaded with `learning_rule="sal"`)."""
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        source = str(pretrained_model_name_or_path)
+        try:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+            )
+        except RuntimeError as error:
+            if "ignore_mismatched_sizes" not in str(error):
+                raise
+            raise ValueError(
+                f"The weights in {source} do not fit its config.json (shapes differ; num_areas, hidden_sizes or "
+                f"routing_dim changed?). Re-save the model, fix the config, or pass ignore_mismatched_sizes=True to "
+                f"re-initialise the mismatched weights. ({error})"
+            ) from error
+        except SafetensorError as error:
+            weights = os.path.join(source, "model.safetensors") if os.path.isdir(source) else source
+            raise OSError(
+                f"Cannot read the SAL weights in {weights}: {error}. The file is truncated or corrupted; restore it "
+                "from another copy or load an earlier checkpoint."
+            ) from error
+        missing = sorted(key for key in info["missing_keys"] if not key.startswith("feedback."))
+        if missing:
+            raise ValueError(
+                f"The checkpoint {source} lacks {len(missing)} weights this SAL model needs, e.g. {missing[:3]}. Its "
+                "weights do not match its config.json (num_areas, hidden_sizes, ...); re-save the model or fix the config."
+            )
+        return (model, info) if output_loading_info else model
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        # transformers writes only the saved class's own auto class to `auto_map`; the copied modeling file
+        # defines every SAL class, so let `AutoModel` load the body of any SAL checkpoint as remote code too.
+        if self._auto_class is not None:
+            module = type(self).__module__.split(".")[-1]
+            self.config.auto_map = {"AutoModel": f"{module}.SALModel", **(getattr(self.config, "auto_map", None) or {})}
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     @property
     def routers(self) -> list[AreaRouter]:
@@ -333,7 +383,7 @@ class SALForImageClassification(SALPreTrainedModel):
         self.feedback = None
         if config.learning_rule != "bp":
             self.feedback = FeedbackMatrices(
-                config.hidden_sizes, config.num_labels, mode=config.feedback, seed=config.feedback_seed
+                config.hidden_sizes, config.num_labels, mode=config.feedback_mode, seed=config.feedback_seed
             )
         self.post_init()
 

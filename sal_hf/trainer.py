@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 from torch import nn
 from transformers import Trainer, TrainerCallback
+from transformers.utils import logging
 
 from .learning_rule import LocalLearningRule
 from .modeling_sal import ACTIVATIONS, SALAreaLinear, SALPreTrainedModel
@@ -14,11 +19,59 @@ from .modeling_sal import ACTIVATIONS, SALAreaLinear, SALPreTrainedModel
 
 class SALRoutingCallback(TrainerCallback):
     """Applies the routing statistics (running input mean, balancing bias) once per optimizer step, so that
-    gradient accumulation over micro-batches routes exactly like one large batch."""
+    gradient accumulation over micro-batches routes exactly like one large batch.
+
+    Args:
+        accelerator: when given, the statistics are summed over all processes first (`accelerator.reduce`), so
+            every rank moves its routing state identically and routes like a single process with the global batch.
+    """
+
+    def __init__(self, accelerator: Accelerator | None = None) -> None:
+        self.accelerator = accelerator
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if isinstance(model, SALPreTrainedModel):
-            model.update_routing_statistics()
+        if not isinstance(model, SALPreTrainedModel):
+            return
+        if self.accelerator is not None and self.accelerator.num_processes > 1:
+            for router in model.routers:
+                for buffer in (router.pending_input_sum, router.pending_load):
+                    buffer.copy_(self.accelerator.reduce(buffer, reduction="sum"))
+        model.update_routing_statistics()
+
+
+logger = logging.get_logger(__name__)
+
+
+class SALInterruptCallback(TrainerCallback):
+    """Makes Ctrl-C (SIGINT) safe: the first one lets the current optimizer step finish, saves a checkpoint
+    (unless `save_strategy="no"`) and stops training normally, so no checkpoint is ever half written by the
+    interrupt; a second Ctrl-C aborts at once. Only installed from the main thread. Under `torchrun` every rank
+    of the terminal's process group receives the signal and stops at the same step."""
+
+    def __init__(self) -> None:
+        self.interrupted = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        self.interrupted = True
+        signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+        logger.warning("Interrupted: finishing this step, saving a checkpoint and stopping. Ctrl-C again aborts now.")
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.interrupted = False
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.interrupted:
+            control.should_training_stop = True
+            control.should_save = args.save_strategy != "no"
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._previous)
+        self._previous = None
 
 
 class SALTrainer(Trainer):
@@ -34,8 +87,12 @@ class SALTrainer(Trainer):
       update is applied, so the weights and the saved checkpoints stay as they were.
     - `create_optimizer`: with `config.area_lr_scale != 1`, moves the area parameters into their own parameter
       groups with the learning rate scaled (schedulers then scale every group alike).
-    - `log`: adds area health (per-router min / max share of samples, dead areas) to the training logs.
-    - A [`SALRoutingCallback`] is added to apply routing statistics after every optimizer step.
+    - `log`: adds area health (per-router min / max share of samples, dead areas) to the training logs, and
+      the diagnostics of any [`SALDiagnosticsCallback`] (see `diagnostics.py`).
+    - `create_model_card`: writes a SAL model card (learning rule, areas, routing, seeds, data, metrics, area
+      utilisation, versions; see `model_card.py`) in place of Trainer's draft; `push_to_hub` uploads it.
+    - A [`SALRoutingCallback`] is added to apply routing statistics after every optimizer step (summed over
+      processes), and a [`SALInterruptCallback`] that turns Ctrl-C into "save a checkpoint and stop".
 
     Everything else, the training loop included, is inherited unchanged.
     """
@@ -50,9 +107,15 @@ class SALTrainer(Trainer):
         config = core.config
         self.learning_rule = None
         if config.learning_rule != "bp":
+            if self.args.label_smoothing_factor or self.compute_loss_func is not None:
+                raise ValueError(
+                    f"learning_rule={config.learning_rule!r} computes its own error signal from softmax cross-entropy; "
+                    f"got label_smoothing_factor={self.args.label_smoothing_factor} and compute_loss_func="
+                    f"{self.compute_loss_func!r}. Remove them, or train with learning_rule='bp'."
+                )
             self.learning_rule = LocalLearningRule(
                 config.learning_rule,
-                feedback_mode=config.feedback,
+                feedback_mode=config.feedback_mode,
                 activation=ACTIVATIONS[config.hidden_act],
                 area_norm=config.area_update_norm,
                 num_areas=config.num_areas,
@@ -60,7 +123,8 @@ class SALTrainer(Trainer):
             )
             # The surrogate is a per-batch mean: Trainer divides it by the accumulation steps.
             self.loss_is_scaled_for_ga = False
-        self.add_callback(SALRoutingCallback())
+        self.add_callback(SALRoutingCallback(self.accelerator))
+        self.add_callback(SALInterruptCallback())
 
     def compute_loss(
         self,
@@ -118,8 +182,30 @@ class SALTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
             core = self.accelerator.unwrap_model(self.model)
+            if self.accelerator.num_processes > 1:
+                for router in core.routers:
+                    router.logged_load.copy_(self.accelerator.reduce(router.logged_load, reduction="sum"))
+            from .diagnostics import SALDiagnosticsCallback  # the diagnostics build on this module
+
+            # Before `area_health`, which resets the area loads that the diagnostics read.
+            for callback in self.callback_handler.callbacks:
+                if isinstance(callback, SALDiagnosticsCallback):
+                    logs.update(callback.diagnostics(core, self.learning_rule))
             logs.update(core.area_health())
         super().log(logs, start_time)
 
+    def create_model_card(self, **kwargs: Any) -> None:
+        """Write `README.md` in `args.output_dir`. Takes [`~Trainer.create_model_card`]'s arguments (`dataset`,
+        `model_name`, `license`, `tags`, ...) and `command`, the command line that trained the model. They are
+        remembered, so the card that `push_to_hub` (or `save_model` with `push_to_hub=True`) rewrites keeps them."""
+        self.model_card_kwargs = {**getattr(self, "model_card_kwargs", {}), **kwargs}
+        if not self.is_world_process_zero():
+            return
+        from .model_card import sal_model_card
 
-__all__ = ["SALTrainer", "SALRoutingCallback"]
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        with open(os.path.join(self.args.output_dir, "README.md"), "w", encoding="utf-8") as file:
+            file.write(sal_model_card(self, **self.model_card_kwargs))
+
+
+__all__ = ["SALTrainer", "SALRoutingCallback", "SALInterruptCallback"]

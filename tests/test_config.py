@@ -10,10 +10,11 @@ def test_defaults_and_derived_feedback():
     config = SALConfig()
     assert config.model_type == "sal"
     assert config.hidden_sizes == [256] and config.num_areas == 16 and config.learning_rule == "sal"
-    assert config.feedback == "direct"
-    assert SALConfig(learning_rule="fa").feedback == "layerwise"
-    assert SALConfig(learning_rule="bp").feedback is None
-    assert SALConfig(learning_rule="sal", feedback="layerwise").feedback == "layerwise"
+    assert config.feedback is None and config.feedback_mode == "direct"
+    assert SALConfig(learning_rule="fa").feedback_mode == "layerwise"
+    assert SALConfig(learning_rule="bp").feedback_mode is None
+    assert SALConfig(learning_rule="sal", feedback="layerwise").feedback_mode == "layerwise"
+    assert SALConfig(learning_rule="dfa", feedback="direct").feedback_mode == "direct"
 
 
 def test_round_trip_through_dict():

@@ -59,7 +59,7 @@ def first_layer_update(model, x, y, error):
     out = model(pixel_values=x, labels=y, local=True)
     rule = learning_rule.LocalLearningRule(
         model.config.learning_rule,
-        feedback_mode=model.config.feedback,
+        feedback_mode=model.config.feedback_mode,
         activation=torch.relu,
         num_areas=model.config.num_areas,
     )

@@ -128,3 +128,13 @@ def test_evaluate_reports_loss_and_metrics(tmp_path):
 def test_rejects_non_sal_models(tmp_path):
     with pytest.raises(ValueError, match="SALTrainer trains SAL models"):
         SALTrainer(model=torch.nn.Linear(2, 2), args=training_args(tmp_path))
+
+
+def test_local_rules_refuse_a_custom_loss(tmp_path):
+    model = SALForImageClassification(tiny_config())
+    with pytest.raises(ValueError, match="label_smoothing_factor=0.1"):
+        SALTrainer(model=model, args=training_args(tmp_path, label_smoothing_factor=0.1))
+    SALTrainer(
+        model=SALForImageClassification(tiny_config(learning_rule="bp")),
+        args=training_args(tmp_path, label_smoothing_factor=0.1),
+    )

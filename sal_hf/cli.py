@@ -1,0 +1,284 @@
+"""`sal-hf`: train, inspect and benchmark SAL models from the command line.
+
+    sal-hf train --dataset digits --rule sal --num-areas 16 --output-dir outputs/digits   # + any TrainingArguments flag
+    sal-hf info outputs/digits [--dataset digits]
+    sal-hf bench NAME [ARGS...]        # runs scripts/NAME.py of a source checkout with ARGS
+
+`python -m sal_hf ...` is the same command. Progress bars are Trainer's own (`--disable-tqdm` turns them off).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .configuration_sal import (
+    AREA_INITS,
+    AREA_MODES,
+    AREA_NORMS,
+    FEEDBACK_MODES,
+    LEARNING_RULES,
+    ROUTERS,
+    ROUTING_SCOPES,
+)
+
+
+SCRIPTS_DIR = Path(__file__).resolve().parent.parent / "scripts"
+COMMANDS = ("train", "info", "bench")
+
+
+@dataclass
+class ModelArguments:
+    """The SAL model to train (see `SALConfig` for the meaning of each field)."""
+
+    rule: str = field(default="sal", metadata={"help": "learning rule", "choices": list(LEARNING_RULES)})
+    num_areas: int = field(default=16, metadata={"help": "areas K per layer (1 = dense)"})
+    hidden_sizes: list[int] = field(default_factory=lambda: [256], metadata={"help": "units per hidden layer"})
+    hidden_act: str = field(default="relu", metadata={"help": "hidden activation"})
+    feedback: str | None = field(
+        default=None,
+        metadata={"help": "direct or layerwise (sal only; derived when unset)", "choices": list(FEEDBACK_MODES)},
+    )
+    area_mode: str = field(default="expert", metadata={"choices": list(AREA_MODES)})
+    area_init: str = field(default="independent", metadata={"choices": list(AREA_INITS)})
+    routing_scope: str = field(default="layer", metadata={"choices": list(ROUTING_SCOPES)})
+    router: str = field(default="learned", metadata={"choices": list(ROUTERS)})
+    routing_dim: int = field(default=32, metadata={"help": "size of the routing space"})
+    output_areas: bool = field(default=False, metadata={"help": "give the output layer K areas too"})
+    dual_path: bool = field(default=False, metadata={"help": "add a shared dense path beside the areas"})
+    area_update_norm: str = field(default="batch", metadata={"choices": list(AREA_NORMS)})
+    routing_seed: int = field(default=0, metadata={"help": "seed of prototypes and initial routing projections"})
+    feedback_seed: int = field(default=1000, metadata={"help": "seed of the feedback matrices"})
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "other SALConfig fields as key=value,key=value (e.g. routing_balance_rate=0.01)"},
+    )
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "continue training a saved SAL model (its config replaces the flags above)"}
+    )
+
+
+@dataclass
+class DataArguments:
+    """What to train on and what to watch."""
+
+    dataset: str = field(default="digits", metadata={"help": "a name of sal_hf.data.LOADERS"})
+    max_train_samples: int | None = field(default=None, metadata={"help": "keep the first N training samples"})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "keep the first N test samples"})
+    diagnostics: bool = field(
+        default=True, metadata={"help": "log per-area shares, routing churn and BP alignment (SALDiagnosticsCallback)"}
+    )
+    probe_size: int = field(
+        default=128,
+        metadata={"help": "samples in the diagnostics' fixed probe batch (cost per log: ~5 passes over it)"},
+    )
+
+
+def _train_parser():
+    from transformers import HfArgumentParser, TrainingArguments
+
+    from .data import LOADERS
+
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments), prog="sal-hf train")
+    parser.description = (
+        f"Train a SAL image classifier with SALTrainer. Datasets: {', '.join(sorted(LOADERS))}. Every "
+        "TrainingArguments flag works (--learning-rate, --num-train-epochs, --report-to tensorboard, --push-to-hub, "
+        "...). Writes the model, its image processor, remote code, trainer_state.json and a model card (README.md) "
+        "to --output-dir."
+    )
+    try:
+        import tensorboard  # noqa: F401
+
+        report_to = "tensorboard"
+    except ImportError:
+        report_to = "none"
+    parser.set_defaults(
+        output_dir="outputs/sal-hf",
+        learning_rate=1e-3,
+        num_train_epochs=10,
+        per_device_train_batch_size=32,
+        per_device_eval_batch_size=256,
+        eval_strategy="epoch",
+        logging_steps=50,
+        save_strategy="no",
+        report_to=report_to,
+        seed=0,
+    )
+    return parser
+
+
+def train(argv: list[str]) -> int:
+    """`sal-hf train`: see `sal-hf train --help`."""
+    from transformers import AutoModelForImageClassification, set_seed
+
+    from .configuration_sal import SALConfig
+    from .data import LOADERS, load_image_dataset
+    from .diagnostics import SALDiagnosticsCallback, probe_batch
+    from .image_processing_sal import SALImageProcessor
+    from .metrics import classification_metrics
+    from .trainer import SALTrainer
+
+    model_args, data_args, args = _train_parser().parse_args_into_dataclasses(args=argv)
+    if data_args.dataset not in LOADERS:
+        raise ValueError(f"Unknown --dataset {data_args.dataset!r}; available: {sorted(LOADERS)}.")
+    data = load_image_dataset(data_args.dataset)
+    train_set, test_set = data["train"], data["test"]
+    if data_args.max_train_samples is not None:
+        train_set = train_set.select(range(min(data_args.max_train_samples, len(train_set))))
+    if data_args.max_eval_samples is not None:
+        test_set = test_set.select(range(min(data_args.max_eval_samples, len(test_set))))
+    names = train_set.features["labels"].names
+    height, width = train_set[0]["pixel_values"].shape
+
+    set_seed(args.seed)
+    if model_args.model_name_or_path is not None:
+        model = AutoModelForImageClassification.from_pretrained(model_args.model_name_or_path)
+    else:
+        fields = {name: getattr(model_args, name) for name in ModelArguments.__dataclass_fields__}
+        for name in ("rule", "config_overrides", "model_name_or_path"):
+            fields.pop(name)
+        config = SALConfig(
+            input_size=height * width,
+            image_size=[height, width],
+            num_labels=len(names),
+            id2label=dict(enumerate(names)),
+            label2id={name: i for i, name in enumerate(names)},
+            learning_rule=model_args.rule,
+            **fields,
+        )
+        if model_args.config_overrides:
+            config.update_from_string(model_args.config_overrides)
+            config.validate_sal()
+        model = AutoModelForImageClassification.from_config(config)
+
+    callbacks = []
+    if data_args.diagnostics:
+        callbacks.append(SALDiagnosticsCallback(*probe_batch(train_set, size=data_args.probe_size, seed=args.seed)))
+    trainer = SALTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=test_set,
+        processing_class=SALImageProcessor.from_sal_config(model.config),
+        compute_metrics=classification_metrics(num_labels=len(names)),
+        callbacks=callbacks,
+    )
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    metrics = trainer.evaluate()
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    trainer.save_state()
+    trainer.create_model_card(dataset=data_args.dataset, command="sal-hf train " + shlex.join(argv))
+    trainer.save_model()  # with --push-to-hub, Trainer uploads args.output_dir here, card included
+    print(f"Saved to {args.output_dir}: eval accuracy {metrics.get('eval_accuracy', float('nan')):.4f}")
+    return 0
+
+
+def info(argv: list[str]) -> int:
+    """`sal-hf info DIR`: a saved model's config, parameter count and area statistics."""
+    parser = argparse.ArgumentParser(prog="sal-hf info", description=info.__doc__)
+    parser.add_argument("directory", help="a directory written by save_pretrained / sal-hf train")
+    parser.add_argument("--dataset", help="also route this dataset's test split and report the area shares")
+    parser.add_argument("--max-samples", type=int, default=None, help="route at most N test samples")
+    options = parser.parse_args(argv)
+
+    import torch
+    from transformers import AutoModelForImageClassification
+
+    directory = Path(options.directory)
+    if not (directory / "config.json").is_file():
+        raise ValueError(f"{directory} has no config.json; pass a directory written by save_pretrained.")
+    model = AutoModelForImageClassification.from_pretrained(directory).eval()
+    config = model.config
+    print(f"{directory}: {type(model).__name__}, learning_rule={config.learning_rule}, feedback={config.feedback_mode}")
+    keys = ["input_size", "image_size", "hidden_sizes", "hidden_act", "num_labels", "num_areas", "area_mode"]
+    keys += ["area_init", "output_areas", "dual_path", "routing_scope", "router", "routing_dim", "area_update_norm"]
+    keys += ["routing_balance_rate", "routing_seed", "feedback_seed"]
+    for key in keys:
+        print(f"  {key:22s} {getattr(config, key)}")
+    total = model.num_parameters()
+    per_area = sum(p.numel() for layer in model.sal.layers for p in (layer.areas.weight_0, layer.areas.bias_0))
+    buffers = sum(b.numel() for name, b in model.named_buffers() if name.startswith("feedback") or "prototypes" in name)
+    print(
+        f"parameters: {total:,} (one area of every hidden layer: {per_area:,}; frozen prototypes + feedback: {buffers:,})"
+    )
+
+    print("routers:")
+    for index, router in enumerate(model.routers):
+        bias = router.area_bias
+        print(
+            f"  router_{index}: K={router.num_areas}, in={router.in_features}, updates={int(router.num_updates)}, "
+            f"balancing bias in [{float(bias.min()):+.4f}, {float(bias.max()):+.4f}]"
+        )
+    state = directory / "trainer_state.json"
+    if state.is_file():
+        history = json.loads(state.read_text())["log_history"]
+        from .model_card import area_utilisation
+
+        for index, stats in enumerate(area_utilisation(history)):
+            shown = {k: v for k, v in stats.items() if not k.startswith("share_")}
+            print(f"  router_{index} at the last training log: {shown}")
+        evals = [entry for entry in history if "eval_accuracy" in entry]
+        if evals:
+            print(
+                f"last eval accuracy (trainer_state.json): {evals[-1]['eval_accuracy']:.4f} at step {evals[-1]['step']}"
+            )
+    if options.dataset:
+        from .data import load_image_dataset
+
+        test_set = load_image_dataset(options.dataset)["test"]
+        if options.max_samples is not None:
+            test_set = test_set.select(range(min(options.max_samples, len(test_set))))
+        batch = test_set[:]
+        with torch.no_grad():
+            outputs = model(pixel_values=batch["pixel_values"])
+        accuracy = float((outputs.logits.argmax(-1) == batch["labels"]).float().mean())
+        print(f"{options.dataset} test split ({len(test_set)} samples): accuracy {accuracy:.4f}")
+        from .diagnostics import routed_layers
+
+        for index, (position, layer) in enumerate(routed_layers(model)):
+            load = torch.bincount(outputs.areas[position], minlength=layer.router.num_areas).double()
+            share = load / load.sum()
+            entropy = float(-(share[share > 0] * share[share > 0].log()).sum() / torch.log(torch.tensor(len(share))))
+            print(
+                f"  router_{index}: min share {float(share.min()):.4f}, max share {float(share.max()):.4f}, "
+                f"dead {int((load == 0).sum())}, normalised entropy {entropy:.3f} (1 = uniform)"
+            )
+    return 0
+
+
+def bench(argv: list[str]) -> int:
+    """`sal-hf bench NAME [ARGS...]`: run `scripts/NAME.py ARGS...` of a source checkout."""
+    available = sorted(path.stem for path in SCRIPTS_DIR.glob("*.py")) if SCRIPTS_DIR.is_dir() else []
+    usage = (
+        f"usage: sal-hf bench NAME [ARGS...]\n\nRuns scripts/NAME.py with ARGS. The scripts live in the repository, "
+        f"not in the installed package: they are found at {SCRIPTS_DIR} (a source checkout, e.g. `pip install -e .`)."
+        f"\nAvailable: {', '.join(available) or 'none'}."
+    )
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage)
+        return 0 if argv else 2
+    script = SCRIPTS_DIR / f"{argv[0]}.py"
+    if not script.is_file():
+        print(f"sal-hf bench: no script {script}.\n\n{usage}", file=sys.stderr)
+        return 2
+    return subprocess.run([sys.executable, str(script), *argv[1:]]).returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `sal-hf` console script."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__.strip())
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    command, rest = argv[0], argv[1:]
+    return {"train": train, "info": info, "bench": bench}[command](rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

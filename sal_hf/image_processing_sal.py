@@ -1,0 +1,107 @@
+"""SALImageProcessor: turns images into the grayscale, [0, 1] `pixel_values` that SAL models are trained on.
+
+Self-contained (imports transformers and numpy only), so that `save_pretrained` can ship it as remote code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from transformers.image_processing_backends import PilBackend
+from transformers.processing_utils import ImagesKwargs
+
+
+# ITU-R 601-2 luma, the weights of PIL's `Image.convert("L")`.
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
+BILINEAR = 2  # PIL.Image.Resampling.BILINEAR, without importing PIL at import time
+
+
+def _with_channel_axis(image: Any) -> Any:
+    """(H, W) array or tensor -> (1, H, W); anything else unchanged."""
+    is_array = isinstance(image, np.ndarray) or hasattr(image, "unsqueeze")  # numpy or torch
+    return image[None] if is_array and image.ndim == 2 else image
+
+
+class SALImageProcessorKwargs(ImagesKwargs, total=False):
+    r"""
+    do_convert_grayscale (`bool`, *optional*, defaults to `True`):
+        Turn colour images into one luminance channel (ITU-R 601-2 luma, as PIL's `convert("L")`); an alpha
+        channel is dropped.
+    """
+
+    do_convert_grayscale: bool
+
+
+class SALImageProcessor(PilBackend):
+    r"""Image processor of SAL image classifiers: grayscale, resize to the model's `image_size`, rescale to
+    [0, 1] (what `sal_hf.data` gives during training); optional normalisation. Returns `pixel_values` of shape
+    `(batch_size, 1, height, width)`, which the model flattens to `input_size = height * width`.
+
+    Args:
+        do_convert_grayscale (`bool`, *optional*, defaults to `True`): see [`SALImageProcessorKwargs`].
+        do_resize (`bool`, *optional*, defaults to `True`): resize to `size`.
+        size (`dict[str, int]`, *optional*, defaults to `{"height": 28, "width": 28}`): the model's image size.
+            [`~SALImageProcessor.from_sal_config`] takes it from a [`SALConfig`].
+        do_rescale (`bool`, *optional*, defaults to `True`): multiply by `rescale_factor` (1/255: 8-bit -> [0, 1]).
+        do_normalize (`bool`, *optional*, defaults to `False`): subtract `image_mean` and divide by `image_std`.
+            Off by default because the project's datasets train on [0, 1] values.
+
+    Example:
+
+    ```python
+    >>> from PIL import Image
+    >>> from sal_hf import SALConfig, SALImageProcessor
+    >>> processor = SALImageProcessor.from_sal_config(SALConfig(input_size=64, image_size=[8, 8], num_labels=10))
+    >>> processor(Image.new("RGB", (32, 32)), return_tensors="pt")["pixel_values"].shape
+    torch.Size([1, 1, 8, 8])
+    ```
+    """
+
+    valid_kwargs = SALImageProcessorKwargs
+    model_input_names = ["pixel_values"]
+    resample = BILINEAR
+    size = {"height": 28, "width": 28}
+    do_resize = True
+    do_rescale = True
+    do_normalize = False
+    do_convert_rgb = False
+    do_convert_grayscale = True
+
+    @classmethod
+    def from_sal_config(cls, config: Any, **kwargs: Any) -> SALImageProcessor:
+        """A processor for a model built from `config` (a [`SALConfig`]): resizes to `config.image_size`, or to
+        a square of `input_size` values when `image_size` is unset and `input_size` is a perfect square."""
+        image_size = getattr(config, "image_size", None)
+        if image_size is None:
+            side = int(round(config.input_size**0.5))
+            if side * side != config.input_size:
+                raise ValueError(
+                    f"Cannot infer the image size from input_size={config.input_size} (not a perfect square). "
+                    "Set SALConfig.image_size=[height, width] or pass size={'height': ..., 'width': ...}."
+                )
+            image_size = [side, side]
+        height, width = image_size
+        return cls(**{"size": {"height": height, "width": width}, **kwargs})
+
+    def preprocess(self, images: Any, *args: Any, **kwargs: Any):
+        """Like [`~BaseImageProcessor.preprocess`], and also accepts 2-D (height, width) grayscale arrays or
+        tensors, alone or in a list (transformers expects a channel axis). Values already in [0, 1], such as
+        `sal_hf.data`'s, need `do_rescale=False`."""
+        if isinstance(images, (list, tuple)):
+            images = [_with_channel_axis(image) for image in images]
+        else:
+            images = _with_channel_axis(images)
+        return super().preprocess(images, *args, **kwargs)
+
+    def process_image(self, image: Any, *args: Any, do_convert_grayscale: bool | None = None, **kwargs: Any):
+        """One raw image -> channels-first array; colour images become one luminance channel (1, H, W)."""
+        image = super().process_image(image, *args, **kwargs)  # (C, H, W)
+        if do_convert_grayscale and image.shape[0] in (3, 4):
+            dtype = image.dtype
+            gray = np.tensordot(LUMA_WEIGHTS, image[:3].astype(np.float64), axes=1)[None]  # (1, H, W)
+            image = np.round(gray).astype(dtype) if np.issubdtype(dtype, np.integer) else gray.astype(dtype)
+        return image
+
+
+__all__ = ["SALImageProcessor"]

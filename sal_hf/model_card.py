@@ -1,0 +1,205 @@
+"""The model card SALTrainer writes: how a SAL model was trained, in the README.md that `push_to_hub` uploads.
+
+It records what a reader needs to trust or reproduce the model: the learning rule and its feedback, K and the
+area layout, the routing settings, every seed, the dataset, the final metrics, the area utilisation at the
+last log, the hyperparameters and the library versions.
+"""
+
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+from huggingface_hub import EvalResult, ModelCardData
+from transformers.modelcard import extract_hyperparameters_from_trainer, make_markdown_table, parse_log_history
+
+
+if TYPE_CHECKING:
+    from .trainer import SALTrainer
+
+RULE_NAMES = {
+    "sal": "SAL (area-local feedback alignment, arXiv 2601.21561)",
+    "dfa": "direct feedback alignment",
+    "fa": "feedback alignment (layer-wise)",
+    "bp": "backpropagation (baseline)",
+}
+VERSIONED = ("transformers", "torch", "accelerate", "datasets", "evaluate")
+
+
+def _table(rows: list[tuple[str, Any]], header: str = "setting") -> str:
+    def show(value: Any) -> str:
+        return f"{value:.4f}" if isinstance(value, float) and value != round(value, 4) else str(value)
+
+    return "\n".join([f"| {header} | value |", "|---|---|", *(f"| {name} | `{show(value)}` |" for name, value in rows)])
+
+
+def _versions() -> list[tuple[str, str]]:
+    from . import __version__
+
+    rows = [("sal-hf", __version__), ("python", platform.python_version())]
+    for package in VERSIONED:
+        try:
+            rows.append((package, metadata.version(package)))
+        except metadata.PackageNotFoundError:
+            continue
+    return rows
+
+
+def _last_log_with(log_history: list[dict[str, Any]], prefix: str) -> dict[str, Any]:
+    for entry in reversed(log_history):
+        found = {key: value for key, value in entry.items() if key.startswith(prefix)}
+        if found:
+            return {"step": entry.get("step"), **found}
+    return {}
+
+
+def area_utilisation(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per router, the area health of the last training log that has one (min / max share, dead areas, and
+    the churn and per-area shares when the diagnostics callback ran)."""
+    last = _last_log_with(log_history, "area/")
+    routers: dict[int, dict[str, Any]] = {}
+    for key, value in last.items():
+        if key == "step":
+            continue
+        _, router, name = key.split("/", 2)
+        routers.setdefault(int(router.removeprefix("router_")), {"step": last["step"]})[name] = value
+    return [routers[index] for index in sorted(routers)]
+
+
+def sal_model_card(
+    trainer: SALTrainer,
+    model_name: str | None = None,
+    dataset: str | list[str] | None = None,
+    license: str | None = None,
+    language: str | list[str] | None = None,
+    tags: str | list[str] | None = None,
+    finetuned_from: str | None = None,
+    command: str | None = None,
+    **unused: Any,
+) -> str:
+    """The card's text (YAML metadata and markdown) for the model `trainer` trained.
+
+    Args:
+        trainer: the trainer, after training (its `state.log_history` holds the metrics).
+        model_name: title; defaults to the name of `args.output_dir`.
+        dataset: dataset name(s), e.g. `"digits"`.
+        license, language, tags, finetuned_from: card metadata, as for [`~Trainer.create_model_card`].
+        command: the command line that trained the model, recorded under "Reproduce".
+    """
+    from pathlib import Path
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    config, args, history = model.config, trainer.args, trainer.state.log_history
+    model_name = model_name or Path(args.output_dir).name
+    datasets = [dataset] if isinstance(dataset, str) else list(dataset or [])
+    tags = [tags] if isinstance(tags, str) else list(tags or [])
+    tags += [tag for tag in ("sal", "backprop-free", "image-classification", "sal-hf") if tag not in tags]
+
+    train_log, result_lines, eval_results = parse_log_history(history)
+    accuracy = (eval_results or {}).get("Accuracy")
+    card_data = ModelCardData(
+        model_name=model_name,
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        license=license,
+        language=language,
+        tags=tags,
+        datasets=datasets or None,
+        base_model=finetuned_from,
+        metrics=["accuracy"] if accuracy is not None else None,
+        eval_results=[
+            EvalResult(
+                task_type="image-classification",
+                dataset_type=datasets[0],
+                dataset_name=datasets[0],
+                metric_type="accuracy",
+                metric_value=float(accuracy),
+            )
+        ]
+        if accuracy is not None and datasets
+        else None,
+    )
+
+    sections = [
+        f"---\n{card_data.to_yaml()}\n---",
+        f"# {model_name}",
+        f"An image classifier trained **{'with' if config.learning_rule == 'bp' else 'without'} backpropagation** "
+        f"by {RULE_NAMES[config.learning_rule]}, with sal-hf (SAL: Selective Adaptive Learning, "
+        f"[arXiv 2601.21561](https://arxiv.org/abs/2601.21561)). Every hidden layer is split into "
+        f"K={config.num_areas} areas and each sample activates one area per layer.",
+        "## How to use\n\n"
+        "The repository ships its modeling code (`trust_remote_code=True`); with `sal_hf` installed and imported, "
+        "the installed classes are used instead.\n\n"
+        "```python\nfrom transformers import pipeline\n\n"
+        f'classify = pipeline("image-classification", model="{model_name}", trust_remote_code=True)\n'
+        'classify("digit.png")\n```',
+    ]
+    rule = [("learning_rule", config.learning_rule), ("feedback", config.feedback_mode)]
+    rule += [("area_update_norm", config.area_update_norm), ("routing_loss_weight", config.routing_loss_weight)]
+    sections.append("## Learning rule\n\n" + _table(rule))
+    architecture = [("input_size", config.input_size), ("image_size", config.image_size)]
+    architecture += [("hidden_sizes", config.hidden_sizes), ("hidden_act", config.hidden_act)]
+    architecture += [("num_labels", config.num_labels), ("num_areas (K)", config.num_areas)]
+    architecture += [(name, getattr(config, name)) for name in ("area_mode", "area_init", "output_areas", "dual_path")]
+    architecture += [("parameters", f"{model.num_parameters():,}")]
+    sections.append("## Architecture\n\n" + _table(architecture))
+    routing = ["routing_scope", "router", "routing_dim", "routing_balance_rate", "routing_center_momentum"]
+    sections.append("## Routing\n\n" + _table([(name, getattr(config, name)) for name in routing]))
+    seeds = [("training seed (`TrainingArguments.seed`)", args.seed), ("data_seed", args.data_seed)]
+    seeds += [("routing_seed", config.routing_seed), ("feedback_seed", config.feedback_seed)]
+    sections.append("## Seeds\n\n" + _table(seeds))
+
+    data = f"Dataset: {', '.join(f'`{name}`' for name in datasets) or 'not recorded'}."
+    for split, part in (("train", trainer.train_dataset), ("evaluation", trainer.eval_dataset)):
+        if part is not None and hasattr(part, "__len__"):
+            data += f" {split}: {len(part):,} samples."
+    description = getattr(getattr(trainer.train_dataset, "info", None), "description", None)
+    if description:
+        data += f" {description}."
+    sections.append("## Data\n\n" + data)
+
+    results = "## Results\n\n"
+    if eval_results:
+        results += "Final evaluation:\n\n" + _table(list(eval_results.items()), header="metric")
+    else:
+        results += "No evaluation was run."
+    if train_log:
+        results += (
+            f"\n\nMean training loss over the run: `{train_log.get('train_loss', float('nan')):.4f}` "
+            f"({trainer.state.global_step} optimizer steps)."
+        )
+    if result_lines:
+        results += "\n\n### Training results\n\n" + make_markdown_table(result_lines)
+    sections.append(results)
+
+    routers = area_utilisation(history)
+    if routers:
+        rows = ["| router | step | min share | max share | dead areas | churn |", "|---|---|---|---|---|---|"]
+        for index, stats in enumerate(routers):
+            rows.append(
+                f"| {index} | {stats['step']} | {stats.get('min_share')} | {stats.get('max_share')} | "
+                f"{stats.get('dead')} | {stats.get('churn', '-')} |"
+            )
+        ideal = f"{1 / config.num_areas:.4f}"
+        sections.append(
+            f"## Area utilisation\n\nShare of training samples per area since the previous log (ideal 1/K = "
+            f"{ideal}), at the last training log.\n\n" + "\n".join(rows)
+        )
+    alignment = _last_log_with(history, "alignment/")
+    if alignment:
+        angles = [(key.removeprefix("alignment/"), value) for key, value in alignment.items() if key != "step"]
+        sections.append(
+            f"## Alignment with backpropagation\n\nAngle (degrees) between the local update and the BP gradient "
+            f"on a fixed probe batch at step {alignment['step']}.\n\n" + _table(angles, header="hidden layer")
+        )
+
+    hyperparameters = extract_hyperparameters_from_trainer(trainer)
+    sections.append("## Training hyperparameters\n\n" + _table(list(hyperparameters.items())))
+    if command:
+        sections.append(f"## Reproduce\n\n```bash\n{command}\n```")
+    sections.append("## Framework versions\n\n" + _table(_versions()))
+    return "\n\n".join(sections) + "\n"
+
+
+__all__ = ["area_utilisation", "sal_model_card"]

@@ -1,0 +1,120 @@
+"""The `sal-hf` command line: train, info, bench; the console-script entry point."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import tomllib
+import torch
+from transformers import AutoModelForImageClassification
+
+import sal_hf
+from sal_hf import cli
+
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_TRAIN = [
+    "--dataset", "digits", "--rule", "sal", "--num-areas", "4", "--hidden-sizes", "16",
+    "--max-train-samples", "96", "--max-eval-samples", "64", "--max-steps", "4", "--logging-steps", "2",
+    "--per-device-train-batch-size", "24", "--probe-size", "32", "--disable-tqdm", "true", "--report-to", "none",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert cli.main(["train", *TINY_TRAIN, "--output-dir", str(out), "--learning_rate", "0.003"]) == 0
+    return out
+
+
+def test_train_writes_a_hub_ready_run(trained):
+    files = {path.name for path in trained.iterdir()}
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "modeling_sal.py", "README.md"} <= files
+    assert {"trainer_state.json", "eval_results.json"} <= files
+    config = json.loads((trained / "config.json").read_text())
+    assert (config["num_areas"], config["hidden_sizes"], config["image_size"]) == (4, [16], [8, 8])
+    assert len(config["id2label"]) == 10
+    # Both spellings of a TrainingArguments flag reached Trainer.
+    args = torch.load(trained / "training_args.bin", weights_only=False)
+    assert (args.learning_rate, args.max_steps, args.per_device_train_batch_size) == (0.003, 4, 24)
+    history = json.loads((trained / "trainer_state.json").read_text())["log_history"]
+    assert any("alignment/layer_0" in entry for entry in history)
+    assert 0.0 <= json.loads((trained / "eval_results.json").read_text())["eval_accuracy"] <= 1.0
+    assert "sal-hf train --dataset digits" in (trained / "README.md").read_text()
+
+
+def test_info_prints_config_parameters_and_areas(trained, capsys):
+    assert cli.main(["info", str(trained), "--dataset", "digits", "--max-samples", "50"]) == 0
+    out = capsys.readouterr().out
+    model = AutoModelForImageClassification.from_pretrained(trained)
+    assert f"parameters: {model.num_parameters():,}" in out
+    assert "num_areas              4" in out and "router_0: K=4" in out
+    assert "digits test split (50 samples): accuracy" in out and "normalised entropy" in out
+
+
+def test_bench_forwards_arguments_to_the_named_script(tmp_path, monkeypatch, capfd):
+    (tmp_path / "echo_args.py").write_text("import sys\nprint('ARGS', sys.argv[1:])\nsys.exit(3)\n")
+    monkeypatch.setattr(cli, "SCRIPTS_DIR", tmp_path)
+    assert cli.main(["bench", "echo_args", "--x", "1", "two"]) == 3
+    assert "ARGS ['--x', '1', 'two']" in capfd.readouterr().out
+    assert cli.main(["bench", "missing"]) == 2
+    err = capfd.readouterr().err
+    assert "no script" in err and "echo_args" in err and "source checkout" in err
+
+
+def test_unknown_dataset_and_command_are_rejected(tmp_path, capsys):
+    with pytest.raises(ValueError, match="Unknown --dataset 'nope'"):
+        cli.main(["train", "--dataset", "nope", "--output-dir", str(tmp_path)])
+    assert cli.main(["frobnicate"]) == 2
+    assert "sal-hf train" in capsys.readouterr().out
+
+
+def test_console_script_points_at_main():
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, function = scripts["sal-hf"].split(":")
+    assert (module, function) == ("sal_hf.cli", "main")
+    assert sys.modules[module].main is cli.main and sal_hf.cli is cli
+
+
+def load_plot_run():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("plot_run", ROOT / "scripts" / "plot_run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def assert_pngs(paths, names):
+    assert {path.name for path in paths} == names
+    for path in paths:
+        data = path.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, path
+
+
+def test_plot_run_draws_a_trained_run(trained, tmp_path):
+    written = load_plot_run().main([str(trained), "--out", str(tmp_path / "plots")])
+    assert_pngs(written, {"loss.png", "accuracy.png", "areas.png", "diagnostics.png"})
+
+
+def test_plot_run_reads_tensorboard_events(tmp_path):
+    pytest.importorskip("tensorboard")
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(tmp_path / "runs" / "x"))
+    for step in (1, 2, 3):
+        writer.add_scalar("train/loss", 2.0 / step, step)
+        for k in range(3):
+            writer.add_scalar(f"train/area/router_0/share_{k}", [0.2, 0.3, 0.5][k], step)
+        writer.add_scalar("train/alignment/layer_0", 90.0 - step, step)
+    writer.add_scalar("eval/accuracy", 0.5, 3)
+    writer.close()
+    plot_run = load_plot_run()
+    history = plot_run.read_log_history(tmp_path)
+    train = [entry for entry in history if "loss" in entry]
+    assert [entry["step"] for entry in train] == [1, 2, 3]
+    assert train[1]["area/router_0/share_2"] == pytest.approx(0.5) and train[2]["alignment/layer_0"] == 87.0
+    assert [entry for entry in history if "eval_accuracy" in entry] == [{"step": 3, "eval_accuracy": 0.5}]
+    written = plot_run.plot_run(history, tmp_path / "plots")
+    assert_pngs(written, {"loss.png", "accuracy.png", "areas.png", "diagnostics.png"})

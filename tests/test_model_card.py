@@ -1,0 +1,105 @@
+"""The model card SALTrainer writes, and the folder push_to_hub would upload (the Hub itself is not called)."""
+
+import fnmatch
+import os
+
+import pytest
+import torch
+import transformers.trainer
+from conftest import as_dataset, tiny_batch, training_args
+
+from sal_hf import SALConfig, SALDiagnosticsCallback, SALForImageClassification, SALImageProcessor, SALTrainer
+from sal_hf.metrics import classification_metrics
+
+
+class RecordingApi:
+    """Stands in for the Hub client: records what `upload_folder` would send."""
+
+    def __init__(self):
+        self.uploads = []
+
+    def upload_folder(self, folder_path, ignore_patterns=(), **kwargs):
+        files = sorted(
+            os.path.relpath(os.path.join(root, name), folder_path)
+            for root, _, names in os.walk(folder_path)
+            for name in names
+        )
+        kept = [
+            f
+            for f in files
+            if not any(fnmatch.fnmatch(f, p) or fnmatch.fnmatch(f.split(os.sep)[0], p) for p in ignore_patterns)
+        ]
+        self.uploads.append({"files": kept, "readme": open(os.path.join(folder_path, "README.md")).read(), **kwargs})
+
+
+@pytest.fixture
+def trainer(tmp_path):
+    torch.manual_seed(0)
+    names = [f"class_{i}" for i in range(5)]
+    config = SALConfig(
+        input_size=16, image_size=[4, 4], hidden_sizes=[32, 32], num_labels=5, num_areas=4, routing_seed=7,
+        feedback_seed=11, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+    )  # fmt: skip
+    model = SALForImageClassification(config)
+    x, y = tiny_batch(64)
+    data = as_dataset(x.view(-1, 4, 4), y)
+    args = training_args(tmp_path, max_steps=4, logging_steps=2, eval_strategy="steps", eval_steps=4, seed=5)
+    trainer = SALTrainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        eval_dataset=data[:32],
+        processing_class=SALImageProcessor.from_sal_config(config),
+        compute_metrics=classification_metrics(5),
+        callbacks=[SALDiagnosticsCallback(x[:16], y[:16])],
+    )
+    trainer.train()
+    return trainer
+
+
+def test_card_records_how_the_model_was_trained(trainer):
+    trainer.create_model_card(dataset="tiny-random", command="sal-hf train --dataset tiny-random")
+    card = open(os.path.join(trainer.args.output_dir, "README.md")).read()
+    final = [entry for entry in trainer.state.log_history if "eval_accuracy" in entry][-1]
+    expected = [
+        "pipeline_tag: image-classification",
+        "- tiny-random",
+        "| learning_rule | `sal` |",
+        "| feedback | `direct` |",
+        "| num_areas (K) | `4` |",
+        "| routing_scope | `layer` |",
+        "| routing_dim | `32` |",
+        "| training seed (`TrainingArguments.seed`) | `5` |",
+        "| routing_seed | `7` |",
+        "| feedback_seed | `11` |",
+        f"| Accuracy | `{final['eval_accuracy']:.4f}`"
+        if final["eval_accuracy"] != round(final["eval_accuracy"], 4)
+        else f"| Accuracy | `{final['eval_accuracy']}`",
+        f"value: {final['eval_accuracy']}",
+        "## Area utilisation",
+        "| 0 | 4 |",
+        "| 1 | 4 |",
+        "## Alignment with backpropagation",
+        f"| transformers | `{transformers.__version__}` |",
+        f"| torch | `{torch.__version__}` |",
+        "sal-hf train --dataset tiny-random",
+        'pipeline("image-classification"',
+        "trust_remote_code=True",
+    ]
+    missing = [line for line in expected if line not in card]
+    assert not missing, f"{missing}\n\n{card}"
+
+
+def test_push_to_hub_uploads_model_code_processor_and_card(trainer, monkeypatch):
+    api = RecordingApi()
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: api)
+    trainer.hub_model_id = "someone/sal-tiny"  # skips creating the repository
+    trainer.create_model_card(dataset="tiny-random")
+    os.remove(os.path.join(trainer.args.output_dir, "README.md"))
+    trainer.push_to_hub()  # writes the card again, keeping the dataset given before
+    (upload,) = api.uploads
+    assert upload["repo_id"] == "someone/sal-tiny"
+    required = {"README.md", "config.json", "model.safetensors", "preprocessor_config.json", "configuration_sal.py",
+                "modeling_sal.py", "routing.py", "feedback.py", "image_processing_sal.py"}  # fmt: skip
+    assert required <= set(upload["files"]), upload["files"]
+    assert "| num_areas (K) | `4` |" in upload["readme"] and "- tiny-random" in upload["readme"]

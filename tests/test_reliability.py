@@ -1,0 +1,126 @@
+"""Faults: corrupted or foreign checkpoints, NaN losses, Ctrl-C. Each keeps the last checkpoint loadable."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import as_dataset, tiny_batch, tiny_config, training_args
+from transformers import AutoModelForImageClassification
+from transformers.trainer_utils import get_last_checkpoint
+
+from sal_hf import SALConfig, SALForImageClassification, SALModel, SALTrainer
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = SALForImageClassification(tiny_config())
+    model.save_pretrained(tmp_path / "model")
+    return tmp_path / "model"
+
+
+def test_truncated_weights_raise_an_error_naming_the_file(saved):
+    weights = saved / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    for load in (AutoModelForImageClassification.from_pretrained, SALForImageClassification.from_pretrained):
+        with pytest.raises(OSError, match=f"{weights}.*truncated or corrupted"):
+            load(saved)
+
+
+@pytest.mark.parametrize("cls", [SALConfig, SALModel, SALForImageClassification])
+def test_a_config_of_another_model_type_raises_naming_the_file(saved, cls):
+    config = json.loads((saved / "config.json").read_text())
+    (saved / "config.json").write_text(json.dumps({**config, "model_type": "vit"}))
+    with pytest.raises(ValueError, match=f"{saved / 'config.json'} has model_type='vit', not 'sal'"):
+        cls.from_pretrained(saved)
+
+
+@pytest.mark.parametrize("change", [{"num_areas": 8}, {"output_areas": True}, {"hidden_sizes": [32, 16]}])
+def test_weights_that_do_not_fit_the_config_raise(saved, change):
+    config = json.loads((saved / "config.json").read_text())
+    (saved / "config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(ValueError, match=str(saved)):
+        SALForImageClassification.from_pretrained(saved)
+
+
+def test_a_bp_checkpoint_loads_for_sal_with_regenerated_feedback(tmp_path):
+    SALForImageClassification(tiny_config(learning_rule="bp")).save_pretrained(tmp_path)
+    model = SALForImageClassification.from_pretrained(tmp_path, learning_rule="sal")
+    assert model.config.feedback_mode == "direct"
+    assert torch.equal(model.feedback.layer_0, SALForImageClassification(tiny_config()).feedback.layer_0)
+
+
+def test_nan_loss_stops_training_and_the_last_checkpoint_stays_loadable(tmp_path):
+    torch.manual_seed(0)
+    model = SALForImageClassification(tiny_config())
+    x, y = tiny_batch(64)
+    x[40:48] = float("inf")  # the sixth batch of 8 in sequential order
+    args = training_args(
+        tmp_path,
+        per_device_train_batch_size=8,
+        save_strategy="steps",
+        save_steps=2,
+        train_sampling_strategy="sequential",
+    )
+    trainer = SALTrainer(model=model, args=args, train_dataset=as_dataset(x, y))
+    with pytest.raises(FloatingPointError, match="Training loss is nan at step 5.*unchanged"):
+        trainer.train()
+    last = get_last_checkpoint(args.output_dir)
+    assert last.endswith("checkpoint-4")
+    again = SALForImageClassification.from_pretrained(last)
+    assert all(torch.isfinite(p).all() for p in again.parameters())
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # the NaN step changed nothing
+
+
+INTERRUPTIBLE = """
+import sys, time, torch
+sys.path.insert(0, {tests!r})
+from transformers import TrainerCallback
+from conftest import as_dataset, tiny_batch, tiny_config, training_args
+from pathlib import Path
+from sal_hf import SALForImageClassification, SALTrainer
+
+class Slow(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        time.sleep(0.05)
+        print("step", state.global_step, flush=True)
+
+x, y = tiny_batch(64)
+args = training_args(Path({out!r}), max_steps=100000, save_strategy="steps", save_steps=5, logging_steps=1000)
+trainer = SALTrainer(model=SALForImageClassification(tiny_config()), args=args, train_dataset=as_dataset(x, y), callbacks=[Slow()])
+trainer.train()
+print("stopped at", trainer.state.global_step, flush=True)
+"""
+
+
+def test_sigint_saves_a_checkpoint_and_stops_cleanly(tmp_path):
+    code = INTERRUPTIBLE.format(tests=str(ROOT / "tests"), out=str(tmp_path))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while get_last_checkpoint_or_none(tmp_path / "out") is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-3000:]
+    stopped = int(stdout.split("stopped at")[-1])
+    last = get_last_checkpoint(str(tmp_path / "out"))
+    assert last.endswith(f"checkpoint-{stopped}"), (last, stopped)  # the interrupt saved where it stopped
+    state = json.loads((Path(last) / "trainer_state.json").read_text())
+    assert state["global_step"] == stopped
+    again = SALForImageClassification.from_pretrained(last)
+    assert all(torch.isfinite(p).all() for p in again.parameters())
+
+
+def get_last_checkpoint_or_none(folder: Path):
+    return get_last_checkpoint(str(folder)) if folder.exists() else None
