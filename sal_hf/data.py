@@ -243,7 +243,7 @@ def _check_source(source: str) -> None:
 
 def _load_hub(name: str) -> DatasetDict:
     """Full train / test splits from the Hugging Face Hub, as grayscale [0, 1] arrays (needs the network)."""
-    from datasets import Array2D, ClassLabel, Features, load_dataset
+    from datasets import Array2D, ClassLabel, DatasetDict, Features, load_dataset
 
     repo, column = HUB_DATASETS[name]
     raw = load_dataset(repo)
@@ -262,8 +262,6 @@ def _load_hub(name: str) -> DatasetDict:
         split: raw[split].map(to_gray, batched=True, remove_columns=raw[split].column_names, features=features)
         for split in ("train", "test")
     }
-    from datasets import DatasetDict
-
     return DatasetDict(splits).with_format("torch")
 
 

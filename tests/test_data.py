@@ -128,3 +128,24 @@ def test_tensor_rows_match_the_dataset_and_collate():
     assert rows[3]["labels"] == split[3]["labels"]
     with pytest.raises(ValueError, match="one length"):
         TensorRows({"pixel_values": torch.zeros(3, 2), "labels": torch.zeros(2)})
+
+
+def test_hub_path_turns_colour_images_gray_without_the_network(monkeypatch):
+    import datasets
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(4)]
+
+    def fake_load_dataset(repo):  # what datasets.load_dataset("uoft-cs/cifar10") returns, in miniature
+        assert repo == "uoft-cs/cifar10"
+        features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=list("abcdefghij"))})
+        split = datasets.Dataset.from_dict({"img": images, "label": [0, 1, 2, 9]}, features=features)
+        return datasets.DatasetDict({"train": split, "test": split})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    dataset = load_image_dataset("cifar10", source="hub")
+    check_contract(dataset, (32, 32), 10, sizes={"train": 4, "test": 4})
+    expected = np.asarray(images[3].convert("L"), dtype=np.float32) / 255.0
+    np.testing.assert_allclose(dataset["test"][3]["pixel_values"].numpy(), expected)
+    assert dataset["test"][3]["labels"] == 9
