@@ -15,6 +15,7 @@ ROUTING_SCOPES = ("layer", "shared")
 ROUTERS = ("learned", "random")
 AREA_NORMS = ("batch", "area")
 ACTIVATIONS = ("relu", "tanh", "gelu", "silu", "sigmoid")
+NORMS = ("none", "layernorm", "rmsnorm")
 # The feedback each rule implies; `sal` may use either.
 RULE_FEEDBACK = {"dfa": "direct", "fa": "layerwise", "sal": "direct", "bp": None}
 
@@ -61,6 +62,19 @@ class SALConfig(PreTrainedConfig):
         dual_path (`bool`, *optional*):
             Add a shared dense path beside the area path in every hidden layer; the two are summed. Defaults to
             True when `num_areas > 1` (measured better, docs/ABLATIONS.md), else False.
+        residual (`bool`, defaults to `False`):
+            Make every hidden layer after the first a residual block, ``h_l = h_{l-1} + f(a_l)``. Needs equal
+            hidden sizes (the first layer maps the input to that width and is never residual). The block's
+            local update keeps its form: ``dh_l / da_l = s f'(a_l)``, so ``delta_l = s g_l * f'(a_l)``.
+        residual_scale (`float`, *optional*):
+            ``s`` in ``h_l = h_{l-1} + s f(a_l)``. Defaults to ``1 / (number of residual blocks)`` when `residual`
+            is set: with direct feedback every block receives an aligned signal, so the change of the residual
+            stream per step is the sum of all blocks' changes and grows with depth unless each branch is scaled
+            by 1/blocks (docs/DEPTH.md measures 1/sqrt(blocks) too).
+        norm (`str`, defaults to `"none"`):
+            `none`, `layernorm` or `rmsnorm`: normalise every layer's input (pre-norm, output layer included)
+            before its router and areas. The norm's parameters belong to that layer and learn from its own
+            local update. Deep residual stacks (tens of layers) need it.
         learning_rule (`str`, defaults to `"sal"`):
             `sal` (area-local feedback alignment), `dfa`, `fa` or `bp` (ordinary backpropagation). All train the
             same architecture, so every comparison is this one flag.
@@ -106,6 +120,9 @@ class SALConfig(PreTrainedConfig):
     routing_loss_weight: float = 1.0
     output_areas: bool = False
     dual_path: bool | None = None
+    residual: bool = False
+    residual_scale: float | None = None
+    norm: str = "none"
     learning_rule: str = "sal"
     feedback: str | None = None
     area_update_norm: str = "batch"
@@ -122,6 +139,8 @@ class SALConfig(PreTrainedConfig):
             self.image_size = [self.image_size, self.image_size]
         elif self.image_size is not None:
             self.image_size = list(self.image_size)
+        if self.residual_scale is None:
+            self.residual_scale = 1.0 / max(1, len(self.hidden_sizes) - 1) if self.residual is True else 1.0
         # Defaults that depend on K (chosen by the ablations, docs/ABLATIONS.md); a bad K is reported below.
         areas = self.num_areas if isinstance(self.num_areas, int) and self.num_areas >= 1 else 1
         if self.dual_path is None:
@@ -164,6 +183,7 @@ class SALConfig(PreTrainedConfig):
             "router": ROUTERS,
             "learning_rule": LEARNING_RULES,
             "area_update_norm": AREA_NORMS,
+            "norm": NORMS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -214,6 +234,17 @@ class SALConfig(PreTrainedConfig):
                 )
             if self.output_areas:
                 raise ValueError("area_mode='partition' cannot split the output layer; set output_areas=False.")
+        if not isinstance(self.residual, bool):
+            raise ValueError(f"SALConfig.residual must be a bool; got residual={self.residual!r}.")
+        if not isinstance(self.residual_scale, (int, float)) or not self.residual_scale > 0:
+            raise ValueError(
+                f"SALConfig.residual_scale must be a number > 0; got residual_scale={self.residual_scale!r}."
+            )
+        if self.residual and len(set(sizes)) != 1:
+            raise ValueError(
+                f"residual=True adds each hidden layer's input to its output, so all hidden sizes must be equal; "
+                f"got hidden_sizes={sizes}. Use equal sizes (e.g. [{sizes[0]}] * {len(sizes)}) or residual=False."
+            )
         if self.num_areas == 1:
             for name in ("dual_path", "output_areas"):
                 if getattr(self, name):

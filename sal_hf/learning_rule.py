@@ -12,6 +12,8 @@ arguments that carry them:
     f'     derivative of the activation         -> :func:`activation_derivative`
     B_l    fixed random feedback of layer l     -> ``feedback[l]`` (see feedback.py for shapes)
     delta_l = (g_l) * f'(a_l), with g_l = e @ B_l (direct) or delta_{l+1} @ B_l (layerwise)
+           (a residual block h_l = h_{l-1} + s f(a_l) has dh_l/da_l = s f'(a_l), so delta_l gets the
+           factor s; layerwise feedback also carries the skip path: g_l = delta_{l+1} @ B_l + g_{l+1})
     k*     area a sample selected at layer l    -> ``areas[l]``, (B,) long, or None when K = 1
 
 The update of the selected area's weights is ``grad W_l[k*] = sum_{i routed to k*} delta_l,i x_l,i^T``
@@ -68,6 +70,8 @@ def local_deltas(
     *,
     mode: str,
     activation: Callable[[torch.Tensor], torch.Tensor],
+    residual: bool = False,
+    residual_scale: float = 1.0,
 ) -> list[torch.Tensor]:
     """Local error ``delta_l`` of every hidden layer, (B, d_l) fp32, no graph.
 
@@ -77,17 +81,29 @@ def local_deltas(
         feedback: ``B_l`` per hidden layer: (C, d_l) for ``direct``, (d_{l+1}, d_l) for ``layerwise``.
         mode: ``"direct"`` (DFA) or ``"layerwise"`` (FA).
         activation: the hidden activation ``f``.
+        residual: hidden layers after the first are residual blocks (only changes ``layerwise``: the signal at
+            a block's input is the signal at its output plus the feedback of its own delta).
+        residual_scale: ``s`` of the residual blocks, ``h_l = h_{l-1} + s f(a_l)``.
     """
     if len(feedback) != len(pre_activations):
         raise ValueError(f"Got {len(feedback)} feedback matrices for {len(pre_activations)} hidden layers.")
     deltas: list[torch.Tensor] = [None] * len(pre_activations)  # type: ignore[list-item]
     signal = error
+    carried = None  # g_{l+1}, the signal at the next block's output (layerwise + residual)
     with torch.no_grad():
         for index in reversed(range(len(pre_activations))):
             source = error if mode == "direct" else signal
             matrix = feedback[index].to(source.dtype)
-            deltas[index] = (source @ matrix) * activation_derivative(activation, pre_activations[index])
+            g = source @ matrix  # (B, d_l)
+            if carried is not None:
+                g = g + carried
+            derivative = activation_derivative(activation, pre_activations[index])
+            if residual and index >= 1:
+                derivative = derivative * residual_scale
+            deltas[index] = g * derivative
             signal = deltas[index]
+            # Block index (index >= 1) passes its output signal straight to its input h_{index-1}.
+            carried = g if residual and mode == "layerwise" and index >= 1 else None
     return deltas
 
 
@@ -137,6 +153,8 @@ class LocalLearningRule:
             Adam cancels the difference).
         num_areas: K, needed for ``area_norm="area"``.
         routing_loss_weight: weight of the routers' local objective.
+        residual: the model's hidden layers after the first are residual blocks.
+        residual_scale: their branch scale ``s``.
     """
 
     def __init__(
@@ -148,6 +166,8 @@ class LocalLearningRule:
         area_norm: str = "batch",
         num_areas: int = 1,
         routing_loss_weight: float = 1.0,
+        residual: bool = False,
+        residual_scale: float = 1.0,
     ) -> None:
         if rule not in LOCAL_RULES:
             raise ValueError(f"Got rule={rule!r}; a local learning rule is one of {LOCAL_RULES} ('bp' uses autograd).")
@@ -159,6 +179,8 @@ class LocalLearningRule:
         self.area_norm = area_norm
         self.num_areas = num_areas
         self.routing_loss_weight = routing_loss_weight
+        self.residual = residual
+        self.residual_scale = residual_scale
 
     def __call__(
         self,
@@ -172,7 +194,15 @@ class LocalLearningRule:
         routing_losses: Sequence[torch.Tensor] = (),
     ) -> torch.Tensor:
         error = output_error(logits, labels)
-        deltas = local_deltas(error, pre_activations, feedback, mode=self.feedback_mode, activation=self.activation)
+        deltas = local_deltas(
+            error,
+            pre_activations,
+            feedback,
+            mode=self.feedback_mode,
+            activation=self.activation,
+            residual=self.residual,
+            residual_scale=self.residual_scale,
+        )
         weights = None
         if self.area_norm == "area":
             weights = [area_sample_weights(area, self.num_areas) for area in areas]

@@ -28,6 +28,15 @@ from .routing import AreaRouter
 ACTIVATIONS = {"relu": F.relu, "tanh": torch.tanh, "gelu": F.gelu, "silu": F.silu, "sigmoid": torch.sigmoid}
 
 
+def make_norm(kind: str, size: int) -> nn.Module | None:
+    """The input normalisation of one layer (`SALConfig.norm`), or None."""
+    if kind == "layernorm":
+        return nn.LayerNorm(size)
+    if kind == "rmsnorm":
+        return nn.RMSNorm(size, eps=1e-6)
+    return None
+
+
 class SALAreaLinear(nn.Module):
     """K disjoint linear maps; each sample goes through the one its area selects.
 
@@ -88,8 +97,8 @@ class SALAreaLinear(nn.Module):
 
 
 class SALLayer(nn.Module):
-    """One SAL layer: route (unless the area is given), then the selected area's linear map, the optional
-    shared dense path, and the activation.
+    """One SAL layer: normalise the input (optional), route it (unless the area is given), then the selected
+    area's linear map, the optional shared dense path, the activation and the optional residual connection.
 
     Args:
         config: the model config.
@@ -99,6 +108,8 @@ class SALLayer(nn.Module):
         num_areas: K for this layer.
         route: whether this layer owns a router (False when routing is shared and this is not the first layer).
         activation: the activation, or None for the output layer.
+        residual: add the layer's input to its output (needs ``in_features == out_features``), as
+            ``h = x + config.residual_scale * f(a)``.
     """
 
     def __init__(
@@ -110,8 +121,16 @@ class SALLayer(nn.Module):
         num_areas: int,
         route: bool,
         activation: str | None,
+        residual: bool = False,
     ) -> None:
         super().__init__()
+        if residual and in_features != out_features:
+            raise ValueError(
+                f"A residual layer needs in_features == out_features; got {in_features} -> {out_features}."
+            )
+        self.residual = residual
+        self.residual_scale = config.residual_scale
+        self.norm = make_norm(config.norm, in_features)
         self.router = None
         if route and num_areas > 1:
             self.router = AreaRouter(
@@ -131,8 +150,15 @@ class SALLayer(nn.Module):
         self, x: torch.Tensor, area: torch.Tensor | None = None, local: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Returns ``(h, a, area, routing_loss)``: output (B, out), pre-activation (B, out), area (B,) or
-        None, and the router's local loss when ``local`` and the router learns (else None)."""
+        None, and the router's local loss when ``local`` and the router learns (else None).
+
+        With a residual connection ``h = x + s f(a)``, so ``dh/da = s f'(a)``: a local rule that feeds the
+        signal ``g`` at ``h`` back into ``a`` as ``s g * f'(a)`` trains this layer's norm, areas and
+        shared path by autograd inside the layer (``a`` has a graph to those and to nothing else)."""
         routing_loss = None
+        skip = x
+        if self.norm is not None:
+            x = self.norm(x)
         if self.router is not None:
             area, routed = self.router(x)
             if local and self.router.learned:
@@ -141,6 +167,8 @@ class SALLayer(nn.Module):
         if self.shared is not None:
             a = a + self.shared(x)
         h = self.activation(a) if self.activation is not None else a
+        if self.residual:
+            h = skip + self.residual_scale * h
         return h, a, area, routing_loss
 
 
@@ -202,6 +230,10 @@ class SALPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.Linear):
             init.kaiming_uniform_(module.weight, nonlinearity="relu")
             init.zeros_(module.bias)
+        elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+            init.ones_(module.weight)
+            if getattr(module, "bias", None) is not None:
+                init.zeros_(module.bias)
         elif isinstance(module, (AreaRouter, FeedbackMatrices)):
             for name, value in module.initial_values().items():
                 init.copy_(getattr(module, name), value)
@@ -316,6 +348,7 @@ class SALModel(SALPreTrainedModel):
                 num_areas=config.num_areas,
                 route=config.routing_scope == "layer" or i == 0,
                 activation=config.hidden_act,
+                residual=config.residual and i > 0,
             )
             for i in range(len(config.hidden_sizes))
         )

@@ -120,6 +120,8 @@ class SALTrainer(Trainer):
                 area_norm=config.area_update_norm,
                 num_areas=config.num_areas,
                 routing_loss_weight=config.routing_loss_weight,
+                residual=config.residual,
+                residual_scale=config.residual_scale,
             )
             # The surrogate is a per-batch mean: Trainer divides it by the accumulation steps.
             self.loss_is_scaled_for_ga = False

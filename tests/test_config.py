@@ -48,6 +48,10 @@ INVALID = [
     ({"routing_center_momentum": 0.0}, "routing_center_momentum"),
     ({"num_labels": 1}, "num_labels"),
     ({"problem_type": "regression"}, "problem_type='regression'"),
+    ({"norm": "batchnorm"}, "norm='batchnorm'"),
+    ({"residual": 1}, "residual=1"),
+    ({"residual_scale": 0.0}, "residual_scale=0.0"),
+    ({"residual": True, "hidden_sizes": [32, 16]}, "hidden_sizes=[32, 16]"),
 ]
 
 

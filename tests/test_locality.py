@@ -28,7 +28,15 @@ def ids(module: torch.nn.Module) -> set[int]:
 
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"routing_scope": "shared"}, {"dual_path": True}, {"output_areas": True}, {"area_mode": "partition"}],
+    [
+        {},
+        {"routing_scope": "shared"},
+        {"dual_path": True},
+        {"output_areas": True},
+        {"area_mode": "partition"},
+        {"residual": True, "norm": "layernorm"},
+        {"residual": True, "norm": "rmsnorm", "dual_path": True, "hidden_sizes": [32, 32, 32]},
+    ],
 )
 def test_each_layer_term_reaches_only_its_own_parameters(overrides):
     torch.manual_seed(0)

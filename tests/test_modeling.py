@@ -28,6 +28,7 @@ def test_auto_classes_resolve(tmp_path):
         {"routing_scope": "shared", "output_areas": True},
         {"area_mode": "partition", "router": "random"},
         {"dual_path": True, "feedback": "layerwise"},
+        {"residual": True, "norm": "layernorm", "feedback": "layerwise"},
     ],
 )
 def test_save_load_gives_identical_outputs_and_updates(overrides, tmp_path):

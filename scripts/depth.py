@@ -1,0 +1,335 @@
+"""Depth study: SAL, DFA and BP on residual, normalised stacks of 2, 8, 32 and 128 layers.
+
+A "D-layer" model is D - 1 residual hidden blocks of the same width plus the output layer (the paper's "2-layer
+MLP" is input-256-labels). Every rule trains the same architecture (``residual=True``, pre-norm) with the same
+optimizer, learning rate, batch size and number of epochs, one step at a time through the very code SALTrainer
+runs (``SALTrainer.compute_loss``, one backward, the optimizer step, the routing statistics callback), driven by
+a plain loop so the script can look inside between steps. It reports per depth and rule:
+
+- final test accuracy, and whether a NaN / Inf appeared in any loss, activation or parameter;
+- the mean per-sample L2 norm of the first / middle / last hidden layer's output on a probe batch;
+- the norm of each of those layers' update (the rule's gradient on the probe batch, before the optimizer);
+- the cosine between that update and the true BP gradient of the same layer on the same probe batch.
+
+Writes ``<out>/DEPTH.md`` (table) and ``<out>/depth.png`` (accuracy and norms against depth), and the raw
+numbers to ``outputs/depth.json``.
+
+    python scripts/depth.py --quick --threads 1        # digits, ~8 min on the shared 2-core box
+    python scripts/depth.py --dataset fashion_mnist    # once sal_hf.data can load it
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import TrainingArguments
+
+from sal_hf import SALConfig, SALForImageClassification, SALTrainer
+from sal_hf.data import load_image_dataset
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
+def load(name: str, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    data = load_image_dataset(name)
+    train, test = data["train"][:], data["test"][:]  # dicts of whole-split tensors
+    flat = lambda split: split["pixel_values"].reshape(len(split["labels"]), -1).float()  # noqa: E731  (N, H*W)
+    return flat(train), train["labels"].long(), flat(test), test["labels"].long()
+
+
+def layer_groups(model: SALForImageClassification) -> list[torch.nn.Module]:
+    return [*model.sal.layers, model.classifier]
+
+
+def flat_grad(module: torch.nn.Module) -> torch.Tensor:
+    """The layer's gradient as one vector; an area that got no gradient counts as zeros."""
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in module.parameters()])
+
+
+@torch.no_grad()
+def hidden_norms(model: SALForImageClassification, x: torch.Tensor) -> list[float]:
+    model.eval()
+    states = model.sal(x, output_hidden_states=True).hidden_states[1:]
+    return [float(h.norm(dim=-1).mean()) for h in states]
+
+
+def probe(model: SALForImageClassification, trainer: SALTrainer, x: torch.Tensor, y: torch.Tensor, picks: list[int]):
+    """Update norms and cosine to BP of the picked hidden layers, on one probe batch. The routing statistics
+    are not touched (eval-mode routing), so probing does not change training."""
+    model.eval()
+    batch = {"pixel_values": x, "labels": y}
+    layers = layer_groups(model)
+    model.zero_grad(set_to_none=True)
+    if trainer.learning_rule is not None:
+        # compute_loss runs the local rule only in training mode; routers in eval mode accumulate nothing.
+        model.training = True
+        loss = trainer.compute_loss(model, batch)
+        model.training = False
+    else:
+        loss = model(**batch).loss
+    loss.backward()
+    rule = [flat_grad(layers[i]) for i in picks]
+    model.zero_grad(set_to_none=True)
+    model(**batch).loss.backward()
+    bp = [flat_grad(layers[i]) for i in picks]
+    model.zero_grad(set_to_none=True)
+    cos = [float(torch.nn.functional.cosine_similarity(r, b, dim=0)) for r, b in zip(rule, bp)]
+    return [float(r.norm()) for r in rule], cos
+
+
+def run(rule: str, depth: int, data, args) -> dict:
+    x_train, y_train, x_test, y_test = data
+    torch.manual_seed(args.seed)
+    config = SALConfig(
+        input_size=x_train.shape[1],
+        hidden_sizes=[args.width] * (depth - 1),
+        num_labels=int(y_train.max()) + 1,
+        num_areas=args.areas if rule == "sal" else 1,
+        learning_rule=rule,
+        residual=True,
+        residual_scale=args.residual_scale,
+        norm=args.norm,
+        # The area design docs/DEPTH.md was measured with (SALConfig's defaults before docs/ABLATIONS.md).
+        dual_path=False,
+        area_init="independent",
+        area_lr_scale=1.0,
+    )
+    model = SALForImageClassification(config)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = SALTrainer(
+            model=model, args=TrainingArguments(output_dir=tmp, report_to="none", use_cpu=True, disable_tqdm=True)
+        )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    hidden = depth - 1
+    picks = sorted({0, hidden // 2, hidden - 1})
+    probe_x, probe_y = x_train[: args.batch_size], y_train[: args.batch_size]
+    init_update, init_cos = probe(model, trainer, probe_x, probe_y, picks)
+
+    nonfinite, steps, start = 0, 0, time.perf_counter()
+    generator = torch.Generator().manual_seed(args.seed)
+    for _ in range(args.epochs):
+        order = torch.randperm(len(x_train), generator=generator)
+        for begin in range(0, len(order) - args.batch_size + 1, args.batch_size):
+            index = order[begin : begin + args.batch_size]
+            model.train()
+            optimizer.zero_grad(set_to_none=True)
+            loss = trainer.compute_loss(model, {"pixel_values": x_train[index], "labels": y_train[index]})
+            if not torch.isfinite(loss):
+                nonfinite += 1  # skip the step, as SALTrainer would refuse it
+                continue
+            loss.backward()
+            optimizer.step()
+            model.update_routing_statistics()
+            steps += 1
+    seconds = time.perf_counter() - start
+
+    model.eval()
+    with torch.no_grad():
+        logits = torch.cat([model(pixel_values=x_test[i : i + 512]).logits for i in range(0, len(x_test), 512)])
+    accuracy = float((logits.argmax(-1) == y_test).float().mean())
+    norms = hidden_norms(model, probe_x)
+    update, cos = probe(model, trainer, probe_x, probe_y, picks)
+    finite = bool(torch.isfinite(logits).all()) and all(torch.isfinite(p).all() for p in model.parameters())
+    finite = finite and all(math.isfinite(v) for v in [*norms, *update])
+    return {
+        "rule": rule,
+        "depth": depth,
+        "seed": args.seed,
+        "accuracy": accuracy,
+        "nan_or_inf": nonfinite > 0 or not finite,
+        "nonfinite_steps": nonfinite,
+        "steps": steps,
+        "seconds": seconds,
+        "layers": picks,
+        "activation_norm": [norms[i] for i in picks],
+        "update_norm": update,
+        "cos_to_bp": cos,
+        "update_norm_init": init_update,
+        "cos_to_bp_init": init_cos,
+        "parameters": model.num_parameters(),
+    }
+
+
+def fmt(values: list[float], digits: int = 2) -> str:
+    return " / ".join(f"{v:.{digits}g}" if abs(v) < 1e-2 or abs(v) >= 1e3 else f"{v:.{digits}f}" for v in values)
+
+
+def write_report(results: list[dict], args, out: Path, command: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rules = list(dict.fromkeys(r["rule"] for r in results))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for rule in rules:
+        depths = sorted({r["depth"] for r in results if r["rule"] == rule})
+
+        def mean(key, depth, index=None, rule=rule):  # over seeds
+            values = [
+                r[key] if index is None else r[key][index] for r in results if (r["rule"], r["depth"]) == (rule, depth)
+            ]
+            return sum(values) / len(values)
+
+        axes[0].plot(depths, [100 * mean("accuracy", d) for d in depths], "o-", label=rule)
+        axes[1].plot(depths, [mean("activation_norm", d, -1) for d in depths], "o-", label=f"{rule} last")
+        axes[1].plot(depths, [mean("activation_norm", d, 0) for d in depths], "x--", label=f"{rule} first")
+        axes[2].plot(depths, [mean("update_norm", d, -1) for d in depths], "o-", label=f"{rule} last")
+        axes[2].plot(depths, [mean("update_norm", d, 0) for d in depths], "x--", label=f"{rule} first")
+    titles = ["test accuracy % (mean over seeds)", "hidden output norm (probe)", "update norm (probe)"]
+    for ax, title in zip(axes, titles):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("layers")
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+    axes[1].set_yscale("log")
+    axes[2].set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(out / "depth.png", dpi=110)
+
+    lines = [
+        "# Depth: 2 to 128 layers",
+        "",
+        f"Dataset `{args.dataset}`; residual pre-norm ({args.norm}) blocks of width {args.width}; SAL with "
+        f"K={args.areas} areas, DFA and BP with K=1; AdamW lr {args.lr}, batch {args.batch_size}, "
+        f"{args.epochs} epochs; the same budget for every depth, rule and seed. Machine: "
+        f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}.",
+        "",
+        f"Reproduce: {command if command.startswith('`') else f'`{command}`'}",
+        "",
+        "Columns: first / middle / last hidden layer. *act norm*: mean per-sample L2 norm of the layer's output "
+        "on a probe batch (the first training batch) after training. *update norm*: norm of the rule's update "
+        "(its gradient, before AdamW) of the layer's parameters on the probe batch. *cos to BP*: cosine between "
+        "that update and the true backprop gradient of the same parameters, at initialisation and after "
+        "training (BP's is 1 by definition).",
+        "",
+        "| layers | rule | seed | test acc % | NaN/Inf | act norm | update norm | cos to BP (init) | cos to BP (end) "
+        "| time s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['depth']} | {r['rule']} | {r.get('seed', 0)} | {100 * r['accuracy']:.1f} | "
+            f"{'yes' if r['nan_or_inf'] else 'no'} | "
+            f"{fmt(r['activation_norm'])} | {fmt(r['update_norm'])} | {fmt(r['cos_to_bp_init'])} | "
+            f"{fmt(r['cos_to_bp'])} | {r['seconds']:.0f} |"
+        )
+    lines += ["", "![accuracy and norms against depth](depth.png)", ""]
+    lines += [
+        "How a deep SAL model is built (`SALConfig(residual=True, norm=...)`): layer 0 maps the input to the "
+        "width; every later hidden layer is a block `h_l = h_{l-1} + s f(A_l(norm_l(h_{l-1})))`, the output layer "
+        "reads `norm(h_L)`. In SAL mode each block runs on a detached `h_{l-1}`, so its pre-activation `a_l` has a "
+        "graph to its own norm, areas (and shared path) and nothing else; its router learns from its own local "
+        "loss (tests/test_locality.py walks both graphs). "
+        "The feedback `g_l = e B_l` is the signal at the block output; since `dh_l/da_l = s f'(a_l)` the local "
+        "delta is `s g_l f'(a_l)`, and autograd inside the block turns it into updates of the block's areas and "
+        "its norm. With layer-wise feedback the skip path also carries `g_{l+1}` back "
+        "(tests/test_depth.py checks that feedback through the forward weights then equals BP exactly).",
+        "",
+        "`residual_scale` s defaults to `1/(number of blocks)`. With direct feedback every block receives an "
+        "aligned signal, so the residual stream moves by the sum of all blocks' steps (Adam gives each about lr): "
+        "with s = 1 that sum grows with depth, and deep DFA/SAL stacks trained worse. SAL test accuracy on "
+        "digits, 10 epochs, the settings above, by branch scale (2 layers have no blocks: 85.3 seed 0, "
+        "85.6 seed 1):",
+        "",
+        "| s | 8 layers | 32 layers | 128 layers |",
+        "|---|---|---|---|",
+        "| 1 | 79.2 (DFA 85.0) | - | - |",
+        "| 1/sqrt(blocks) | 84.2 (DFA 86.9) | 85.3 | 83.9 (seed 1: 82.2; DFA 88.9 / 87.2) |",
+        "| 1/blocks (default; the table above) | see above | see above | see above |",
+        "",
+    ]
+    lines += [
+        "Reading the table: nothing diverged (no NaN/Inf in any loss, activation or parameter, any depth, rule or "
+        "seed). SAL stays flat from 2 to 128 layers (85.3 -> 85.3 seed 0, 85.6 -> 85.8 seed 1), DFA loses up to "
+        "2.8 points at 128 layers and BP gains 2.5-2.8. The cosine between a deep block's update and its BP gradient "
+        "stays near 0 (|cos| <= 0.15 in the middle and last hidden layer, against 0.2-0.45 for the first layer), so "
+        "with direct feedback the deep blocks do not learn in BP's direction: s = 1/blocks keeps them from hurting, "
+        "but depth buys SAL nothing here. Output norms grow mildly with depth (last hidden layer 28-31 at 2 "
+        "layers, 41-44 at 128; 198 with s = 1/sqrt(blocks)). Two seeds, digits (1,437 training images): "
+        "differences of a point or two are within seed noise.",
+        "",
+    ]
+    for seed in sorted({r.get("seed", 0) for r in results}):
+        sal = {r["depth"]: r for r in results if r["rule"] == "sal" and r.get("seed", 0) == seed}
+        if not (sal and min(sal) == 2 and max(sal) >= 128):
+            continue
+        deep, shallow = sal[max(sal)], sal[2]
+        gap = 100 * (shallow["accuracy"] - deep["accuracy"])
+        met = not deep["nan_or_inf"] and gap <= 2.0
+        lines += [
+            f"Target, seed {seed} (SAL at {deep['depth']} layers: no NaN/Inf, within 2 points of its 2-layer "
+            f"accuracy): {'met' if met else 'NOT met'}: {100 * deep['accuracy']:.1f}% vs "
+            f"{100 * shallow['accuracy']:.1f}% ({gap:+.1f} points lost), NaN/Inf "
+            f"{'seen' if deep['nan_or_inf'] else 'none'}.",
+            "",
+        ]
+    (out / "DEPTH.md").write_text("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="fashion_mnist", help="a name sal_hf.data.load_image_dataset knows")
+    parser.add_argument("--quick", action="store_true", help="digits instead of --dataset")
+    parser.add_argument("--depths", type=int, nargs="+", default=[2, 8, 32, 128])
+    parser.add_argument("--rules", nargs="+", default=["sal", "dfa", "bp"], choices=["sal", "dfa", "fa", "bp"])
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--areas", type=int, default=4)
+    parser.add_argument("--norm", default="layernorm", choices=["layernorm", "rmsnorm"])
+    parser.add_argument("--residual-scale", type=float, default=None, help="default: SALConfig's 1/blocks")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("docs"))
+    parser.add_argument("--tag", default="", help="suffix of outputs/depth<tag>.json")
+    parser.add_argument(
+        "--from-json", type=Path, nargs="+", default=None, help="only rewrite the report from saved results"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.dataset = "digits"
+    if min(args.depths) < 2:
+        raise ValueError(f"--depths counts layers including the output layer, so each must be >= 2; got {args.depths}.")
+    command = "python " + " ".join(sys.argv)
+    if args.from_json:
+        args.out.mkdir(parents=True, exist_ok=True)
+        saved = [json.loads(path.read_text()) for path in args.from_json]
+        results = [r for run in saved for r in run["results"]]
+        results.sort(key=lambda r: (r["depth"], ["sal", "dfa", "fa", "bp"].index(r["rule"]), r.get("seed", 0)))
+        write_report(results, args, args.out, " and ".join(f"`{run['command']}`" for run in saved))
+        return
+    data = load(args.dataset, args.seed)
+    results = []
+    for depth in args.depths:
+        for rule in args.rules:
+            result = run(rule, depth, data, args)
+            results.append(result)
+            print(json.dumps(result), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    Path("outputs").mkdir(exist_ok=True)
+    Path(f"outputs/depth{args.tag}.json").write_text(json.dumps({"command": command, "results": results}, indent=1))
+    write_report(results, args, args.out, command)
+    print((args.out / "DEPTH.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""The benchmark scripts run (tiny sizes, CPU): the GPU check's CPU-safe path is not dead code."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_check_runs_bench_and_scale_on_cpu_and_writes_markdown(tmp_path):
+    out = tmp_path / "check.md"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "scripts/gpu_check.py", "--device", "cpu", "--tiny", "--out", str(out)]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    text = out.read_text()
+    assert "FAILED" not in text
+    for expected in ("| mlp 784-64-64-10 | sgd | bp |", "| mlp 784-64-64-10 | sgd | sal-16 |", "bp-dense"):
+        assert expected in text
+    assert "| reload_identical_logits | True |" in text
+    assert "| parameters | 245386 |" in text
