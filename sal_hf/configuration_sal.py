@@ -40,8 +40,9 @@ class SALConfig(PreTrainedConfig):
             `expert`: area k owns a full weight matrix `W[k]` (parameters grow with K, compute per sample does
             not). `partition`: the units of one layer are split into K blocks and a sample activates one block
             (each hidden size must be divisible by K).
-        area_init (`str`, defaults to `"independent"`):
-            `independent`: every area gets its own Kaiming draw; `identical`: all areas start as copies of one.
+        area_init (`str`, defaults to `"identical"`):
+            `identical`: all areas start as copies of one Kaiming draw; `independent`: every area gets its own.
+            `identical` measured better (docs/ABLATIONS.md).
         routing_scope (`str`, defaults to `"layer"`):
             `layer`: each layer routes its own input; `shared`: the input is routed once and every layer uses
             that area.
@@ -58,8 +59,9 @@ class SALConfig(PreTrainedConfig):
             Weight of the routers' local objective in the update (`0` freezes the learned projection).
         output_areas (`bool`, defaults to `False`):
             Give the output layer K areas too (routed on its input).
-        dual_path (`bool`, defaults to `False`):
-            Add a shared dense path beside the area path in every hidden layer; the two are summed.
+        dual_path (`bool`, *optional*):
+            Add a shared dense path beside the area path in every hidden layer; the two are summed. Defaults to
+            True when `num_areas > 1` (measured better, docs/ABLATIONS.md), else False.
         residual (`bool`, defaults to `False`):
             Make every hidden layer after the first a residual block, ``h_l = h_{l-1} + f(a_l)``. Needs equal
             hidden sizes (the first layer maps the input to that width and is never residual). The block's
@@ -82,6 +84,10 @@ class SALConfig(PreTrainedConfig):
         area_update_norm (`str`, defaults to `"batch"`):
             `batch`: an area's update is averaged over the whole batch (the gradient of a mean loss). `area`:
             over the samples routed to it. Only for `sal`.
+        area_lr_scale (`float`, *optional*):
+            Learning-rate multiplier of the area parameters (the selective path, K > 1), applied by [`SALTrainer`]
+            through an optimizer parameter group. Adam-style optimizers give every area a step of about lr however
+            few samples it saw; `1 / num_areas` (the default) slows the areas to the pace of a dense layer.
         routing_seed (`int`, defaults to 0):
             Seed of the frozen prototypes and initial routing projections (layer l uses `routing_seed + 2 l`).
         feedback_seed (`int`, defaults to 1000):
@@ -105,7 +111,7 @@ class SALConfig(PreTrainedConfig):
     hidden_act: str = "relu"
     num_areas: int = 16
     area_mode: str = "expert"
-    area_init: str = "independent"
+    area_init: str = "identical"
     routing_scope: str = "layer"
     router: str = "learned"
     routing_dim: int = 32
@@ -113,13 +119,14 @@ class SALConfig(PreTrainedConfig):
     routing_center_momentum: float = 0.01
     routing_loss_weight: float = 1.0
     output_areas: bool = False
-    dual_path: bool = False
+    dual_path: bool | None = None
     residual: bool = False
     residual_scale: float | None = None
     norm: str = "none"
     learning_rule: str = "sal"
     feedback: str | None = None
     area_update_norm: str = "batch"
+    area_lr_scale: float | None = None
     routing_seed: int = 0
     feedback_seed: int = 1000
 
@@ -134,6 +141,12 @@ class SALConfig(PreTrainedConfig):
             self.image_size = list(self.image_size)
         if self.residual_scale is None:
             self.residual_scale = 1.0 / max(1, len(self.hidden_sizes) - 1) if self.residual is True else 1.0
+        # Defaults that depend on K (chosen by the ablations, docs/ABLATIONS.md); a bad K is reported below.
+        areas = self.num_areas if isinstance(self.num_areas, int) and self.num_areas >= 1 else 1
+        if self.dual_path is None:
+            self.dual_path = areas > 1
+        if self.area_lr_scale is None:
+            self.area_lr_scale = 1.0 / areas
         super().__post_init__(**kwargs)
         self.validate_sal()
 
@@ -179,6 +192,12 @@ class SALConfig(PreTrainedConfig):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"SALConfig.{name} must be a number >= 0; got {name}={value!r}.")
+        if (
+            isinstance(self.area_lr_scale, bool)
+            or not isinstance(self.area_lr_scale, (int, float))
+            or not self.area_lr_scale > 0
+        ):
+            raise ValueError(f"SALConfig.area_lr_scale must be a number > 0; got area_lr_scale={self.area_lr_scale!r}.")
         if not 0.0 < self.routing_center_momentum <= 1.0:
             raise ValueError(
                 f"SALConfig.routing_center_momentum must be in (0, 1]; got routing_center_momentum={self.routing_center_momentum!r}."

@@ -14,7 +14,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.utils import logging
 
 from .learning_rule import LocalLearningRule
-from .modeling_sal import ACTIVATIONS, SALPreTrainedModel
+from .modeling_sal import ACTIVATIONS, SALAreaLinear, SALPreTrainedModel
 
 
 class SALRoutingCallback(TrainerCallback):
@@ -85,6 +85,8 @@ class SALTrainer(Trainer):
       gradient accumulation, clipping, schedulers, mixed precision and DDP are Trainer's, unchanged. With
       `bp` it is Trainer's `compute_loss`. A NaN or infinite loss stops training with an error before any
       update is applied, so the weights and the saved checkpoints stay as they were.
+    - `create_optimizer`: with `config.area_lr_scale != 1`, moves the area parameters into their own parameter
+      groups with the learning rate scaled (schedulers then scale every group alike).
     - `log`: adds area health (per-router min / max share of samples, dead areas) to the training logs, and
       the diagnostics of any [`SALDiagnosticsCallback`] (see `diagnostics.py`).
     - `create_model_card`: writes a SAL model card (learning rule, areas, routing, seeds, data, metrics, area
@@ -159,6 +161,25 @@ class SALTrainer(Trainer):
                 "learning_rate, set max_grad_norm, or check the inputs for NaN/Inf."
             )
         return (loss, outputs) if return_outputs else loss
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        user_optimizer = self.optimizer is not None
+        optimizer = super().create_optimizer(model)
+        core = self.accelerator.unwrap_model(self.model)
+        scale = core.config.area_lr_scale
+        if user_optimizer or scale == 1.0:
+            return optimizer
+        # Area parameters (K > 1) of every layer; the shared path, routers and K = 1 layers keep the base lr.
+        areas = {
+            id(p) for m in core.modules() if isinstance(m, SALAreaLinear) and m.num_areas > 1 for p in m.parameters()
+        }
+        for group in list(optimizer.param_groups):
+            moved = [p for p in group["params"] if id(p) in areas]
+            if moved:
+                group["params"] = [p for p in group["params"] if id(p) not in areas]
+                options = {key: value for key, value in group.items() if key != "params"}
+                optimizer.add_param_group({**options, "params": moved, "lr": group["lr"] * scale})
+        return optimizer
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:

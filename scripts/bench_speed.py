@@ -160,7 +160,9 @@ class CopyProbe:
 def bench(arch: str, hidden: list[int], optimizer: str, args, dtype: torch.dtype, dense: bool) -> dict:
     from sal_hf import SALConfig
 
-    common = {"input_size": args.input_size, "num_labels": 10}
+    # The area design these timings were measured with (SALConfig's defaults before docs/ABLATIONS.md).
+    common = {"input_size": args.input_size, "num_labels": 10, "dual_path": False, "area_init": "independent"}
+    common["area_lr_scale"] = 1.0
     configs = {
         "bp": SALConfig(**common, hidden_sizes=hidden, num_areas=1, learning_rule="bp"),
         "dfa": SALConfig(**common, hidden_sizes=hidden, num_areas=1, learning_rule="dfa"),

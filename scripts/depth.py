@@ -104,6 +104,10 @@ def run(rule: str, depth: int, data, args) -> dict:
         residual=True,
         residual_scale=args.residual_scale,
         norm=args.norm,
+        # The area design docs/DEPTH.md was measured with (SALConfig's defaults before docs/ABLATIONS.md).
+        dual_path=False,
+        area_init="independent",
+        area_lr_scale=1.0,
     )
     model = SALForImageClassification(config)
     with tempfile.TemporaryDirectory() as tmp:

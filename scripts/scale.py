@@ -40,6 +40,10 @@ SCALE_CONFIG = {
     "num_areas": 540,
     "area_mode": "expert",
     "learning_rule": "sal",
+    # The area design this run was measured with (SALConfig's defaults before docs/ABLATIONS.md changed them).
+    "dual_path": False,
+    "area_init": "independent",
+    "area_lr_scale": 1.0,
 }
 TINY_CONFIG = {**SCALE_CONFIG, "hidden_sizes": [64, 64], "num_areas": 4}
 

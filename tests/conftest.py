@@ -7,7 +7,17 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-TINY = {"input_size": 16, "hidden_sizes": [32, 32], "num_labels": 5, "num_areas": 4}
+# The foundation's area design, pinned so that these tests keep testing what they were written for (independent
+# areas, no shared path, one lr) now that SALConfig's defaults differ (docs/ABLATIONS.md).
+TINY = {
+    "input_size": 16,
+    "hidden_sizes": [32, 32],
+    "num_labels": 5,
+    "num_areas": 4,
+    "area_init": "independent",
+    "dual_path": False,
+    "area_lr_scale": 1.0,
+}
 
 
 def tiny_config(**overrides):
