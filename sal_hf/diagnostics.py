@@ -73,15 +73,7 @@ def alignment_angles(
     params = [p for group in groups for p in group]
     with torch.enable_grad():
         outputs = model(pixel_values=pixel_values, labels=labels, local=True)
-        surrogate = rule(
-            loss=outputs.loss,
-            logits=outputs.logits,
-            labels=labels,
-            pre_activations=outputs.pre_activations,
-            areas=outputs.areas,
-            feedback=model.feedback.matrices(),
-            routing_losses=outputs.routing_losses,
-        )
+        surrogate = rule.surrogate(outputs, labels, model.feedback.matrices())
         local = torch.autograd.grad(surrogate, params, allow_unused=True)
         backprop = torch.autograd.grad(model(pixel_values=pixel_values, labels=labels).loss, params, allow_unused=True)
 

@@ -208,3 +208,17 @@ class LocalLearningRule:
             weights = [area_sample_weights(area, self.num_areas) for area in areas]
         extra = [self.routing_loss_weight * term for term in routing_losses]
         return surrogate_loss(loss, logits, error, pre_activations, deltas, sample_weights=weights, extra_terms=extra)
+
+    def surrogate(self, outputs, labels: torch.Tensor, feedback: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The surrogate for a model's local forward: ``outputs`` carries ``loss``, ``logits``,
+        ``pre_activations``, ``areas`` (hidden layers, then the output layer) and ``routing_losses``, as
+        ``SALForImageClassification(..., local=True)`` returns them."""
+        return self(
+            loss=outputs.loss,
+            logits=outputs.logits,
+            labels=labels,
+            pre_activations=outputs.pre_activations,
+            areas=outputs.areas,
+            feedback=feedback,
+            routing_losses=outputs.routing_losses,
+        )

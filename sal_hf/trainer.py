@@ -144,16 +144,7 @@ class SALTrainer(Trainer):
                 raise ValueError(f"SAL training needs labels; the batch has only {sorted(inputs)}.")
             outputs = model(**inputs, local=True)
             core = self.accelerator.unwrap_model(model)
-            # The output layer (and its areas) is the last entry of `areas`.
-            loss = self.learning_rule(
-                loss=outputs.loss,
-                logits=outputs.logits,
-                labels=inputs["labels"],
-                pre_activations=outputs.pre_activations,
-                areas=outputs.areas,
-                feedback=core.feedback.matrices(),
-                routing_losses=outputs.routing_losses,
-            )
+            loss = self.learning_rule.surrogate(outputs, inputs["labels"], core.feedback.matrices())
         if model.training and not torch.isfinite(loss.detach()).all():
             raise FloatingPointError(
                 f"Training loss is {loss.item()} at step {self.state.global_step} (epoch {self.state.epoch}); "
