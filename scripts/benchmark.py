@@ -28,8 +28,6 @@ import functools
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +35,8 @@ from collections import defaultdict
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from machine import cpu_name  # scripts/machine.py, beside this file
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,14 +150,7 @@ class Record:
 
 
 def hardware() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return f"{model}, {os.cpu_count()} logical CPUs, 1 torch thread per run"
+    return f"{cpu_name()}, {os.cpu_count()} logical CPUs, 1 torch thread per run"
 
 
 @functools.lru_cache(maxsize=2)

@@ -23,26 +23,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from machine import cpu_name  # scripts/machine.py, beside this file
 from transformers import TrainingArguments
 
 from sal_hf import SALConfig, SALForImageClassification, SALTrainer
 from sal_hf.data import load_image_dataset
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def load(name: str, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -1,7 +1,7 @@
 """scripts/benchmark.py end to end on a tiny Digits subset: runs through SALTrainer, stores records, writes the
 report with the paper's numbers in their own column."""
 
-import importlib.util
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -14,11 +14,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark", ROOT / "scripts" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["benchmark"] = module  # dataclasses and the worker processes look the module up by name
-    spec.loader.exec_module(module)
-    return module
+    # As when run as a script: scripts/ on the path, so `benchmark` and its `machine` helper import by name
+    # (dataclasses and the worker processes look the module up by name too).
+    sys.path.insert(0, str(ROOT / "scripts"))
+    return importlib.import_module("benchmark")
 
 
 def run(benchmark, tmp_path, *extra):
