@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import shlex
 import subprocess
@@ -34,26 +35,29 @@ COMMANDS = ("train", "info", "bench")
 
 @dataclass
 class ModelArguments:
-    """The SAL model to train (see `SALConfig` for the meaning of each field)."""
+    """The SAL model to train. Every architecture flag left unset takes `SALConfig`'s default (the config is the
+    single source of truth; see its docstring or the README's table)."""
 
     rule: str = field(default="sal", metadata={"help": "learning rule", "choices": list(LEARNING_RULES)})
-    num_areas: int = field(default=16, metadata={"help": "areas K per layer (1 = dense)"})
-    hidden_sizes: list[int] = field(default_factory=lambda: [256], metadata={"help": "units per hidden layer"})
-    hidden_act: str = field(default="relu", metadata={"help": "hidden activation"})
+    num_areas: int | None = field(default=None, metadata={"help": "areas K per layer (1 = dense)"})
+    hidden_sizes: list[int] | None = field(default=None, metadata={"help": "units per hidden layer"})
+    hidden_act: str | None = field(default=None, metadata={"help": "hidden activation"})
     feedback: str | None = field(
         default=None,
         metadata={"help": "direct or layerwise (sal only; derived when unset)", "choices": list(FEEDBACK_MODES)},
     )
-    area_mode: str = field(default="expert", metadata={"choices": list(AREA_MODES)})
-    area_init: str = field(default="independent", metadata={"choices": list(AREA_INITS)})
-    routing_scope: str = field(default="layer", metadata={"choices": list(ROUTING_SCOPES)})
-    router: str = field(default="learned", metadata={"choices": list(ROUTERS)})
-    routing_dim: int = field(default=32, metadata={"help": "size of the routing space"})
-    output_areas: bool = field(default=False, metadata={"help": "give the output layer K areas too"})
-    dual_path: bool = field(default=False, metadata={"help": "add a shared dense path beside the areas"})
-    area_update_norm: str = field(default="batch", metadata={"choices": list(AREA_NORMS)})
-    routing_seed: int = field(default=0, metadata={"help": "seed of prototypes and initial routing projections"})
-    feedback_seed: int = field(default=1000, metadata={"help": "seed of the feedback matrices"})
+    area_mode: str | None = field(default=None, metadata={"choices": list(AREA_MODES)})
+    area_init: str | None = field(default=None, metadata={"choices": list(AREA_INITS)})
+    routing_scope: str | None = field(default=None, metadata={"choices": list(ROUTING_SCOPES)})
+    router: str | None = field(default=None, metadata={"choices": list(ROUTERS)})
+    routing_dim: int | None = field(default=None, metadata={"help": "size of the routing space"})
+    output_areas: bool | None = field(default=None, metadata={"help": "give the output layer K areas too"})
+    dual_path: bool | None = field(default=None, metadata={"help": "add a shared dense path beside the areas"})
+    area_update_norm: str | None = field(default=None, metadata={"choices": list(AREA_NORMS)})
+    routing_seed: int | None = field(
+        default=None, metadata={"help": "seed of prototypes and initial routing projections"}
+    )
+    feedback_seed: int | None = field(default=None, metadata={"help": "seed of the feedback matrices"})
     config_overrides: str | None = field(
         default=None,
         metadata={"help": "other SALConfig fields as key=value,key=value (e.g. routing_balance_rate=0.01)"},
@@ -77,6 +81,21 @@ class DataArguments:
         default=128,
         metadata={"help": "samples in the diagnostics' fixed probe batch (cost per log: ~5 passes over it)"},
     )
+
+
+def parse_overrides(text: str | None) -> dict:
+    """`"key=value,key=value"` -> dict; values are Python literals where they parse (`0.01`, `True`, `None`),
+    else strings."""
+    overrides = {}
+    for item in filter(None, (text or "").split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--config-overrides takes key=value pairs separated by commas; got {item!r}.")
+        try:
+            overrides[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            overrides[key.strip()] = value.strip()
+    return overrides
 
 
 def _train_parser():
@@ -139,9 +158,14 @@ def train(argv: list[str]) -> int:
     if model_args.model_name_or_path is not None:
         model = AutoModelForImageClassification.from_pretrained(model_args.model_name_or_path)
     else:
-        fields = {name: getattr(model_args, name) for name in ModelArguments.__dataclass_fields__}
-        for name in ("rule", "config_overrides", "model_name_or_path"):
-            fields.pop(name)
+        fields = {
+            name: getattr(model_args, name)
+            for name in ModelArguments.__dataclass_fields__
+            if name not in ("rule", "config_overrides", "model_name_or_path") and getattr(model_args, name) is not None
+        }
+        # Overrides go in at construction, so that defaults derived from other fields (dual_path and
+        # area_lr_scale from num_areas, ...) see them.
+        fields.update(parse_overrides(model_args.config_overrides))
         config = SALConfig(
             input_size=height * width,
             image_size=[height, width],
@@ -151,9 +175,6 @@ def train(argv: list[str]) -> int:
             learning_rule=model_args.rule,
             **fields,
         )
-        if model_args.config_overrides:
-            config.update_from_string(model_args.config_overrides)
-            config.validate_sal()
         model = AutoModelForImageClassification.from_config(config)
 
     callbacks = []

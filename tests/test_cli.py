@@ -118,3 +118,22 @@ def test_plot_run_reads_tensorboard_events(tmp_path):
     assert [entry for entry in history if "eval_accuracy" in entry] == [{"step": 3, "eval_accuracy": 0.5}]
     written = plot_run.plot_run(history, tmp_path / "plots")
     assert_pngs(written, {"loss.png", "accuracy.png", "areas.png", "diagnostics.png"})
+
+
+def test_unset_flags_take_the_config_defaults(trained):
+    """The CLI has no defaults of its own for the architecture: SALConfig is the single source of truth."""
+    saved = json.loads((trained / "config.json").read_text())
+    defaults = sal_hf.SALConfig(num_areas=4, hidden_sizes=[16], num_labels=10, input_size=64)
+    for name in ("area_init", "dual_path", "area_lr_scale", "routing_dim", "area_mode", "routing_scope"):
+        assert saved[name] == getattr(defaults, name), name
+
+
+def test_config_overrides_parse_literals_and_strings():
+    assert cli.parse_overrides("routing_balance_rate=0.01, norm=layernorm,dual_path=False") == {
+        "routing_balance_rate": 0.01,
+        "norm": "layernorm",
+        "dual_path": False,
+    }
+    assert cli.parse_overrides(None) == {}
+    with pytest.raises(ValueError, match="key=value"):
+        cli.parse_overrides("dual_path")
