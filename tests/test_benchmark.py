@@ -27,13 +27,14 @@ def run(benchmark, tmp_path, *extra):
 
 
 def test_quick_paper_protocol_smoke(benchmark, tmp_path):
-    results, docs = run(benchmark, tmp_path, "--suite", "main", "--methods", "bp", "sal", "--protocols", "paper")
+    results, docs = run(benchmark, tmp_path, "--suite", "main", "--methods", "bp", "sal+", "--protocols", "paper")
     records = [json.loads(p.read_text()) for p in (results / "runs").glob("*.json")]
-    assert sorted(r["job"]["method"] for r in records) == ["bp", "sal"]
+    assert sorted(r["job"]["method"] for r in records) == ["bp", "sal+"]
     for r in records:
         assert r["sizes"] == {"train": 300, "eval": 100} and r["eval_split"] == "test"
         assert len(r["curve"]) == 2 and 0.0 <= r["accuracy"] <= 1.0 and r["seconds_per_epoch"] > 0
-    sal = next(r for r in records if r["job"]["method"] == "sal")
+        assert r["input_range"] == [-1.0, 1.0] and r["max_grad_norm"] == 0.0  # plain SGD on [-1, 1] pixels
+    sal = next(r for r in records if r["job"]["method"] == "sal+")
     assert sal["config"]["num_areas"] == 16 and sal["area_health"]
     page = (docs / "RESULTS.md").read_text()
     assert "REDUCED, 300 train / 100 test, 2 epochs" in page and "71.63" in page
@@ -45,10 +46,40 @@ def test_fair_protocol_tunes_on_validation_then_retrains(benchmark, tmp_path):
     records = [json.loads(p.read_text()) for p in (results / "runs").glob("*.json")]
     tune = [r for r in records if r["job"]["stage"] == "tune"]
     final = [r for r in records if r["job"]["stage"] == "final"]
-    assert sorted(r["job"]["lr"] for r in tune) == [3e-4, 1e-3, 3e-3]
+    assert sorted(r["job"]["lr"] for r in tune) == [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
+    assert all(r["input_range"] == [0.0, 1.0] and r["max_grad_norm"] == 1.0 for r in records)
     assert all(r["eval_split"] == "validation" and r["sizes"] == {"train": 270, "eval": 30} for r in tune)
     best = max(tune, key=lambda r: (r["accuracy"], -r["job"]["lr"]))
     assert len(final) == 1 and final[0]["job"]["lr"] == best["job"]["lr"] and final[0]["eval_split"] == "test"
+
+
+def test_paper_protocol_scales_image_pixels_only(benchmark):
+    job = lambda dataset, protocol: benchmark.Job("main", dataset, "bp", protocol, "final", 0, 1e-4, 1, None, None)  # noqa: E731
+    assert benchmark.input_range(job("digits", "paper")) == (-1.0, 1.0)
+    assert benchmark.input_range(job("digits", "fair")) == (0.0, 1.0)
+    assert benchmark.input_range(job("wine", "paper")) == (0.0, 1.0)  # standardised features stay as they are
+
+
+def test_report_keeps_only_the_finals_of_the_chosen_lr(benchmark):
+    """A wider grid can change the chosen lr; finals of the old choice must not be averaged in."""
+
+    def record(stage, lr, seed, accuracy):
+        job = benchmark.Job("main", "digits", "dfa", "fair", stage, seed, lr, 25, None, None)
+        return {
+            "job": dict(vars(job)),
+            "accuracy": accuracy,
+            "train_accuracy": 1.0,
+            "curve": [accuracy],
+            "seconds_per_epoch": 1.0,
+            "area_health": {},
+            "sizes": {"train": 1, "eval": 1},
+            "config": {"num_areas": 1},
+        }
+
+    records = [record("tune", 1e-3, 0, 0.9), record("tune", 1e-2, 0, 0.95)]
+    records += [record("final", 1e-3, s, 0.5) for s in range(3)] + [record("final", 1e-2, s, 0.8) for s in range(3)]
+    (entry,) = benchmark.summarise(records).values()
+    assert entry["lr"] == 1e-2 and entry["accuracies"] == [80.0, 80.0, 80.0]
 
 
 @pytest.mark.slow
