@@ -36,11 +36,22 @@ from sal_hf import SALConfig, SALForImageClassification, SALTrainer
 from sal_hf.data import load_image_dataset
 
 
-def load(name: str, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def load(
+    name: str, seed: int, max_train: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_train, y_train, x_test, y_test), images flattened; with ``max_train`` a class-balanced subset of the
+    training set (the first ``max_train / classes`` images of each class in a permutation seeded by 0, so every
+    seed and rule sees the same images)."""
     data = load_image_dataset(name)
     train, test = data["train"][:], data["test"][:]  # dicts of whole-split tensors
     flat = lambda split: split["pixel_values"].reshape(len(split["labels"]), -1).float()  # noqa: E731  (N, H*W)
-    return flat(train), train["labels"].long(), flat(test), test["labels"].long()
+    x_train, y_train = flat(train), train["labels"].long()
+    if max_train is not None and max_train < len(y_train):
+        classes = int(y_train.max()) + 1
+        order = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(0))
+        keep = torch.cat([order[y_train[order] == c][: max_train // classes] for c in range(classes)])
+        x_train, y_train = x_train[keep.sort().values], y_train[keep.sort().values]
+    return x_train, y_train, flat(test), test["labels"].long()
 
 
 def layer_groups(model: SALForImageClassification) -> list[torch.nn.Module]:
@@ -153,7 +164,51 @@ def run(rule: str, depth: int, data, args) -> dict:
         "update_norm_init": init_update,
         "cos_to_bp_init": init_cos,
         "parameters": model.num_parameters(),
+        "train_size": len(y_train),
+        "test_size": len(y_test),
     }
+
+
+# Hand-written notes under the generated Digits table (docs/DEPTH.md).
+DIGITS_NOTES = [
+    "How a deep SAL model is built (`SALConfig(residual=True, norm=...)`): layer 0 maps the input to the "
+    "width; every later hidden layer is a block `h_l = h_{l-1} + s f(A_l(norm_l(h_{l-1})))`, the output layer "
+    "reads `norm(h_L)`. In SAL mode each block runs on a detached `h_{l-1}`, so its pre-activation `a_l` has a "
+    "graph to its own norm, areas (and shared path) and nothing else; its router learns from its own local "
+    "loss (tests/test_locality.py walks both graphs). "
+    "The feedback `g_l = e B_l` is the signal at the block output; since `dh_l/da_l = s f'(a_l)` the local "
+    "delta is `s g_l f'(a_l)`, and autograd inside the block turns it into updates of the block's areas and "
+    "its norm. With layer-wise feedback the skip path also carries `g_{l+1}` back "
+    "(tests/test_depth.py checks that feedback through the forward weights then equals BP exactly).",
+    "",
+    "`residual_scale` s defaults to `1/(number of blocks)`. With direct feedback every block receives an "
+    "aligned signal, so the residual stream moves by the sum of all blocks' steps (Adam gives each about lr): "
+    "with s = 1 that sum grows with depth, and deep DFA/SAL stacks trained worse. SAL test accuracy on "
+    "digits, 10 epochs, the settings above, by branch scale (2 layers have no blocks: 85.3 seed 0, "
+    "85.6 seed 1):",
+    "",
+    "| s | 8 layers | 32 layers | 128 layers |",
+    "|---|---|---|---|",
+    "| 1 | 79.2 (DFA 85.0) | - | - |",
+    "| 1/sqrt(blocks) | 84.2 (DFA 86.9) | 85.3 | 83.9 (seed 1: 82.2; DFA 88.9 / 87.2) |",
+    "| 1/blocks (default; the table above) | see above | see above | see above |",
+    "",
+    "Reading the table: nothing diverged (no NaN/Inf in any loss, activation or parameter, any depth, rule or "
+    "seed). SAL stays flat from 2 to 128 layers (85.3 -> 85.3 seed 0, 85.6 -> 85.8 seed 1), DFA loses up to "
+    "2.8 points at 128 layers and BP gains 2.5-2.8. The cosine between a deep block's update and its BP gradient "
+    "stays near 0 (|cos| <= 0.15 in the middle and last hidden layer, against 0.2-0.45 for the first layer), so "
+    "with direct feedback the deep blocks do not learn in BP's direction: s = 1/blocks keeps them from hurting, "
+    "but depth buys SAL nothing here. Output norms grow mildly with depth (last hidden layer 28-31 at 2 "
+    "layers, 41-44 at 128; 198 with s = 1/sqrt(blocks)). Two seeds, digits (1,437 training images): "
+    "differences of a point or two are within seed noise.",
+    "",
+]
+
+
+def sizes(result: dict) -> str:
+    if "train_size" not in result:  # results saved before the sizes were recorded (the full Digits split)
+        return ""
+    return f" ({result['train_size']:,} training images, {result['test_size']:,} test images)"
 
 
 def fmt(values: list[float], digits: int = 2) -> str:
@@ -191,12 +246,12 @@ def write_report(results: list[dict], args, out: Path, command: str) -> None:
     axes[1].set_yscale("log")
     axes[2].set_yscale("log")
     fig.tight_layout()
-    fig.savefig(out / "depth.png", dpi=110)
+    fig.savefig(out / f"{args.name.lower()}.png", dpi=110)
 
     lines = [
         "# Depth: 2 to 128 layers",
         "",
-        f"Dataset `{args.dataset}`; residual pre-norm ({args.norm}) blocks of width {args.width}; SAL with "
+        f"Dataset `{args.dataset}`{sizes(results[0])}; residual pre-norm ({args.norm}) blocks of width {args.width}; SAL with "
         f"K={args.areas} areas, DFA and BP with K=1; AdamW lr {args.lr}, batch {args.batch_size}, "
         f"{args.epochs} epochs; the same budget for every depth, rule and seed. Machine: "
         f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}.",
@@ -220,42 +275,16 @@ def write_report(results: list[dict], args, out: Path, command: str) -> None:
             f"{fmt(r['activation_norm'])} | {fmt(r['update_norm'])} | {fmt(r['cos_to_bp_init'])} | "
             f"{fmt(r['cos_to_bp'])} | {r['seconds']:.0f} |"
         )
-    lines += ["", "![accuracy and norms against depth](depth.png)", ""]
-    lines += [
-        "How a deep SAL model is built (`SALConfig(residual=True, norm=...)`): layer 0 maps the input to the "
-        "width; every later hidden layer is a block `h_l = h_{l-1} + s f(A_l(norm_l(h_{l-1})))`, the output layer "
-        "reads `norm(h_L)`. In SAL mode each block runs on a detached `h_{l-1}`, so its pre-activation `a_l` has a "
-        "graph to its own norm, areas (and shared path) and nothing else; its router learns from its own local "
-        "loss (tests/test_locality.py walks both graphs). "
-        "The feedback `g_l = e B_l` is the signal at the block output; since `dh_l/da_l = s f'(a_l)` the local "
-        "delta is `s g_l f'(a_l)`, and autograd inside the block turns it into updates of the block's areas and "
-        "its norm. With layer-wise feedback the skip path also carries `g_{l+1}` back "
-        "(tests/test_depth.py checks that feedback through the forward weights then equals BP exactly).",
-        "",
-        "`residual_scale` s defaults to `1/(number of blocks)`. With direct feedback every block receives an "
-        "aligned signal, so the residual stream moves by the sum of all blocks' steps (Adam gives each about lr): "
-        "with s = 1 that sum grows with depth, and deep DFA/SAL stacks trained worse. SAL test accuracy on "
-        "digits, 10 epochs, the settings above, by branch scale (2 layers have no blocks: 85.3 seed 0, "
-        "85.6 seed 1):",
-        "",
-        "| s | 8 layers | 32 layers | 128 layers |",
-        "|---|---|---|---|",
-        "| 1 | 79.2 (DFA 85.0) | - | - |",
-        "| 1/sqrt(blocks) | 84.2 (DFA 86.9) | 85.3 | 83.9 (seed 1: 82.2; DFA 88.9 / 87.2) |",
-        "| 1/blocks (default; the table above) | see above | see above | see above |",
-        "",
-    ]
-    lines += [
-        "Reading the table: nothing diverged (no NaN/Inf in any loss, activation or parameter, any depth, rule or "
-        "seed). SAL stays flat from 2 to 128 layers (85.3 -> 85.3 seed 0, 85.6 -> 85.8 seed 1), DFA loses up to "
-        "2.8 points at 128 layers and BP gains 2.5-2.8. The cosine between a deep block's update and its BP gradient "
-        "stays near 0 (|cos| <= 0.15 in the middle and last hidden layer, against 0.2-0.45 for the first layer), so "
-        "with direct feedback the deep blocks do not learn in BP's direction: s = 1/blocks keeps them from hurting, "
-        "but depth buys SAL nothing here. Output norms grow mildly with depth (last hidden layer 28-31 at 2 "
-        "layers, 41-44 at 128; 198 with s = 1/sqrt(blocks)). Two seeds, digits (1,437 training images): "
-        "differences of a point or two are within seed noise.",
-        "",
-    ]
+    lines += ["", f"![accuracy and norms against depth]({args.name.lower()}.png)", ""]
+    if args.dataset == "digits":  # the design notes and the reading of the committed Digits run
+        lines += [
+            "The same study on Fashion-MNIST (a class-balanced training subset): "
+            "[DEPTH_fashion_mnist.md](DEPTH_fashion_mnist.md).",
+            "",
+            *DIGITS_NOTES,
+        ]
+    else:
+        lines += ["The Digits study, with the design notes and the residual-scale sweep: [DEPTH.md](DEPTH.md).", ""]
     for seed in sorted({r.get("seed", 0) for r in results}):
         sal = {r["depth"]: r for r in results if r["rule"] == "sal" and r.get("seed", 0) == seed}
         if not (sal and min(sal) == 2 and max(sal) >= 128):
@@ -270,7 +299,7 @@ def write_report(results: list[dict], args, out: Path, command: str) -> None:
             f"{'seen' if deep['nan_or_inf'] else 'none'}.",
             "",
         ]
-    (out / "DEPTH.md").write_text("\n".join(lines))
+    (out / f"{args.name}.md").write_text("\n".join(lines))
 
 
 def main() -> None:
@@ -287,6 +316,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-train", type=int, default=None, help="class-balanced training subset (reduced run)")
+    parser.add_argument(
+        "--name",
+        default=None,
+        help="report <out>/<name>.md and <name>.png (default: DEPTH for digits, DEPTH_<dataset> otherwise)",
+    )
     parser.add_argument("--out", type=Path, default=Path("docs"))
     parser.add_argument("--tag", default="", help="suffix of outputs/depth<tag>.json")
     parser.add_argument(
@@ -298,6 +333,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.quick:
         args.dataset = "digits"
+    args.name = args.name or ("DEPTH" if args.dataset == "digits" else f"DEPTH_{args.dataset}")
     if min(args.depths) < 2:
         raise ValueError(f"--depths counts layers including the output layer, so each must be >= 2; got {args.depths}.")
     command = "python " + " ".join(sys.argv)
@@ -308,7 +344,7 @@ def main() -> None:
         results.sort(key=lambda r: (r["depth"], ["sal", "dfa", "fa", "bp"].index(r["rule"]), r.get("seed", 0)))
         write_report(results, args, args.out, " and ".join(f"`{run['command']}`" for run in saved))
         return
-    data = load(args.dataset, args.seed)
+    data = load(args.dataset, args.seed, args.max_train)
     results = []
     for depth in args.depths:
         for rule in args.rules:
@@ -319,7 +355,7 @@ def main() -> None:
     Path("outputs").mkdir(exist_ok=True)
     Path(f"outputs/depth{args.tag}.json").write_text(json.dumps({"command": command, "results": results}, indent=1))
     write_report(results, args, args.out, command)
-    print((args.out / "DEPTH.md").read_text())
+    print((args.out / f"{args.name}.md").read_text())
 
 
 if __name__ == "__main__":
