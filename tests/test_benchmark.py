@@ -86,3 +86,4 @@ def test_report_keeps_only_the_finals_of_the_chosen_lr(benchmark):
 def test_quick_runs_every_suite(benchmark, tmp_path):
     _, docs = run(benchmark, tmp_path)
     assert "area_mode=partition" in (docs / "ABLATIONS.md").read_text()
+    assert "foundation, area lr x16, output areas" in (docs / "RESULTS.md").read_text()  # the paper-protocol variants
