@@ -168,8 +168,14 @@ class Job:
 
     @property
     def name(self) -> str:
+        """The record's file name: unique per run, reduced sizes and budgets included (resuming relies on it)."""
         safe = "".join(c if c.isalnum() or c in "=." else "_" for c in self.method)
-        return f"{self.suite}__{self.dataset}__{self.protocol}__{safe}__{self.stage}__lr{self.lr:g}__s{self.seed}"
+        budget = "" if self.epochs == 25 else f"__e{self.epochs}"
+        budget += "" if self.max_train is None else f"__train{self.max_train}"
+        budget += "" if self.max_test is None else f"__test{self.max_test}"
+        return (
+            f"{self.suite}__{self.dataset}__{self.protocol}__{safe}__{self.stage}__lr{self.lr:g}__s{self.seed}{budget}"
+        )
 
 
 @dataclass
