@@ -172,7 +172,11 @@ class SALTrainer(Trainer):
         # Accelerate's wrapper (a second `train()` gets it back) keeps the torch optimizer in `.optimizer`.
         torch_optimizer = getattr(optimizer, "optimizer", optimizer)
         if getattr(self, "_area_hook_optimizer", None) is not torch_optimizer:
-            torch_optimizer.register_step_pre_hook(lambda *_: clear_unselected_area_grads(core))
+
+            def clear_before_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+                clear_unselected_area_grads(core)
+
+            torch_optimizer.register_step_pre_hook(clear_before_step)
             self._area_hook_optimizer = torch_optimizer
         scale = core.config.area_lr_scale
         if user_optimizer or scale == 1.0:
