@@ -171,7 +171,8 @@ class SALTrainer(Trainer):
         core = self.accelerator.unwrap_model(self.model)
         # Accelerate's wrapper (a second `train()` gets it back) keeps the torch optimizer in `.optimizer`.
         torch_optimizer = getattr(optimizer, "optimizer", optimizer)
-        if getattr(self, "_area_hook_optimizer", None) is not torch_optimizer:
+        has_areas = any(isinstance(m, SALAreaLinear) and m.num_areas > 1 for m in core.modules())
+        if has_areas and getattr(self, "_area_hook_optimizer", None) is not torch_optimizer:
 
             def clear_before_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
                 clear_unselected_area_grads(core)
