@@ -172,7 +172,13 @@ class SALTrainer(Trainer):
         # Accelerate's wrapper (a second `train()` gets it back) keeps the torch optimizer in `.optimizer`.
         torch_optimizer = getattr(optimizer, "optimizer", optimizer)
         has_areas = any(isinstance(m, SALAreaLinear) and m.num_areas > 1 for m in core.modules())
-        if has_areas and getattr(self, "_area_hook_optimizer", None) is not torch_optimizer:
+        if has_areas and not isinstance(torch_optimizer, torch.optim.Optimizer):
+            logger.warning(
+                f"{type(torch_optimizer).__name__} is not a torch.optim.Optimizer: SALTrainer cannot hook its step. With "
+                "area_implementation='masked' (or 'auto' on CUDA) unselected areas get zero gradients that it will "
+                "apply; set area_implementation='split' or call clear_unselected_area_grads(model) before each step."
+            )
+        elif has_areas and getattr(self, "_area_hook_optimizer", None) is not torch_optimizer:
 
             def clear_before_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
                 clear_unselected_area_grads(core)
