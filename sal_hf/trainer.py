@@ -25,7 +25,8 @@ from .modeling_sal import (
 
 class SALRoutingCallback(TrainerCallback):
     """Applies the routing statistics (running input mean, balancing bias) once per optimizer step, so that
-    gradient accumulation over micro-batches routes exactly like one large batch.
+    gradient accumulation over micro-batches routes exactly like one large batch, and starts a new record of
+    the selected areas (see [`clear_unselected_area_grads`]).
 
     Args:
         accelerator: when given, the statistics are summed over all processes first (`accelerator.reduce`), so
