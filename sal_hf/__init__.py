@@ -14,7 +14,7 @@ from .configuration_sal import SALConfig
 from .diagnostics import SALDiagnosticsCallback
 from .image_processing_sal import SALImageProcessor
 from .learning_rule import LocalLearningRule
-from .modeling_sal import SALForImageClassification, SALModel, SALPreTrainedModel
+from .modeling_sal import SALForImageClassification, SALModel, SALPreTrainedModel, clear_unselected_area_grads
 from .routing import AreaRouter
 from .trainer import SALInterruptCallback, SALRoutingCallback, SALTrainer
 
@@ -42,4 +42,5 @@ __all__ = [
     "SALPreTrainedModel",
     "SALRoutingCallback",
     "SALTrainer",
+    "clear_unselected_area_grads",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from transformers import PreTrainedConfig
 
@@ -16,6 +17,10 @@ ROUTERS = ("learned", "random")
 AREA_NORMS = ("batch", "area")
 ACTIVATIONS = ("relu", "tanh", "gelu", "silu", "sigmoid")
 NORMS = ("none", "layernorm", "rmsnorm")
+AREA_IMPLEMENTATIONS = ("auto", "split", "masked")
+# `area_implementation="auto"` runs the masked kernel on CUDA up to this many areas: it computes every area for
+# every sample, K times the FLOPs and output memory of one area (K=540, the 1e9 model, must stay split).
+AUTO_MASKED_MAX_AREAS = 64
 # The feedback each rule implies; `sal` may use either.
 RULE_FEEDBACK = {"dfa": "direct", "fa": "layerwise", "sal": "direct", "bp": None}
 
@@ -92,6 +97,15 @@ class SALConfig(PreTrainedConfig):
             Seed of the frozen prototypes and initial routing projections (layer l uses `routing_seed + 2 l`).
         feedback_seed (`int`, defaults to 1000):
             Seed of the fixed feedback matrices (layer l uses `feedback_seed + l`).
+        area_implementation (`str`, defaults to `"auto"`):
+            How the area layers run (the results are the same up to float summation order; like transformers'
+            `attn_implementation`, it is not saved with the checkpoint). `split`: samples grouped by area, one
+            matmul per non-empty area (reads the per-area counts back to the host once per layer). `masked`:
+            every area for every sample in one matmul, then each sample keeps its own area's output: no host
+            sync and a fixed handful of kernels, but K times the FLOPs (expert mode) and every area gets a
+            gradient, zero where unselected, which [`SALTrainer`] drops before the optimizer step (see
+            `clear_unselected_area_grads`). `auto`: `masked` for inputs on a CUDA device when
+            `num_areas <= 64`, else `split`.
 
     Example:
 
@@ -129,6 +143,7 @@ class SALConfig(PreTrainedConfig):
     area_lr_scale: float | None = None
     routing_seed: int = 0
     feedback_seed: int = 1000
+    area_implementation: str = "auto"
 
     def __post_init__(self, **kwargs):
         if self.hidden_sizes is None:
@@ -184,6 +199,7 @@ class SALConfig(PreTrainedConfig):
             "learning_rule": LEARNING_RULES,
             "area_update_norm": AREA_NORMS,
             "norm": NORMS,
+            "area_implementation": AREA_IMPLEMENTATIONS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -265,6 +281,13 @@ class SALConfig(PreTrainedConfig):
                 "AutoModel / the class of that model type, or point to a directory saved by a SAL model."
             )
         return config_dict, kwargs
+
+    def to_dict(self) -> dict[str, Any]:
+        """[`PreTrainedConfig.to_dict`] without `area_implementation`: how this machine runs the areas, not part
+        of the model, so it stays out of `config.json` and a checkpoint loads with `"auto"` wherever it goes."""
+        output = super().to_dict()
+        output.pop("area_implementation", None)
+        return output
 
     @property
     def feedback_mode(self) -> str | None:

@@ -20,7 +20,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import ModelOutput
 
-from .configuration_sal import SALConfig
+from .configuration_sal import AREA_IMPLEMENTATIONS, AUTO_MASKED_MAX_AREAS, SALConfig
 from .feedback import FeedbackMatrices
 from .routing import AreaRouter
 
@@ -45,21 +45,42 @@ class SALAreaLinear(nn.Module):
     this module rather than an ``nn.ParameterList``: transformers' initialisation of custom code skips modules
     without parameters of their own.)
 
+    Two implementations give the same outputs and, for every selected area, the same gradient (up to float
+    summation order); see `SALConfig.area_implementation`:
+
+    - ``split``: samples grouped by area, one matmul per non-empty area. The group sizes are read back to the
+      host (a device sync per layer on a GPU); unselected areas are not in the graph.
+    - ``masked``: the K areas concatenated into one matrix, every area computed for every sample in one matmul,
+      then each sample keeps its own area's output. No host sync, a few kernels whatever K, but K times the
+      FLOPs (expert mode; partition mode costs one dense layer) and every area is in the graph: unselected
+      areas get a zero ``.grad``. A training forward therefore records the areas it selected in
+      ``selected_areas`` (device-side, OR-ed over the forwards of one optimizer step), and
+      [`clear_unselected_area_grads`] sets ``.grad = None`` on the others before the optimizer step.
+
     Args:
         in_features: input size.
         out_features: output size.
         num_areas: K.
         partition: if True, area k owns only the output block ``[k*out/K, (k+1)*out/K)`` and a sample's other
             outputs are zero (sparse activations); otherwise every area owns a full ``out x in`` matrix.
+        implementation: ``"auto"``, ``"split"`` or ``"masked"`` (`SALConfig.area_implementation`).
     """
 
-    def __init__(self, in_features: int, out_features: int, num_areas: int, partition: bool = False) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, num_areas: int, partition: bool = False, implementation: str = "auto"
+    ) -> None:
         super().__init__()
+        if implementation not in AREA_IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {AREA_IMPLEMENTATIONS}; got {implementation!r}.")
         self.in_features = in_features
         self.out_features = out_features
         self.num_areas = num_areas
         self.partition = partition
+        self.implementation = implementation
         self.block = out_features // num_areas if partition else out_features
+        # (K,) bool on the input's device, or None: areas selected by the masked training forwards since the last
+        # optimizer step. A plain attribute, not a buffer: never saved, and DDP does not overwrite it from rank 0.
+        self.selected_areas: torch.Tensor | None = None
         for k in range(num_areas):
             self.register_parameter(f"weight_{k}", nn.Parameter(torch.empty(self.block, in_features)))
             self.register_parameter(f"bias_{k}", nn.Parameter(torch.empty(self.block)))
@@ -75,9 +96,19 @@ class SALAreaLinear(nn.Module):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, num_areas={self.num_areas}, partition={self.partition}"
 
+    def uses_masked(self, device: torch.device) -> bool:
+        """Whether a forward on ``device`` runs the masked implementation (resolves ``"auto"``)."""
+        if self.num_areas == 1:
+            return False
+        if self.implementation == "auto":
+            return torch.device(device).type == "cuda" and self.num_areas <= AUTO_MASKED_MAX_AREAS
+        return self.implementation == "masked"
+
     def forward(self, x: torch.Tensor, area: torch.Tensor | None) -> torch.Tensor:
         if self.num_areas == 1:
             return F.linear(x, self.weight_0, self.bias_0)
+        if self.uses_masked(x.device):
+            return self._forward_masked(x, area)
         batch = x.shape[0]
         # Group samples by area: one matmul per non-empty area, never a loop over samples.
         order = torch.argsort(area, stable=True)  # (B,)
@@ -94,6 +125,71 @@ class SALAreaLinear(nn.Module):
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(batch, device=order.device)
         return y[inverse]  # (B, out), original order
+
+    def _forward_masked(self, x: torch.Tensor, area: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[0]
+        if self.training and torch.is_grad_enabled():
+            if self.selected_areas is None or self.selected_areas.device != area.device:
+                self.selected_areas = torch.zeros(self.num_areas, dtype=torch.bool, device=area.device)
+            self.selected_areas.index_fill_(0, area, True)  # no host sync
+        # Rows [k*block, (k+1)*block) of the concatenation are area k's: one GEMM gives every area's output.
+        weight = torch.cat(self.weights)  # (K*block, in)
+        bias = torch.cat(self.biases)  # (K*block,)
+        y = F.linear(x, weight, bias).view(batch, self.num_areas, self.block)  # (B, K, block)
+        if self.partition:
+            # Keep the sample's own block, zero the others; `where` (not a 0/1 product) so that an overflow in an
+            # unselected block cannot turn into NaN. Its backward passes a zero gradient to unselected blocks.
+            keep = torch.arange(self.num_areas, device=area.device) == area.unsqueeze(-1)  # (B, K)
+            return torch.where(keep.unsqueeze(-1), y, 0.0).view(batch, self.out_features)  # (B, out)
+        index = area.view(batch, 1, 1).expand(batch, 1, self.block)  # (B, 1, out)
+        return y.gather(1, index).squeeze(1)  # (B, out); backward scatters into zeros: other areas get 0
+
+
+def clear_unselected_area_grads(model: nn.Module) -> int:
+    """Before an optimizer step: set ``.grad = None`` on every area that the masked forwards since the last call
+    did not select, and start a new record. The masked implementation gives such areas an all-zero gradient;
+    without this, momentum and weight decay would move them. A no-op for areas run by the split implementation.
+
+    [`SALTrainer`] registers it on its optimizer (`register_step_pre_hook`); a hand-written loop calls it between
+    `backward` and `optimizer.step()`, once per optimizer step (after all micro-batches of gradient accumulation).
+    One host sync for the whole model. Under `torch.distributed`, the records are combined over all processes
+    first (gradients were averaged over them, so an area selected on any process has a real gradient); every
+    process must call it at the same step, as it does in an optimizer step.
+
+    Args:
+        model: a SAL model, or any module containing [`SALAreaLinear`] layers (a DDP wrapper, for instance).
+
+    Returns:
+        The number of area parameters whose gradient was cleared.
+    """
+    layers = [m for m in model.modules() if isinstance(m, SALAreaLinear) and m.selected_areas is not None]
+    if not layers:
+        return 0
+    selected = torch.cat([layer.selected_areas for layer in layers]).to(torch.int32)  # (sum of K,)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if torch.distributed.get_world_size() > 1:
+            torch.distributed.all_reduce(selected, op=torch.distributed.ReduceOp.MAX)
+    flags = selected.tolist()  # the one host sync
+    cleared, start = 0, 0
+    for layer in layers:
+        for k, (weight, bias) in enumerate(zip(layer.weights, layer.biases)):
+            if flags[start + k]:
+                continue
+            for param in (weight, bias):
+                if param.grad is not None:
+                    param.grad = None
+                    cleared += 1
+        start += layer.num_areas
+        layer.selected_areas = None
+    return cleared
+
+
+def reset_area_selection(model: nn.Module) -> None:
+    """Forget the areas recorded since the last optimizer step (see [`clear_unselected_area_grads`]). For steps
+    the optimizer skipped, e.g. when fp16 loss scaling found an overflow: [`SALTrainer`] calls it after every step."""
+    for module in model.modules():
+        if isinstance(module, SALAreaLinear):
+            module.selected_areas = None
 
 
 class SALLayer(nn.Module):
@@ -142,7 +238,13 @@ class SALLayer(nn.Module):
                 balance_rate=config.routing_balance_rate,
                 center_momentum=config.routing_center_momentum,
             )
-        self.areas = SALAreaLinear(in_features, out_features, num_areas, partition=config.area_mode == "partition")
+        self.areas = SALAreaLinear(
+            in_features,
+            out_features,
+            num_areas,
+            partition=config.area_mode == "partition",
+            implementation=config.area_implementation,
+        )
         self.shared = nn.Linear(in_features, out_features) if config.dual_path and activation is not None else None
         self.activation = ACTIVATIONS[activation] if activation is not None else None
 

@@ -147,7 +147,9 @@ class AreaRouter(nn.Module):
             area = scores.argmax(dim=-1)
             if self.training:
                 self.pending_input_sum += x.sum(dim=0, dtype=torch.float64)
-                load = torch.bincount(area, minlength=self.num_areas).double()
+                # Samples per area, (K,). Not `torch.bincount`: on CUDA it reads the input's min and max back to the
+                # host (two syncs per routed layer); a (B, K) comparison costs no sync.
+                load = (area.unsqueeze(-1) == torch.arange(self.num_areas, device=area.device)).sum(0).double()
                 self.pending_load += load
                 self.logged_load += load
         return area, routed

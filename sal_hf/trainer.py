@@ -14,12 +14,19 @@ from transformers import Trainer, TrainerCallback
 from transformers.utils import logging
 
 from .learning_rule import LocalLearningRule
-from .modeling_sal import ACTIVATIONS, SALAreaLinear, SALPreTrainedModel
+from .modeling_sal import (
+    ACTIVATIONS,
+    SALAreaLinear,
+    SALPreTrainedModel,
+    clear_unselected_area_grads,
+    reset_area_selection,
+)
 
 
 class SALRoutingCallback(TrainerCallback):
     """Applies the routing statistics (running input mean, balancing bias) once per optimizer step, so that
-    gradient accumulation over micro-batches routes exactly like one large batch.
+    gradient accumulation over micro-batches routes exactly like one large batch, and starts a new record of
+    the selected areas (see [`clear_unselected_area_grads`]).
 
     Args:
         accelerator: when given, the statistics are summed over all processes first (`accelerator.reduce`), so
@@ -37,6 +44,9 @@ class SALRoutingCallback(TrainerCallback):
                 for buffer in (router.pending_input_sum, router.pending_load):
                     buffer.copy_(self.accelerator.reduce(buffer, reduction="sum"))
         model.update_routing_statistics()
+        # The optimizer's pre-step hook has used the areas' selection record; a step the optimizer skipped (fp16
+        # overflow) has not, and its record must not leak into the next step.
+        reset_area_selection(model)
 
 
 logger = logging.get_logger(__name__)
@@ -86,7 +96,10 @@ class SALTrainer(Trainer):
       `bp` it is Trainer's `compute_loss`. A NaN or infinite loss stops training with an error before any
       update is applied, so the weights and the saved checkpoints stay as they were.
     - `create_optimizer`: with `config.area_lr_scale != 1`, moves the area parameters into their own parameter
-      groups with the learning rate scaled (schedulers then scale every group alike).
+      groups with the learning rate scaled (schedulers then scale every group alike). On every optimizer, the
+      user's included, registers [`clear_unselected_area_grads`] as a step pre-hook: areas that the masked
+      implementation (`config.area_implementation`) handed a zero gradient but no sample selected get
+      `.grad = None` before the step, as with the split implementation (a no-op there).
     - `log`: adds area health (per-router min / max share of samples, dead areas) to the training logs, and
       the diagnostics of any [`SALDiagnosticsCallback`] (see `diagnostics.py`).
     - `create_model_card`: writes a SAL model card (learning rule, areas, routing, seeds, data, metrics, area
@@ -157,6 +170,22 @@ class SALTrainer(Trainer):
         user_optimizer = self.optimizer is not None
         optimizer = super().create_optimizer(model)
         core = self.accelerator.unwrap_model(self.model)
+        # Accelerate's wrapper (a second `train()` gets it back) keeps the torch optimizer in `.optimizer`.
+        torch_optimizer = getattr(optimizer, "optimizer", optimizer)
+        has_areas = any(isinstance(m, SALAreaLinear) and m.num_areas > 1 for m in core.modules())
+        if has_areas and not isinstance(torch_optimizer, torch.optim.Optimizer):
+            logger.warning(
+                f"{type(torch_optimizer).__name__} is not a torch.optim.Optimizer: SALTrainer cannot hook its step. With "
+                "area_implementation='masked' (or 'auto' on CUDA) unselected areas get zero gradients that it will "
+                "apply; set area_implementation='split' or call clear_unselected_area_grads(model) before each step."
+            )
+        elif has_areas and getattr(self, "_area_hook_optimizer", None) is not torch_optimizer:
+
+            def clear_before_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+                clear_unselected_area_grads(core)
+
+            torch_optimizer.register_step_pre_hook(clear_before_step)
+            self._area_hook_optimizer = torch_optimizer
         scale = core.config.area_lr_scale
         if user_optimizer or scale == 1.0:
             return optimizer

@@ -6,7 +6,11 @@ output error and the local deltas), one ``backward`` (BP's full backward, or the
 a plain loop (Trainer's data loading and logging would only add noise). Variants, per architecture:
 
 - ``bp``: K=1, backpropagation;  ``dfa``: K=1;  ``sal-1``: SAL with K=1 (= DFA plus nothing);
-- ``sal-16``: K=16 areas in every hidden layer (16x the parameters, the same compute per sample);
+- ``sal-16``: K=16 areas in every hidden layer (16x the parameters, the same compute per sample), with the split
+  area implementation (one matmul per non-empty area); ``sal-16-masked``: the same model with the masked one
+  (every area for every sample in one matmul, no host sync; ``--area-impl split masked`` times both,
+  ``SALConfig.area_implementation``). The optimizer carries SALTrainer's pre-step hook
+  (``clear_unselected_area_grads``), as in training;
 - ``bp-dense``: BP on a dense K=1 model widened to the parameter count of ``sal-16`` (first architecture only).
 
 Each step runs every variant once, in turn (so slow drifts of a shared machine hit all alike); after warm-up the
@@ -18,7 +22,7 @@ step touches (SGD: param read + grad read + param write; AdamW: + two moments re
 copy bandwidth measured here.
 
     python scripts/bench_speed.py                               # CPU, fp32, SGD and AdamW, writes docs/PERFORMANCE.md
-    python scripts/bench_speed.py --device cuda --bf16 --out $OUT/gpu_speed.md
+    python scripts/bench_speed.py --device cuda --bf16 --impl fused --area-impl split masked --out $OUT/gpu_speed.md
     python scripts/bench_speed.py --tiny --steps 3 --warmup 1   # seconds: checks the script runs
 """
 
@@ -41,6 +45,11 @@ def device_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
     return f"{cpu_name()} ({torch.get_num_threads()} threads)"
+
+
+def area_variant(areas: int, implementation: str) -> str:
+    """Variant name of the K-area SAL model: ``sal-16`` (split), ``sal-16-masked``, ``sal-16-auto``."""
+    return f"sal-{areas}" if implementation == "split" else f"sal-{areas}-{implementation}"
 
 
 def dense_width(input_size: int, depth: int, num_labels: int, target: int) -> int:
@@ -72,9 +81,12 @@ class Variant:
         params = list(self.model.parameters())
         extra = {"foreach": True} if args.impl == "foreach" else {"fused": True} if args.impl == "fused" else {}
         if optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.0, **extra)
+            self.trainer.optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.0, **extra)
         else:
-            self.optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01, **extra)
+            self.trainer.optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01, **extra)
+        # SALTrainer keeps an optimizer it is given and registers its pre-step hook on it (clear_unselected_area_grads:
+        # areas the masked implementation gave a zero gradient but no sample selected get none), as in training.
+        self.optimizer = self.trainer.create_optimizer()
         self.times: dict[str, list[float]] = {"step": [], "forward": [], "update": [], "optimizer": []}
         self.memory: list[int] = []
         self.touched: list[int] = []
@@ -92,9 +104,10 @@ class Variant:
         t1 = self.sync()
         loss.backward()
         t2 = self.sync()
+        self.optimizer.step()
+        # After the pre-step hook: the areas whose gradient reached the optimizer.
         touched = sum(p.numel() * p.element_size() for p in self.model.parameters() if p.grad is not None)
         grads = touched
-        self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.model.update_routing_statistics()
         t3 = self.sync()
@@ -158,10 +171,13 @@ def bench(arch: str, hidden: list[int], optimizer: str, args, dtype: torch.dtype
         "bp": SALConfig(**common, hidden_sizes=hidden, num_areas=1, learning_rule="bp"),
         "dfa": SALConfig(**common, hidden_sizes=hidden, num_areas=1, learning_rule="dfa"),
         "sal-1": SALConfig(**common, hidden_sizes=hidden, num_areas=1, learning_rule="sal"),
-        f"sal-{args.areas}": SALConfig(**common, hidden_sizes=hidden, num_areas=args.areas, learning_rule="sal"),
     }
+    for implementation in args.area_impl:
+        configs[area_variant(args.areas, implementation)] = SALConfig(
+            **common, hidden_sizes=hidden, num_areas=args.areas, learning_rule="sal", area_implementation=implementation
+        )
     if dense:
-        target = configs[f"sal-{args.areas}"]
+        target = configs[area_variant(args.areas, args.area_impl[0])]
         from scale import expected_parameters
 
         width = dense_width(args.input_size, len(hidden), 10, expected_parameters(target)[0])
@@ -229,31 +245,32 @@ def write_markdown(results: list[dict], floors: list[dict], args, path: Path, co
     for result in results:
         rows = {r["variant"]: r for r in result["rows"]}
         arch, opt = result["rows"][0]["arch"], result["rows"][0]["optimizer"]
-        big = rows[f"sal-{args.areas}"]
         limit = 1.5 if opt == "sgd" else 3.0
         checks = [
             (f"dfa <= 0.75x bp: {rows['dfa']['ratio_to_bp']:.2f}x", rows["dfa"]["ratio_to_bp"] <= 0.75),
             (f"sal-1 <= 0.75x bp: {rows['sal-1']['ratio_to_bp']:.2f}x", rows["sal-1"]["ratio_to_bp"] <= 0.75),
-            (f"sal-{args.areas} <= {limit}x bp: {big['ratio_to_bp']:.2f}x", big["ratio_to_bp"] <= limit),
         ]
-        if "bp-dense" in rows:
-            speedup = rows["bp-dense"]["step_ms"] / big["step_ms"]
-            checks.append((f"bp-dense / sal-{args.areas} >= 3: {speedup:.2f}x", speedup >= 3.0))
+        for name in (area_variant(args.areas, implementation) for implementation in args.area_impl):
+            big = rows[name]
+            checks.append((f"{name} <= {limit}x bp: {big['ratio_to_bp']:.2f}x", big["ratio_to_bp"] <= limit))
+            if "bp-dense" in rows:
+                speedup = rows["bp-dense"]["step_ms"] / big["step_ms"]
+                checks.append((f"bp-dense / {name} >= 3: {speedup:.2f}x", speedup >= 3.0))
         text = "; ".join(f"{label} ({'met' if ok else 'NOT met'})" for label, ok in checks)
         lines.append(f"- {arch}, {opt}: {text}")
     lines += [
         "",
-        f"Optimizer-traffic floor of sal-{args.areas}: the bytes the optimizer must move for the areas a step "
+        f"Optimizer-traffic floor of the {args.areas}-area SAL model: the bytes the optimizer must move for the areas a step "
         "touches (SGD 3 passes: read param and grad, write param; AdamW 7: also read and write both moments) over "
         "the copy bandwidth, next to the optimizer step actually measured:",
         "",
     ]
     for floor in floors:
         lines.append(
-            f"- {floor['arch']}, {floor['optimizer']}: {floor['touched_mb']:.0f} MB of touched parameters per step, "
-            f"{floor['passes']} passes -> floor {floor['floor_ms']:.1f} ms = {floor['floor_ratio']:.2f}x the bp step; "
-            f"measured optimizer step {floor['measured_ms']:.1f} ms; whole sal-{args.areas} step "
-            f"{floor['step_ms']:.1f} ms"
+            f"- {floor['arch']}, {floor['optimizer']}, {floor['variant']}: {floor['touched_mb']:.0f} MB of touched "
+            f"parameters per step, {floor['passes']} passes -> floor {floor['floor_ms']:.1f} ms = "
+            f"{floor['floor_ratio']:.2f}x the bp step; measured optimizer step {floor['measured_ms']:.1f} ms; whole "
+            f"step {floor['step_ms']:.1f} ms"
         )
     lines.append("")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -270,6 +287,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--areas", type=int, default=16)
+    parser.add_argument(
+        "--area-impl",
+        nargs="+",
+        default=["split"],
+        choices=["split", "masked", "auto"],
+        help="area implementations of the K-area model, one variant each (sal-16, sal-16-masked, sal-16-auto)",
+    )
     parser.add_argument("--input-size", type=int, default=784)
     parser.add_argument("--archs", nargs="+", default=["mlp", "deep"], choices=["mlp", "deep"])
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
@@ -293,22 +317,25 @@ def main() -> None:
         for index, arch in enumerate(args.archs):
             result = bench(arch, archs[arch], optimizer, args, dtype, dense=index == 0)
             results.append(result)
-            big = next(r for r in result["rows"] if r["variant"] == f"sal-{args.areas}")
             bp = result["rows"][0]
             passes = 3 if optimizer == "sgd" else 7
-            floor_ms = 1e3 * passes * big["touched_bytes"] / result["bandwidth"]
-            floors.append(
-                {
-                    "arch": arch,
-                    "optimizer": optimizer,
-                    "touched_mb": big["touched_bytes"] / 2**20,
-                    "passes": passes,
-                    "floor_ms": floor_ms,
-                    "floor_ratio": floor_ms / bp["step_ms"],
-                    "measured_ms": big["optimizer_ms"],
-                    "step_ms": big["step_ms"],
-                }
-            )
+            for implementation in args.area_impl:
+                name = area_variant(args.areas, implementation)
+                big = next(r for r in result["rows"] if r["variant"] == name)
+                floor_ms = 1e3 * passes * big["touched_bytes"] / result["bandwidth"]
+                floors.append(
+                    {
+                        "arch": arch,
+                        "optimizer": optimizer,
+                        "variant": name,
+                        "touched_mb": big["touched_bytes"] / 2**20,
+                        "passes": passes,
+                        "floor_ms": floor_ms,
+                        "floor_ratio": floor_ms / bp["step_ms"],
+                        "measured_ms": big["optimizer_ms"],
+                        "step_ms": big["step_ms"],
+                    }
+                )
             for row in result["rows"]:
                 print(json.dumps(row), flush=True)
     out = args.out or Path(tempfile.gettempdir()) / "sal_bench_speed.md"

@@ -1,6 +1,7 @@
 """GPU check: the speed benchmark and the 1e9-parameter model's training steps in bf16, in one markdown report.
 
-Runs ``scripts/bench_speed.py`` (bf16, SGD and AdamW, fused optimizers) and ``scripts/scale.py`` (bf16 autocast,
+Runs ``scripts/bench_speed.py`` (bf16, SGD and AdamW, fused optimizers, the 16-area model with both area
+implementations: ``sal-16`` split, ``sal-16-masked``) and ``scripts/scale.py`` (bf16 autocast,
 24 steps of batch 128, save and reload) as subprocesses with time limits, and writes
 ``<out>`` with the card's name (``torch.cuda.get_device_name``). Called by ``scripts/gpu_check.sh``; on a CPU
 ``--device cpu --tiny`` runs the same path with tiny models in seconds (the tests do that).
@@ -61,6 +62,7 @@ def main() -> None:
     steps = ["--steps", "3", "--warmup", "1", "--optimizers", "sgd", "--archs", "mlp"] if args.tiny else []
     bench = [sys.executable, str(HERE / "bench_speed.py"), "--device", args.device, *precision, *small, *steps]
     impl = ["--impl", "fused"] if args.device == "cuda" else []
+    impl += ["--area-impl", "split", "masked"]
     code_bench, log_bench, s_bench = run([*bench, *impl, "--out", str(bench_md)], args.bench_timeout)
 
     scale_json = work / "scale.json"
@@ -91,6 +93,7 @@ def main() -> None:
         keys = [
             "parameters",
             "active_parameters_per_sample",
+            "area_implementation",
             "build_s",
             "steps",
             "step_s_median",
@@ -110,6 +113,11 @@ def main() -> None:
         lines += [f"| {key} | {report.get(key)} |" for key in keys]
     else:
         lines += [f"Scale run FAILED (exit {code_scale}) after {s_scale:.0f} s:", "", "```", log_scale[-3000:], "```"]
+    lines += [
+        "",
+        f"Wall time: speed benchmark {s_bench:.0f} s (limit {args.bench_timeout}), scale run {s_scale:.0f} s "
+        f"(limit {args.scale_timeout}).",
+    ]
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
     sys.exit(0 if code_bench == 0 and code_scale == 0 else 1)

@@ -107,6 +107,7 @@ def main() -> None:
     from transformers import AutoModelForImageClassification, TrainerCallback, TrainingArguments
 
     from sal_hf import SALConfig, SALForImageClassification, SALTrainer
+    from sal_hf.modeling_sal import SALAreaLinear
 
     config = SALConfig(**(TINY_CONFIG if args.tiny else SCALE_CONFIG))
     total_expected, active = expected_parameters(config)
@@ -127,6 +128,10 @@ def main() -> None:
     report["active_parameters_per_sample"] = active
     report["parameter_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
     report["peak_rss_gib_after_build"] = round(peak_rss_gib(), 2)
+    # SALConfig's "auto" keeps K=540 on the split implementation (masked would compute all 540 areas per sample).
+    area_layers = [m for m in model.modules() if isinstance(m, SALAreaLinear) and m.num_areas > 1]
+    masked = any(layer.uses_masked(torch.device(args.device)) for layer in area_layers)
+    report["area_implementation"] = "masked" if masked else "split"
     print(f"built {report['parameters']:,} parameters in {report['build_s']} s", flush=True)
     if report["parameters"] != total_expected:
         raise SystemExit(f"parameter count {report['parameters']} != closed form {total_expected}")

@@ -52,6 +52,7 @@ INVALID = [
     ({"residual": 1}, "residual=1"),
     ({"residual_scale": 0.0}, "residual_scale=0.0"),
     ({"residual": True, "hidden_sizes": [32, 16]}, "hidden_sizes=[32, 16]"),
+    ({"area_implementation": "dense"}, "area_implementation='dense'"),
 ]
 
 

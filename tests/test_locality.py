@@ -26,6 +26,7 @@ def ids(module: torch.nn.Module) -> set[int]:
     return {id(p) for p in module.parameters()}
 
 
+@pytest.mark.parametrize("implementation", ["split", "masked"])
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -38,9 +39,9 @@ def ids(module: torch.nn.Module) -> set[int]:
         {"residual": True, "norm": "rmsnorm", "dual_path": True, "hidden_sizes": [32, 32, 32]},
     ],
 )
-def test_each_layer_term_reaches_only_its_own_parameters(overrides):
+def test_each_layer_term_reaches_only_its_own_parameters(overrides, implementation):
     torch.manual_seed(0)
-    model = SALForImageClassification(tiny_config(**overrides)).train()
+    model = SALForImageClassification(tiny_config(area_implementation=implementation, **overrides)).train()
     x, y = tiny_batch(32)
     out = model(pixel_values=x, labels=y, local=True)
     layers = list(model.sal.layers)
@@ -88,10 +89,12 @@ def first_layer_update(model, x, y, error):
     return [p.grad.clone() if p.grad is not None else None for p in model.sal.layers[0].areas.parameters()]
 
 
+@pytest.mark.parametrize("implementation", ["split", "masked"])
 @pytest.mark.parametrize("rule", ["sal", "dfa"])
-def test_later_forward_weights_do_not_change_an_earlier_update(rule):
+def test_later_forward_weights_do_not_change_an_earlier_update(rule, implementation):
     torch.manual_seed(0)
-    model = SALForImageClassification(tiny_config(learning_rule=rule, routing_scope="shared"))
+    config = tiny_config(learning_rule=rule, routing_scope="shared", area_implementation=implementation)
+    model = SALForImageClassification(config)
     x, y = tiny_batch(32)
     error = torch.randn(32, 5) / 32  # the same output error for both
     before = first_layer_update(model, x, y, error)

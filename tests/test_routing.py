@@ -73,9 +73,11 @@ def test_balancing_revives_a_dead_area_without_gradients():
 def test_statistics_apply_once_per_step_and_centre_the_input():
     router = AreaRouter(4, 3, 2, seed=0)
     x = torch.randn(32, 4) + 5.0
-    router(x[:16])
-    router(x[16:])  # two micro-batches of one step
+    first, _ = router(x[:16])
+    second, _ = router(x[16:])  # two micro-batches of one step
     assert router.num_updates == 0 and torch.equal(router.input_mean, torch.zeros(4))
+    counts = torch.bincount(torch.cat([first, second]), minlength=3).double()
+    assert torch.equal(router.pending_load, counts) and torch.equal(router.logged_load, counts)
     router.update_statistics()
     torch.testing.assert_close(router.input_mean, x.mean(0))  # the first step takes the batch mean
     assert router.num_updates == 1 and router.pending_load.sum() == 0

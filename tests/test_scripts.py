@@ -19,5 +19,7 @@ def test_gpu_check_runs_bench_and_scale_on_cpu_and_writes_markdown(tmp_path):
     assert "FAILED" not in text
     for expected in ("| mlp 784-64-64-10 | sgd | bp |", "| mlp 784-64-64-10 | sgd | sal-16 |", "bp-dense"):
         assert expected in text
+    assert "| mlp 784-64-64-10 | sgd | sal-16-masked |" in text  # both area implementations are timed
+    assert "| area_implementation | split |" in text
     assert "| reload_identical_logits | True |" in text
     assert "| parameters | 245386 |" in text

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 from conftest import as_dataset, tiny_batch, tiny_config, training_args
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from sal_hf import SALForImageClassification, SALTrainer
 
@@ -36,25 +36,87 @@ def test_training_lowers_the_loss_and_changes_every_trained_parameter(rule, area
     assert all(torch.equal(b, before[n]) for n, b in model.named_buffers() if n.startswith("feedback"))
 
 
-def test_only_selected_areas_change_under_adamw_with_weight_decay(tmp_path):
+class GradientsAtStep(TrainerCallback):
+    """Which parameters had a `.grad` when the optimizer stepped (after its pre-step hooks, before zero_grad)."""
+
+    def __init__(self) -> None:
+        self.had_grad: list[dict[str, bool]] = []
+
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.had_grad.append({name: p.grad is not None for name, p in model.named_parameters()})
+
+
+def area_names(prefix: str, k: int) -> list[str]:
+    return [f"{prefix}.weight_{k}", f"{prefix}.bias_{k}"]
+
+
+# The masked implementation hands unselected areas a zero gradient; SALTrainer's pre-step hook must drop it, also
+# on an optimizer the user built.
+@pytest.mark.parametrize("implementation, own_optimizer", [("split", False), ("masked", False), ("masked", True)])
+def test_only_selected_areas_change_under_adamw_with_weight_decay(implementation, own_optimizer, tmp_path):
     torch.manual_seed(0)
-    config = tiny_config(num_areas=8, hidden_sizes=[32], output_areas=True)
+    config = tiny_config(num_areas=8, hidden_sizes=[32], output_areas=True, area_implementation=implementation)
     model = SALForImageClassification(config)
     x, y = tiny_batch(6)  # 6 samples cannot reach all 8 areas
     selected = [set(a.tolist()) for a in model.eval()(pixel_values=x).areas]
     before = copy.deepcopy(model.state_dict())
     args = training_args(tmp_path, per_device_train_batch_size=6, max_steps=1, weight_decay=0.5, optim="adamw_torch")
-    SALTrainer(model=model, args=args, train_dataset=as_dataset(x, y)).train()
+    optimizers = (torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.5), None) if own_optimizer else None
+    grads = GradientsAtStep()
+    SALTrainer(
+        model=model,
+        args=args,
+        train_dataset=as_dataset(x, y),
+        callbacks=[grads],
+        **({"optimizers": optimizers} if optimizers else {}),
+    ).train()
 
     layers = [model.sal.layers[0].areas, model.classifier.areas]
     prefixes = ["sal.layers.0.areas", "classifier.areas"]
     for layer, prefix, chosen in zip(layers, prefixes, selected):
         assert 0 < len(chosen) < layer.num_areas
         for k in range(layer.num_areas):
-            for kind in ("weight", "bias"):
-                name = f"{prefix}.{kind}_{k}"
+            for name in area_names(prefix, k):
                 same = torch.equal(model.state_dict()[name], before[name])
                 assert same == (k not in chosen), f"{name}: selected={k in chosen}, unchanged={same}"
+                assert grads.had_grad[0][name] == (k in chosen), f"{name}: selected={k in chosen}, .grad at step"
+
+
+@pytest.mark.parametrize("implementation", ["split", "masked"])
+def test_gradient_accumulation_updates_the_areas_of_every_micro_batch(implementation, tmp_path):
+    torch.manual_seed(0)
+    config = tiny_config(num_areas=8, hidden_sizes=[32], output_areas=True, area_implementation=implementation)
+    model = SALForImageClassification(config)
+    layers = {"sal.layers.0.areas": model.sal.layers[0].areas, "classifier.areas": model.classifier.areas}
+    seen: dict[str, list[set[int]]] = {prefix: [] for prefix in layers}
+    for prefix, layer in layers.items():
+
+        def record(module, inputs, output, prefix=prefix):  # inputs = (x, area)
+            if module.training:
+                seen[prefix].append(set(inputs[1].tolist()))
+
+        layer.register_forward_hook(record)
+    x, y = tiny_batch(6)
+    before = copy.deepcopy(model.state_dict())
+    args = training_args(
+        tmp_path,
+        per_device_train_batch_size=3,
+        gradient_accumulation_steps=2,
+        max_steps=1,
+        weight_decay=0.5,
+        optim="adamw_torch",
+    )
+    SALTrainer(model=model, args=args, train_dataset=as_dataset(x, y)).train()
+
+    # An area only the first micro-batch selected: lost if each forward started a new selection record.
+    assert any(first - second for first, second in seen.values()), seen
+    for prefix, (first, second) in seen.items():
+        union = first | second
+        assert len(union) < layers[prefix].num_areas
+        for k in range(layers[prefix].num_areas):
+            for name in area_names(prefix, k):
+                same = torch.equal(model.state_dict()[name], before[name])
+                assert same == (k not in union), f"{name}: selected={k in union}, unchanged={same}"
 
 
 def test_area_health_is_logged_with_the_loss(tmp_path):

@@ -1,0 +1,196 @@
+"""SALAreaLinear's two implementations: `masked` (every area in one GEMM, no host sync) computes what `split` does,
+and with `clear_unselected_area_grads` hands the optimizer the same gradients (None for unselected areas)."""
+
+import copy
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import as_dataset, tiny_batch, tiny_config, training_args
+
+from sal_hf import SALConfig, SALForImageClassification, SALTrainer
+from sal_hf.learning_rule import LocalLearningRule
+from sal_hf.modeling_sal import ACTIVATIONS, SALAreaLinear, clear_unselected_area_grads
+
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from scale import SCALE_CONFIG  # noqa: E402
+
+
+CASES = [
+    ("sal", {}),
+    ("sal", {"area_mode": "partition"}),
+    ("sal", {"output_areas": True, "dual_path": True, "area_update_norm": "area"}),
+    ("sal", {"routing_scope": "shared", "residual": True, "norm": "layernorm", "hidden_sizes": [32, 32, 32]}),
+    ("fa", {"num_areas": 1, "output_areas": False}),
+    ("bp", {"output_areas": True}),
+]
+
+
+def gradients(
+    implementation: str, rule: str, overrides: dict, device: str = "cpu"
+) -> tuple[torch.Tensor, dict, SALForImageClassification]:
+    """Logits and every parameter's `.grad` after one training forward and backward (local rule or BP)."""
+    torch.manual_seed(0)
+    config = tiny_config(learning_rule=rule, area_implementation=implementation, **{"num_areas": 8, **overrides})
+    model = SALForImageClassification(config).to(device).train()
+    x, y = (t.to(device) for t in tiny_batch(6))  # 6 samples cannot reach all 8 areas
+    outputs = model(pixel_values=x, labels=y, local=rule != "bp")
+    if rule == "bp":
+        loss = outputs.loss
+    else:
+        local = LocalLearningRule(
+            rule,
+            feedback_mode=config.feedback_mode,
+            activation=ACTIVATIONS[config.hidden_act],
+            area_norm=config.area_update_norm,
+            num_areas=config.num_areas,
+            residual=config.residual,
+            residual_scale=config.residual_scale,
+        )
+        loss = local.surrogate(outputs, y, model.feedback.matrices())
+    loss.backward()
+    return outputs.logits.detach(), {name: p.grad for name, p in model.named_parameters()}, model
+
+
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+@pytest.mark.parametrize("rule, overrides", CASES)
+def test_masked_gives_the_outputs_and_area_gradients_of_split(rule, overrides, device):
+    logits, split, _ = gradients("split", rule, overrides, device)
+    masked_logits, masked, model = gradients("masked", rule, overrides, device)
+    torch.testing.assert_close(masked_logits, logits, **({} if device == "cpu" else {"rtol": 1e-2, "atol": 1e-3}))
+    unselected = [name for name, grad in split.items() if grad is None and ".areas." in name]
+    if model.config.num_areas > 1:
+        assert unselected, "every area was selected: the zero-gradient case is not exercised"
+    for name, grad in split.items():
+        if grad is None and ".areas." not in name:  # BP does not train the routers
+            assert masked[name] is None, name
+        elif grad is None:
+            # Masked puts every area in the graph: an unselected one gets an all-zero gradient ...
+            assert masked[name] is not None and not masked[name].any(), name
+        else:
+            # (TF32 matmuls on a GPU round differently for the two GEMM shapes.)
+            tolerance = {"rtol": 1e-5, "atol": 1e-6} if device == "cpu" else {"rtol": 1e-2, "atol": 1e-3}
+            torch.testing.assert_close(masked[name], grad, msg=name, **tolerance)
+    # ... which the pre-step hook drops, leaving exactly the gradients split gives.
+    assert clear_unselected_area_grads(model) == len(unselected)
+    assert [name for name, p in model.named_parameters() if p.grad is None] == [
+        n for n, g in split.items() if g is None
+    ]
+    assert all(layer.selected_areas is None for layer in model.modules() if isinstance(layer, SALAreaLinear))
+
+
+def test_selection_is_recorded_by_training_forwards_only_and_accumulates():
+    torch.manual_seed(0)
+    model = SALForImageClassification(tiny_config(num_areas=8, area_implementation="masked"))
+    layer = model.sal.layers[0].areas
+    x, _ = tiny_batch(12)
+    with torch.no_grad():
+        model.train()(pixel_values=x)
+    model.eval()(pixel_values=x)
+    assert layer.selected_areas is None, "evaluation or no-grad forwards must not count as selections"
+    model.train()
+    first = set(model(pixel_values=x[:3]).areas[0].tolist())
+    second = set(model(pixel_values=x[3:]).areas[0].tolist())
+    assert first != first | second  # the second forward adds areas, so the union below is a real union
+    assert set(layer.selected_areas.nonzero().flatten().tolist()) == first | second
+
+
+@pytest.mark.parametrize(
+    "implementation, num_areas, device, masked",
+    [
+        ("auto", 16, "cuda", True),
+        ("auto", 64, "cuda", True),
+        ("auto", 65, "cuda", False),
+        ("auto", 16, "cpu", False),
+        ("masked", 16, "cpu", True),
+        ("split", 16, "cuda", False),
+        ("masked", 1, "cpu", False),  # one area is one nn.Linear either way
+    ],
+)
+def test_auto_picks_masked_on_cuda_up_to_64_areas(implementation, num_areas, device, masked):
+    layer = SALAreaLinear(2, 2, num_areas, implementation=implementation)
+    assert layer.uses_masked(torch.device(device)) is masked
+
+
+def test_the_1e9_model_stays_split_on_cuda():
+    with torch.device("meta"):
+        model = SALForImageClassification(SALConfig(**SCALE_CONFIG))
+    layers = [m for m in model.modules() if isinstance(m, SALAreaLinear) and m.num_areas > 1]
+    assert layers and not any(layer.uses_masked(torch.device("cuda")) for layer in layers)
+
+
+def test_area_implementation_is_not_saved_and_old_checkpoints_load_as_auto(tmp_path):
+    model = SALForImageClassification(tiny_config(area_implementation="masked"))
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert "area_implementation" not in saved and saved["num_areas"] == 4  # a checkpoint without the field
+    assert SALForImageClassification.from_pretrained(tmp_path).config.area_implementation == "auto"
+    loaded = SALForImageClassification.from_pretrained(tmp_path, area_implementation="masked")
+    assert {m.implementation for m in loaded.modules() if isinstance(m, SALAreaLinear)} == {"masked"}
+    with pytest.raises(ValueError, match="area_implementation='dense'"):
+        SALForImageClassification.from_pretrained(tmp_path, area_implementation="dense")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_under_ddp_an_area_selected_on_any_process_keeps_its_gradient():
+    """2 gloo processes under DDP, different data: see tests/ddp_selection_worker.py."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
+    command = [*launch, "tests/ddp_selection_worker.py"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert done.stdout.count("kept the gradients of") == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_on_cuda_auto_runs_masked_and_trainer_keeps_unselected_areas_bit_identical(precision, tmp_path):
+    torch.manual_seed(0)
+    model = SALForImageClassification(tiny_config(num_areas=16, hidden_sizes=[32], output_areas=True))
+    layers = {"sal.layers.0.areas": model.sal.layers[0].areas, "classifier.areas": model.classifier.areas}
+    assert all(layer.uses_masked(torch.device("cuda")) for layer in layers.values())  # "auto" on CUDA
+    seen: dict[str, set[int]] = {prefix: set() for prefix in layers}
+    for prefix, layer in layers.items():
+
+        def record(module, inputs, output, prefix=prefix):  # inputs = (x, area)
+            if module.training:
+                seen[prefix] |= set(inputs[1].tolist())
+
+        layer.register_forward_hook(record)
+    x, y = tiny_batch(12)  # 2 steps of 2 x 3 samples cannot reach all 16 areas
+    before = copy.deepcopy(model.state_dict())
+    args = training_args(
+        tmp_path,
+        per_device_train_batch_size=3,
+        gradient_accumulation_steps=2,
+        max_steps=2,
+        weight_decay=0.5,
+        optim="adamw_torch",
+        use_cpu=False,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",  # through the loss scaler (which may skip a step)
+    )
+    SALTrainer(model=model, args=args, train_dataset=as_dataset(x, y)).train()
+    after = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
+    for prefix, layer in layers.items():
+        assert 0 < len(seen[prefix]) < layer.num_areas, seen
+        for k in range(layer.num_areas):
+            for name in (f"{prefix}.weight_{k}", f"{prefix}.bias_{k}"):
+                if k not in seen[prefix]:
+                    assert torch.equal(after[name], before[name]), f"{name} was never selected but changed"
+        assert any(not torch.equal(after[f"{prefix}.weight_{k}"], before[f"{prefix}.weight_{k}"]) for k in seen[prefix])
