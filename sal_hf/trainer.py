@@ -13,6 +13,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.utils import logging
 
+from .configuration_sal import SALConfig
 from .learning_rule import LocalLearningRule
 from .modeling_sal import (
     ACTIVATIONS,
@@ -50,6 +51,20 @@ class SALRoutingCallback(TrainerCallback):
 
 
 logger = logging.get_logger(__name__)
+
+
+def local_learning_rule(config: SALConfig) -> LocalLearningRule:
+    """The local rule a (non-`bp`) config trains with: what `SALTrainer` and hand-written loops call."""
+    return LocalLearningRule(
+        config.learning_rule,
+        feedback_mode=config.feedback_mode,
+        activation=ACTIVATIONS[config.hidden_act],
+        area_norm=config.area_update_norm,
+        num_areas=config.num_areas,
+        routing_loss_weight=config.routing_loss_weight,
+        residual=config.residual,
+        residual_scale=config.residual_scale,
+    )
 
 
 class SALInterruptCallback(TrainerCallback):
@@ -126,16 +141,7 @@ class SALTrainer(Trainer):
                     f"got label_smoothing_factor={self.args.label_smoothing_factor} and compute_loss_func="
                     f"{self.compute_loss_func!r}. Remove them, or train with learning_rule='bp'."
                 )
-            self.learning_rule = LocalLearningRule(
-                config.learning_rule,
-                feedback_mode=config.feedback_mode,
-                activation=ACTIVATIONS[config.hidden_act],
-                area_norm=config.area_update_norm,
-                num_areas=config.num_areas,
-                routing_loss_weight=config.routing_loss_weight,
-                residual=config.residual,
-                residual_scale=config.residual_scale,
-            )
+            self.learning_rule = local_learning_rule(config)
             # The surrogate is a per-batch mean: Trainer divides it by the accumulation steps.
             self.loss_is_scaled_for_ga = False
         self.add_callback(SALRoutingCallback(self.accelerator))

@@ -14,8 +14,8 @@ import torch
 from conftest import as_dataset, tiny_batch, tiny_config, training_args
 
 from sal_hf import SALConfig, SALForImageClassification, SALTrainer
-from sal_hf.learning_rule import LocalLearningRule
-from sal_hf.modeling_sal import ACTIVATIONS, SALAreaLinear, clear_unselected_area_grads
+from sal_hf.modeling_sal import SALAreaLinear, clear_unselected_area_grads
+from sal_hf.trainer import local_learning_rule
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,16 +45,7 @@ def gradients(
     if rule == "bp":
         loss = outputs.loss
     else:
-        local = LocalLearningRule(
-            rule,
-            feedback_mode=config.feedback_mode,
-            activation=ACTIVATIONS[config.hidden_act],
-            area_norm=config.area_update_norm,
-            num_areas=config.num_areas,
-            residual=config.residual,
-            residual_scale=config.residual_scale,
-        )
-        loss = local.surrogate(outputs, y, model.feedback.matrices())
+        loss = local_learning_rule(config).surrogate(outputs, y, model.feedback.matrices())
     loss.backward()
     return outputs.logits.detach(), {name: p.grad for name, p in model.named_parameters()}, model
 

@@ -91,8 +91,9 @@ def test_quick_runs_every_suite(benchmark, tmp_path):
 
 def test_record_names_tell_reduced_runs_apart(benchmark):
     """Resuming skips a job whose record file exists, so two budgets must never share a name."""
-    job = lambda epochs, train, test: benchmark.Job(
-        "main", "fashion_mnist", "bp", "fair", "final", 0, 1e-3, epochs, train, test
-    )  # noqa: E731
+
+    def job(epochs, train, test):
+        return benchmark.Job("main", "fashion_mnist", "bp", "fair", "final", 0, 1e-3, epochs, train, test)
+
     names = {job(25, None, None).name, job(10, None, None).name, job(25, 2000, 2000).name, job(25, 2000, None).name}
     assert len(names) == 4
