@@ -116,7 +116,10 @@ def run(rule: str, depth: int, data, args) -> dict:
         trainer = SALTrainer(
             model=model, args=TrainingArguments(output_dir=tmp, report_to="none", use_cpu=True, disable_tqdm=True)
         )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    # Through SALTrainer.create_optimizer, as in training: it keeps this optimizer and registers the pre-step hook
+    # that drops the zero gradients the masked area kernel (the default on CUDA) gives unselected areas.
+    trainer.optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    optimizer = trainer.create_optimizer()
     hidden = depth - 1
     picks = sorted({0, hidden // 2, hidden - 1})
     probe_x, probe_y = x_train[: args.batch_size], y_train[: args.batch_size]
