@@ -44,14 +44,58 @@ def output_error(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return (probs - F.one_hot(labels, probs.shape[-1]).to(probs.dtype)) / probs.shape[0]
 
 
+def _sigmoid_derivative(a: torch.Tensor) -> torch.Tensor:
+    s = torch.sigmoid(a)
+    return s * (1.0 - s)
+
+
+# Closed forms of f' for the activations that sal-hf names: one or two elementwise kernels where autograd would
+# build a graph and run forward and backward (on the 6-hidden-layer benchmark net, about 1 ms of a 50 ms step).
+CLOSED_FORM_DERIVATIVES: dict[Callable, Callable[[torch.Tensor], torch.Tensor]] = {
+    # 0 at a = 0, as autograd's. Not `(a > 0).to(dtype)`: on CPU that bool round trip is ~5x slower.
+    F.relu: lambda a: torch.relu(a).sign_(),
+    torch.tanh: lambda a: 1.0 - torch.tanh(a).square(),
+    torch.sigmoid: _sigmoid_derivative,
+}
+
+
 def activation_derivative(
     activation: Callable[[torch.Tensor], torch.Tensor], pre_activation: torch.Tensor
 ) -> torch.Tensor:
-    """``f'(a)`` elementwise, by autograd on a detached copy of ``a`` (works for any pointwise ``f``)."""
+    """``f'(a)`` elementwise, fp32, no graph: in closed form for relu, tanh and sigmoid, otherwise by autograd on a
+    detached copy of ``a`` (works for any pointwise ``f``)."""
+    a = pre_activation.detach().float()
+    if activation in CLOSED_FORM_DERIVATIVES:
+        with torch.no_grad():
+            return CLOSED_FORM_DERIVATIVES[activation](a)
     with torch.enable_grad():
-        a = pre_activation.detach().float().requires_grad_(True)
+        a = a.requires_grad_(True)
         (derivative,) = torch.autograd.grad(activation(a).sum(), a)
     return derivative
+
+
+def gate(signal: torch.Tensor, pre_activation: torch.Tensor, activation: Callable, scale: float = 1.0) -> torch.Tensor:
+    """``scale * signal * f'(a)``, (B, d) fp32, no graph."""
+    with torch.no_grad():
+        if scale != 1.0:
+            signal = signal * scale
+        return signal * activation_derivative(activation, pre_activation)
+
+
+class _InjectGradient(torch.autograd.Function):
+    """A zero scalar whose gradient w.r.t. ``output`` is ``signal``: the gradient of ``(output * signal).sum()``
+    without computing that product in the forward (its value is never used: the surrogate's value is the loss)."""
+
+    @staticmethod
+    def forward(ctx, output: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(signal)
+        ctx.output_dtype = output.dtype
+        return torch.zeros((), dtype=torch.float32, device=output.device)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (signal,) = ctx.saved_tensors
+        return (signal * grad).to(ctx.output_dtype), None
 
 
 def area_sample_weights(area: torch.Tensor | None, num_areas: int) -> torch.Tensor | None:
@@ -97,10 +141,8 @@ def local_deltas(
             g = source @ matrix  # (B, d_l)
             if carried is not None:
                 g = g + carried
-            derivative = activation_derivative(activation, pre_activations[index])
-            if residual and index >= 1:
-                derivative = derivative * residual_scale
-            deltas[index] = g * derivative
+            scale = residual_scale if residual and index >= 1 else 1.0
+            deltas[index] = gate(g, pre_activations[index], activation, scale)
             signal = deltas[index]
             # Block index (index >= 1) passes its output signal straight to its input h_{index-1}.
             carried = g if residual and mode == "layerwise" and index >= 1 else None
@@ -135,7 +177,7 @@ def surrogate_loss(
     for output, signal, weight in zip(outputs, signals, weights):
         if weight is not None:
             signal = signal * weight
-        terms.append((output.float() * signal.detach()).sum())
+        terms.append(_InjectGradient.apply(output, signal.detach()))  # gradient of (output * signal).sum()
     local = torch.stack([*terms, *(term.float() for term in extra_terms)]).sum()
     # Value of `loss`, gradient of `local`.
     return loss.detach().float() + (local - local.detach())

@@ -10,7 +10,8 @@ from conftest import tiny_batch, tiny_config, training_args
 from torch.nn import functional as F
 
 from sal_hf import SALForImageClassification, SALTrainer
-from sal_hf.learning_rule import output_error, surrogate_loss
+from sal_hf.learning_rule import activation_derivative, gate, output_error, surrogate_loss
+from sal_hf.modeling_sal import ACTIVATIONS
 
 
 def rule_grads(model, x, y, tmp_path):
@@ -115,6 +116,27 @@ def test_surrogate_value_is_the_loss_and_its_gradient_the_signal():
     torch.testing.assert_close(surrogate, loss)
     surrogate.backward()
     torch.testing.assert_close(logits.grad, error)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_activation_derivative_and_gate_match_autograd(name):
+    """The closed forms (relu, tanh, sigmoid) and the autograd fallback give autograd's f', also at a = 0."""
+    activation = ACTIVATIONS[name]
+    a = torch.cat([torch.randn(4, 7) * 3, torch.zeros(1, 7)]).requires_grad_(True)
+    (reference,) = torch.autograd.grad(activation(a).sum(), a)
+    torch.testing.assert_close(activation_derivative(activation, a), reference)
+    signal = torch.randn(5, 7)
+    torch.testing.assert_close(gate(signal, a, activation, scale=0.5), 0.5 * signal * reference)
+    assert not gate(signal, a, activation).requires_grad
+
+
+def test_surrogate_gradient_keeps_a_bf16_output_dtype():
+    logits = torch.randn(4, 3).bfloat16().requires_grad_(True)
+    labels = torch.tensor([0, 2, 1, 1])
+    error = output_error(logits, labels)
+    surrogate_loss(F.cross_entropy(logits.float(), labels), logits, error, [], []).backward()
+    assert logits.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(logits.grad, error.bfloat16())
 
 
 def test_area_norm_scales_each_area_by_its_own_sample_count(tmp_path):
