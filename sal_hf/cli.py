@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -84,10 +85,10 @@ class DataArguments:
 
 
 def parse_overrides(text: str | None) -> dict:
-    """`"key=value,key=value"` -> dict; values are Python literals where they parse (`0.01`, `True`, `None`),
-    else strings."""
+    """`"key=value,key=value"` -> dict; values are Python literals where they parse (`0.01`, `True`, `None`,
+    `[256,256]`), else strings. A comma splits only where a `key=` follows, so lists and tuples keep theirs."""
     overrides = {}
-    for item in filter(None, (text or "").split(",")):
+    for item in filter(None, re.split(r",(?=\s*[A-Za-z_]\w*\s*=)", (text or "").strip())):
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--config-overrides takes key=value pairs separated by commas; got {item!r}.")

@@ -134,6 +134,11 @@ def test_config_overrides_parse_literals_and_strings():
         "norm": "layernorm",
         "dual_path": False,
     }
+    assert cli.parse_overrides("hidden_sizes=[256, 128],num_areas=4,feedback_mode=direct") == {
+        "hidden_sizes": [256, 128],
+        "num_areas": 4,
+        "feedback_mode": "direct",
+    }
     assert cli.parse_overrides(None) == {}
     with pytest.raises(ValueError, match="key=value"):
         cli.parse_overrides("dual_path")
