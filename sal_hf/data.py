@@ -25,6 +25,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import random
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -122,7 +123,13 @@ def load_mnist1d(num_samples: int = 5000, seed: int = 42) -> DatasetDict:
 
     args = get_dataset_args()
     args.num_samples, args.seed = num_samples, seed
-    data = make_dataset(args)  # already centred and scaled to unit std by the generator
+    # make_dataset seeds Python's and NumPy's global generators; give the caller its own states back.
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        data = make_dataset(args)  # already centred and scaled to unit std by the generator
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
     return _to_dataset_dict(
         {"train": (data["x"][:, None, :], data["y"]), "test": (data["x_test"][:, None, :], data["y_test"])},
         [str(i) for i in range(10)],

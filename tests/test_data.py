@@ -2,6 +2,7 @@
 to get them; TensorRows feeds Trainer's collator the same rows as the Dataset."""
 
 import gzip
+import random
 
 import numpy as np
 import pytest
@@ -51,8 +52,14 @@ def test_tables_are_standardised_with_train_statistics_only(name):
 
 
 def test_mnist1d_is_generated_offline():
+    np.random.seed(123)
+    random.seed(123)
+    expected = np.random.rand(), random.random()
+    np.random.seed(123)
+    random.seed(123)
     dataset = load_image_dataset("mnist1d", num_samples=500)
     check_contract(dataset, (1, 40), 10, sizes={"train": 400, "test": 100})
+    assert (np.random.rand(), random.random()) == expected  # the generator's seeding did not leak out
 
 
 def write_idx(path, array):
