@@ -535,6 +535,9 @@ class SALForImageClassification(SALPreTrainedModel):
                 f"labels must be integer class ids of shape ({batch_size},); got shape {tuple(labels.shape)}, "
                 f"dtype {labels.dtype}."
             )
+        if torch.compiler.is_compiling():
+            # Reading the range back is a host sync and a graph break; compiled, cross_entropy's own check remains.
+            return
         low, high = int(labels.min()), int(labels.max())
         if low < 0 or high >= self.num_labels:
             bad = low if low < 0 else high

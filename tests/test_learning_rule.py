@@ -10,7 +10,13 @@ from conftest import tiny_batch, tiny_config, training_args
 from torch.nn import functional as F
 
 from sal_hf import SALForImageClassification, SALTrainer
-from sal_hf.learning_rule import activation_derivative, gate, output_error, surrogate_loss
+from sal_hf.learning_rule import (
+    CLOSED_FORM_DERIVATIVES,
+    activation_derivative,
+    gate,
+    output_error,
+    surrogate_loss,
+)
 from sal_hf.modeling_sal import ACTIVATIONS
 
 
@@ -118,10 +124,12 @@ def test_surrogate_value_is_the_loss_and_its_gradient_the_signal():
     torch.testing.assert_close(logits.grad, error)
 
 
-@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("name", [*sorted(ACTIVATIONS), "softplus"])
 def test_activation_derivative_and_gate_match_autograd(name):
-    """The closed forms (relu, tanh, sigmoid) and the autograd fallback give autograd's f', also at a = 0."""
-    activation = ACTIVATIONS[name]
+    """The closed forms (every activation a config can name) and the autograd fallback (any other pointwise f,
+    softplus here) give autograd's f', also at a = 0."""
+    assert set(ACTIVATIONS.values()) <= set(CLOSED_FORM_DERIVATIVES)
+    activation = ACTIVATIONS.get(name, F.softplus)
     a = torch.cat([torch.randn(4, 7) * 3, torch.zeros(1, 7)]).requires_grad_(True)
     (reference,) = torch.autograd.grad(activation(a).sum(), a)
     torch.testing.assert_close(activation_derivative(activation, a), reference)
