@@ -24,6 +24,7 @@ copy bandwidth measured here.
     python scripts/bench_speed.py                               # CPU, fp32, SGD and AdamW, writes docs/PERFORMANCE.md
     python scripts/bench_speed.py --device cuda --bf16 --impl fused --area-impl split masked --out $OUT/gpu_speed.md
     python scripts/bench_speed.py --tiny --steps 3 --warmup 1   # seconds: checks the script runs
+    python scripts/bench_speed.py --device cuda --bf16 --impl fused --area-impl masked --compile   # compiled step
 """
 
 from __future__ import annotations
@@ -87,6 +88,10 @@ class Variant:
         # SALTrainer keeps an optimizer it is given and registers its pre-step hook on it (clear_unselected_area_grads:
         # areas the masked implementation gave a zero gradient but no sample selected get none), as in training.
         self.optimizer = self.trainer.create_optimizer()
+        # The forward and the local rule (what SALTrainer.compute_loss runs), compiled with --compile.
+        self.compute_loss = self.trainer.compute_loss
+        if args.compile:
+            self.compute_loss = torch.compile(self.trainer.compute_loss, backend=args.compile)
         self.times: dict[str, list[float]] = {"step": [], "forward": [], "update": [], "optimizer": []}
         self.memory: list[int] = []
         self.touched: list[int] = []
@@ -100,7 +105,7 @@ class Variant:
         if self.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         t0 = self.sync()
-        loss = self.trainer.compute_loss(self.model, batch)
+        loss = self.compute_loss(self.model, batch)
         t1 = self.sync()
         loss.backward()
         t2 = self.sync()
@@ -227,6 +232,7 @@ def write_markdown(results: list[dict], floors: list[dict], args, path: Path, co
         "",
         f"torch {torch.__version__}; batch {args.batch_size}; median of {args.steps} steps after {args.warmup} "
         f"warm-up steps, all variants alternating in one process; optimizer implementation `{args.impl}`; "
+        f"{f'compute_loss compiled (`torch.compile`, backend `{args.compile}`); ' if args.compile else ''}"
         f"copy bandwidth (median, measured in the rotation) "
         f"{statistics.median(r['bandwidth'] for r in results) / 1e9:.1f} GB/s. Reproduce: `{command}`",
         "",
@@ -293,6 +299,15 @@ def main() -> None:
         default=["split"],
         choices=["split", "masked", "auto"],
         help="area implementations of the K-area model, one variant each (sal-16, sal-16-masked, sal-16-auto)",
+    )
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="inductor",
+        default=None,
+        metavar="BACKEND",
+        help="torch.compile each variant's forward + local rule (SALTrainer.compute_loss); default backend inductor. "
+        "Use with --area-impl masked: the split kernel's per-area sizes recompile.",
     )
     parser.add_argument("--input-size", type=int, default=784)
     parser.add_argument("--archs", nargs="+", default=["mlp", "deep"], choices=["mlp", "deep"])
