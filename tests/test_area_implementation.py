@@ -211,3 +211,28 @@ def test_on_cuda_auto_runs_masked_and_trainer_keeps_unselected_areas_bit_identic
                 if k not in seen[prefix]:
                     assert torch.equal(after[name], before[name]), f"{name} was never selected but changed"
         assert any(not torch.equal(after[f"{prefix}.weight_{k}"], before[f"{prefix}.weight_{k}"]) for k in seen[prefix])
+
+
+def test_trainer_with_torch_compile_trains_as_eager(tmp_path):
+    """`TrainingArguments(torch_compile=True)` (here with the fast `eager` backend) trains a masked SAL model to the
+    same weights as without compiling, and unselected areas stay untouched."""
+    x, y = tiny_batch(12)  # 3 steps of 4 samples: some of the 8 areas are never selected
+    weights = []
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model = SALForImageClassification(tiny_config(num_areas=8, area_implementation="masked"))
+        before = copy.deepcopy(model.state_dict())
+        extra = {"torch_compile": True, "torch_compile_backend": "eager"} if compiled else {}
+        trainer = SALTrainer(
+            model=model,
+            args=training_args(tmp_path, optim="adamw_torch", weight_decay=0.1, per_device_train_batch_size=4, **extra),
+            train_dataset=as_dataset(x, y),
+        )
+        trainer.train()
+        assert (type(trainer.model_wrapped).__name__ == "OptimizedModule") == compiled
+        weights.append(model.state_dict())
+    for name, value in weights[0].items():
+        torch.testing.assert_close(weights[1][name], value, msg=name)
+    untouched = [name for name, value in weights[1].items() if ".areas." in name and torch.equal(value, before[name])]
+    assert untouched, "every area was selected: selectivity under compile is not exercised"
