@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 from machine import cpu_name  # scripts/machine.py, beside this file
+from torch.nn import functional as F
 
 
 def device_name(device: str) -> str:
@@ -166,6 +167,64 @@ class CopyProbe:
         return statistics.median(self.rates)
 
 
+class KernelFloor:
+    """The bare kernels a K-area SAL step cannot avoid, timed in the same rotation: for every hidden layer's K areas
+    with B/K rows each (what batch B spreads over them), the forward GEMM of every area (``F.linear``, as the split
+    kernel runs it), then the update two ways:
+
+    - ``optimizer API``: each area's gradient ``delta_k^T x_k`` written to a fresh tensor (as autograd does) and
+      applied by ``torch.optim.SGD`` (fused where ``--impl fused``), as SALTrainer's path must;
+    - ``in place``: ``W_k.addmm_(delta_k^T, x_k, alpha=-lr)``, the update fused into the weights: no gradient
+      tensor, outside the optimizer API (no clipping, accumulation, DDP or AdamW), the least a step can move.
+
+    No routing, no output layer, no local rule, no Python around them: a floor for sal-16's SGD step."""
+
+    def __init__(self, sizes: list[int], areas: int, args, dtype: torch.dtype) -> None:
+        rows = args.batch_size // areas
+        options = {"device": args.device, "dtype": dtype}
+        self.layers = [
+            (
+                [torch.randn(fan_out, fan_in, **options) * fan_in**-0.5 for _ in range(areas)],
+                [torch.randn(rows, fan_in, **options) for _ in range(areas)],
+                [torch.randn(rows, fan_out, **options) * 1e-3 for _ in range(areas)],
+            )
+            for fan_in, fan_out in zip(sizes[:-1], sizes[1:])
+        ]
+        weights = [w for layer in self.layers for w in layer[0]]
+        extra = {"fused": True} if args.impl == "fused" else {"foreach": True} if args.impl == "foreach" else {}
+        self.optimizer = torch.optim.SGD(weights, lr=1e-4, **extra)
+        self.device = args.device
+        self.times: dict[str, list[float]] = {"forward": [], "optimizer API": [], "in place": []}
+
+    def sync(self) -> float:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def step(self, _batch=None, record: bool = True) -> None:
+        t0 = self.sync()
+        for weights, inputs, _ in self.layers:
+            for w, x in zip(weights, inputs):
+                F.linear(x, w)
+        t1 = self.sync()
+        for weights, inputs, deltas in self.layers:
+            for w, x, d in zip(weights, inputs, deltas):
+                w.grad = d.t().mm(x)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        t2 = self.sync()
+        for weights, inputs, deltas in self.layers:
+            for w, x, d in zip(weights, inputs, deltas):
+                w.addmm_(d.t(), x, alpha=-1e-4)
+        t3 = self.sync()
+        if record:
+            for key, value in zip(self.times, (t1 - t0, t2 - t1, t3 - t2)):
+                self.times[key].append(value)
+
+    def medians(self) -> dict[str, float]:
+        return {key: statistics.median(values) for key, values in self.times.items()}
+
+
 def bench(arch: str, hidden: list[int], optimizer: str, args, dtype: torch.dtype, dense: bool) -> dict:
     from sal_hf import SALConfig
 
@@ -189,6 +248,7 @@ def bench(arch: str, hidden: list[int], optimizer: str, args, dtype: torch.dtype
         configs["bp-dense"] = SALConfig(**common, hidden_sizes=[width] * len(hidden), num_areas=1, learning_rule="bp")
     variants = [Variant(name, config, optimizer, args, dtype) for name, config in configs.items()]
     probe = CopyProbe(args.device, dtype, 16 if args.tiny else 128)
+    kernels = KernelFloor([args.input_size, *hidden], args.areas, args, dtype)
     generator = torch.Generator().manual_seed(0)
     batches = [
         {
@@ -198,7 +258,7 @@ def bench(arch: str, hidden: list[int], optimizer: str, args, dtype: torch.dtype
         for _ in range(8)
     ]
     for step in range(args.warmup + args.steps):
-        for variant in [*variants, probe]:
+        for variant in [*variants, probe, kernels]:
             variant.step(batches[step % len(batches)], record=step >= args.warmup)
     base = variants[0].median()
     rows = []
@@ -222,7 +282,7 @@ def bench(arch: str, hidden: list[int], optimizer: str, args, dtype: torch.dtype
             }
         )
     del variants
-    return {"rows": rows, "bandwidth": probe.bandwidth()}
+    return {"rows": rows, "bandwidth": probe.bandwidth(), "kernels": kernels.medians()}
 
 
 def write_markdown(results: list[dict], floors: list[dict], args, path: Path, command: str) -> None:
@@ -277,6 +337,24 @@ def write_markdown(results: list[dict], floors: list[dict], args, path: Path, co
             f"parameters per step, {floor['passes']} passes -> floor {floor['floor_ms']:.1f} ms = "
             f"{floor['floor_ratio']:.2f}x the bp step; measured optimizer step {floor['measured_ms']:.1f} ms; whole "
             f"step {floor['step_ms']:.1f} ms"
+        )
+    sgd = [result for result in results if result["rows"][0]["optimizer"] == "sgd"]
+    if sgd:
+        lines += [
+            "",
+            f"Kernel floor of the {args.areas}-area model's SGD step (`KernelFloor`: the forward GEMM of every area of "
+            f"every hidden layer, {args.batch_size // args.areas} rows each, then the area updates, with nothing "
+            "around them), measured in the rotation, next to the K=1 BP step:",
+            "",
+        ]
+    for result in sgd:
+        k, bp = result["kernels"], result["rows"][0]["step_ms"]
+        api, in_place = k["forward"] + k["optimizer API"], k["forward"] + k["in place"]
+        lines.append(
+            f"- {result['rows'][0]['arch']}: forward {1e3 * k['forward']:.1f} ms; + gradient tensors and "
+            f"`torch.optim.SGD` {1e3 * k['optimizer API']:.1f} ms = {1e3 * api:.1f} ms = {1e3 * api / bp:.2f}x bp; "
+            f"+ in-place `addmm_` instead {1e3 * k['in place']:.1f} ms = {1e3 * in_place:.1f} ms = "
+            f"{1e3 * in_place / bp:.2f}x bp"
         )
     lines.append("")
     path.parent.mkdir(parents=True, exist_ok=True)
