@@ -164,18 +164,20 @@ class AreaRouter(nn.Module):
         """Apply what the last optimizer step saw: move the running mean and the balancing bias, then
         clear the accumulators. Call once per optimizer step, after every process has reduced (summed)
         ``pending_input_sum`` and ``pending_load``, so that every rank routes identically."""
+        # Every decision stays on the device (no host sync, so a GPU step never waits here): a step that routed no
+        # sample (`seen` False) moves nothing.
         count = self.pending_load.sum()
-        if count == 0:
-            return
+        seen = count > 0
+        count = count.clamp(min=1.0)
         batch_mean = self.pending_input_sum / count
         # A cumulative average for the first steps, then an exponential one.
-        momentum = max(self.center_momentum, 1.0 / float(self.num_updates + 1))
-        self.input_mean.lerp_(batch_mean.to(self.input_mean.dtype), momentum)
+        momentum = (1.0 / (self.num_updates + 1).double()).clamp(min=self.center_momentum) * seen
+        self.input_mean.lerp_(batch_mean.to(self.input_mean.dtype), momentum.to(self.input_mean.dtype))
         # An area that took less than its share 1/K is made cheaper to select, one that took more dearer;
         # a dead area (no samples) keeps gaining until it wins some. No gradient is involved.
         share = self.pending_load / count
-        self.area_bias += (self.balance_rate * (1.0 - self.num_areas * share)).to(self.area_bias.dtype)
-        self.num_updates += 1
+        self.area_bias += (self.balance_rate * (1.0 - self.num_areas * share) * seen).to(self.area_bias.dtype)
+        self.num_updates += seen.long()
         self.pending_input_sum.zero_()
         self.pending_load.zero_()
 

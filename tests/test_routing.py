@@ -83,6 +83,17 @@ def test_statistics_apply_once_per_step_and_centre_the_input():
     assert router.num_updates == 1 and router.pending_load.sum() == 0
 
 
+def test_a_step_that_routed_nothing_moves_no_statistic():
+    router = AreaRouter(4, 3, 2, seed=0)
+    router(torch.randn(16, 4) + 5.0)
+    router.update_statistics()
+    state = {name: value.clone() for name, value in router.state_dict().items()}
+    router.update_statistics()  # nothing pending: no mean, bias or count may move (and no division by zero)
+    for name, value in router.state_dict().items():
+        assert torch.equal(value, state[name]), name
+    assert router.num_updates == 1
+
+
 def test_eval_mode_gathers_no_statistics():
     router = AreaRouter(4, 3, 2, seed=0).eval()
     router(torch.randn(8, 4))
