@@ -538,7 +538,7 @@ class SALForImageClassification(SALPreTrainedModel):
         if torch.compiler.is_compiling():
             # Reading the range back is a host sync and a graph break; compiled, cross_entropy's own check remains.
             return
-        low, high = int(labels.min()), int(labels.max())
+        low, high = torch.stack(torch.aminmax(labels)).tolist()  # one host sync for both
         if low < 0 or high >= self.num_labels:
             bad = low if low < 0 else high
             raise ValueError(
