@@ -84,6 +84,19 @@ class DataArguments:
     )
 
 
+@dataclass
+class SALTrainerArguments:
+    """SALTrainer's own options."""
+
+    in_place_area_update: bool = field(
+        default=False,
+        metadata={
+            "help": "apply plain SGD to every area inside the backward pass (no gradient tensors: ~25%% faster steps "
+            "and half the memory for many areas); needs --optim sgd --max-grad-norm 0, no accumulation, one process"
+        },
+    )
+
+
 def parse_overrides(text: str | None) -> dict:
     """`"key=value,key=value"` -> dict; values are Python literals where they parse (`0.01`, `True`, `None`,
     `[256,256]`), else strings. A comma splits only where a `key=` follows, so lists and tuples keep theirs."""
@@ -104,7 +117,9 @@ def _train_parser():
 
     from .data import LOADERS
 
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments), prog="sal-hf train")
+    parser = HfArgumentParser(
+        (ModelArguments, DataArguments, SALTrainerArguments, TrainingArguments), prog="sal-hf train"
+    )
     parser.description = (
         f"Train a SAL image classifier with SALTrainer. Datasets: {', '.join(sorted(LOADERS))}. Every "
         "TrainingArguments flag works (--learning-rate, --num-train-epochs, --report-to tensorboard, --push-to-hub, "
@@ -143,7 +158,7 @@ def train(argv: list[str]) -> int:
     from .metrics import classification_metrics
     from .trainer import SALTrainer
 
-    model_args, data_args, args = _train_parser().parse_args_into_dataclasses(args=argv)
+    model_args, data_args, trainer_args, args = _train_parser().parse_args_into_dataclasses(args=argv)
     if data_args.dataset not in LOADERS:
         raise ValueError(f"Unknown --dataset {data_args.dataset!r}; available: {sorted(LOADERS)}.")
     data = load_image_dataset(data_args.dataset)
@@ -189,6 +204,7 @@ def train(argv: list[str]) -> int:
         processing_class=SALImageProcessor.from_sal_config(model.config),
         compute_metrics=classification_metrics(num_labels=len(names)),
         callbacks=callbacks,
+        in_place_area_update=trainer_args.in_place_area_update,
     )
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     metrics = trainer.evaluate()

@@ -37,6 +37,36 @@ def make_norm(kind: str, size: int) -> nn.Module | None:
     return None
 
 
+class _InPlaceSGDLinear(torch.autograd.Function):
+    """``x W^T + b`` whose backward applies plain SGD to ``W`` and ``b`` in place and hands them no ``.grad``:
+    ``W <- (1 - lr wd) W - lr g^T x`` in one ``addmm_`` (no gradient tensor is written or read back), likewise
+    ``b``, with ``lr`` and ``wd`` read from their optimizer param groups at that moment (so schedulers apply). The
+    input gradient is computed from ``W`` before the update. See ``SALAreaLinear.in_place_groups``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: nn.Parameter, bias: nn.Parameter, groups: tuple[dict, dict]):
+        ctx.save_for_backward(x)
+        ctx.weight, ctx.bias, ctx.groups = weight, bias, groups
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        weight, bias = ctx.weight, ctx.bias
+        grad = grad.to(weight.dtype)  # bf16 under autocast; the update is applied in the weights' dtype
+        grad_x = (grad @ weight).to(x.dtype) if ctx.needs_input_grad[0] else None
+        weight_group, bias_group = ctx.groups
+        with torch.no_grad():
+            # torch.optim.SGD without momentum: p <- p - lr (grad + wd p).
+            lr, decay = weight_group["lr"], weight_group["weight_decay"]
+            weight.addmm_(grad.t(), x.to(weight.dtype), beta=1.0 - lr * decay, alpha=-lr)
+            lr, decay = bias_group["lr"], bias_group["weight_decay"]
+            if decay:
+                bias.mul_(1.0 - lr * decay)
+            bias.add_(grad.sum(0), alpha=-lr)
+        return grad_x, None, None, None
+
+
 class SALAreaLinear(nn.Module):
     """K disjoint linear maps; each sample goes through the one its area selects.
 
@@ -81,6 +111,10 @@ class SALAreaLinear(nn.Module):
         # (K,) bool on the input's device, or None: areas selected by the masked training forwards since the last
         # optimizer step. A plain attribute, not a buffer: never saved, and DDP does not overwrite it from rank 0.
         self.selected_areas: torch.Tensor | None = None
+        # Runtime only, set by SALTrainer(in_place_area_update=True): per area, the optimizer param groups of its
+        # weight and bias. When set, training forwards run the split path with the SGD update applied in place
+        # during the backward (see _InPlaceSGDLinear); the areas never get a `.grad`.
+        self.in_place_groups: list[tuple[dict, dict]] | None = None
         for k in range(num_areas):
             self.register_parameter(f"weight_{k}", nn.Parameter(torch.empty(self.block, in_features)))
             self.register_parameter(f"bias_{k}", nn.Parameter(torch.empty(self.block)))
@@ -104,20 +138,24 @@ class SALAreaLinear(nn.Module):
             return torch.device(device).type == "cuda" and self.num_areas <= AUTO_MASKED_MAX_AREAS
         return self.implementation == "masked"
 
+    def _linear(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Area ``k`` applied to ``x``; with ``in_place_groups`` set, in a training forward, updated in place."""
+        weight, bias = getattr(self, f"weight_{k}"), getattr(self, f"bias_{k}")
+        if self.in_place_groups is not None and self.training and torch.is_grad_enabled():
+            return _InPlaceSGDLinear.apply(x, weight, bias, self.in_place_groups[k])
+        return F.linear(x, weight, bias)
+
     def forward(self, x: torch.Tensor, area: torch.Tensor | None) -> torch.Tensor:
         if self.num_areas == 1:
-            return F.linear(x, self.weight_0, self.bias_0)
-        if self.uses_masked(x.device):
+            return self._linear(x, 0)
+        if self.in_place_groups is None and self.uses_masked(x.device):
             return self._forward_masked(x, area)
         batch = x.shape[0]
         # Group samples by area: one matmul per non-empty area, never a loop over samples.
         order = torch.argsort(area, stable=True)  # (B,)
         counts = torch.bincount(area, minlength=self.num_areas).tolist()
         chunks = x[order].split(counts)
-        weights, biases = self.weights, self.biases
-        y = torch.cat(
-            [F.linear(chunk, weights[k], biases[k]) for k, chunk in enumerate(chunks) if counts[k]]
-        )  # (B, block), sorted
+        y = torch.cat([self._linear(chunk, k) for k, chunk in enumerate(chunks) if counts[k]])  # (B, block), sorted
         if self.partition:
             full = y.new_zeros(batch, self.num_areas, self.block)  # (B, K, out/K), sorted
             full[torch.arange(batch, device=x.device), area[order]] = y

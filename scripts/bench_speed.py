@@ -50,8 +50,16 @@ def device_name(device: str) -> str:
 
 
 def area_variant(areas: int, implementation: str) -> str:
-    """Variant name of the K-area SAL model: ``sal-16`` (split), ``sal-16-masked``, ``sal-16-auto``."""
+    """Variant name of the K-area SAL model: ``sal-16`` (split), ``sal-16-masked``, ``sal-16-auto``,
+    ``sal-16-in-place`` (split, ``SALTrainer(in_place_area_update=True)``)."""
     return f"sal-{areas}" if implementation == "split" else f"sal-{areas}-{implementation}"
+
+
+def area_variants(args, optimizer: str) -> list[str]:
+    """Names of the K-area variants timed with ``optimizer``: one per ``--area-impl``, and with ``--in-place`` (plain
+    SGD only) the in-place one."""
+    names = [area_variant(args.areas, implementation) for implementation in args.area_impl]
+    return names + ([area_variant(args.areas, "in-place")] if args.in_place and optimizer == "sgd" else [])
 
 
 def dense_width(input_size: int, depth: int, num_labels: int, target: int) -> int:
@@ -66,7 +74,7 @@ def dense_width(input_size: int, depth: int, num_labels: int, target: int) -> in
 class Variant:
     """One model with its trainer, optimizer and timings."""
 
-    def __init__(self, name: str, config, optimizer: str, args, dtype: torch.dtype) -> None:
+    def __init__(self, name: str, config, optimizer: str, args, dtype: torch.dtype, in_place: bool = False) -> None:
         from transformers import TrainingArguments
 
         from sal_hf import SALForImageClassification, SALTrainer
@@ -77,9 +85,9 @@ class Variant:
         self.model = SALForImageClassification(config).to(device=args.device, dtype=dtype).train()
         with tempfile.TemporaryDirectory() as tmp:
             training = TrainingArguments(
-                output_dir=tmp, report_to="none", use_cpu=args.device == "cpu", disable_tqdm=True
+                output_dir=tmp, report_to="none", use_cpu=args.device == "cpu", disable_tqdm=True, max_grad_norm=0.0
             )
-            self.trainer = SALTrainer(model=self.model, args=training)
+            self.trainer = SALTrainer(model=self.model, args=training, in_place_area_update=in_place)
         params = list(self.model.parameters())
         extra = {"foreach": True} if args.impl == "foreach" else {"fused": True} if args.impl == "fused" else {}
         if optimizer == "sgd":
@@ -106,10 +114,11 @@ class Variant:
         if self.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         t0 = self.sync()
-        loss = self.compute_loss(self.model, batch)
-        t1 = self.sync()
-        loss.backward()
-        t2 = self.sync()
+        with self.trainer.in_place_area_updates(self.model):  # a no-op but for the in-place variant
+            loss = self.compute_loss(self.model, batch)
+            t1 = self.sync()
+            loss.backward()
+            t2 = self.sync()
         self.optimizer.step()
         # After the pre-step hook: the areas whose gradient reached the optimizer.
         touched = sum(p.numel() * p.element_size() for p in self.model.parameters() if p.grad is not None)
@@ -236,8 +245,8 @@ def bench(arch: str, hidden: list[int], optimizer: str, args, dtype: torch.dtype
         "dfa": SALConfig(**common, hidden_sizes=hidden, num_areas=1, learning_rule="dfa"),
         "sal-1": SALConfig(**common, hidden_sizes=hidden, num_areas=1, learning_rule="sal"),
     }
-    for implementation in args.area_impl:
-        configs[area_variant(args.areas, implementation)] = SALConfig(
+    for name, implementation in zip(area_variants(args, optimizer), [*args.area_impl, "split"]):
+        configs[name] = SALConfig(
             **common, hidden_sizes=hidden, num_areas=args.areas, learning_rule="sal", area_implementation=implementation
         )
     if dense:
@@ -246,7 +255,10 @@ def bench(arch: str, hidden: list[int], optimizer: str, args, dtype: torch.dtype
 
         width = dense_width(args.input_size, len(hidden), 10, expected_parameters(target)[0])
         configs["bp-dense"] = SALConfig(**common, hidden_sizes=[width] * len(hidden), num_areas=1, learning_rule="bp")
-    variants = [Variant(name, config, optimizer, args, dtype) for name, config in configs.items()]
+    variants = [
+        Variant(name, config, optimizer, args, dtype, in_place=name.endswith("-in-place"))
+        for name, config in configs.items()
+    ]
     probe = CopyProbe(args.device, dtype, 16 if args.tiny else 128)
     kernels = KernelFloor([args.input_size, *hidden], args.areas, args, dtype)
     generator = torch.Generator().manual_seed(0)
@@ -316,7 +328,7 @@ def write_markdown(results: list[dict], floors: list[dict], args, path: Path, co
             (f"dfa <= 0.75x bp: {rows['dfa']['ratio_to_bp']:.2f}x", rows["dfa"]["ratio_to_bp"] <= 0.75),
             (f"sal-1 <= 0.75x bp: {rows['sal-1']['ratio_to_bp']:.2f}x", rows["sal-1"]["ratio_to_bp"] <= 0.75),
         ]
-        for name in (area_variant(args.areas, implementation) for implementation in args.area_impl):
+        for name in area_variants(args, opt):
             big = rows[name]
             checks.append((f"{name} <= {limit}x bp: {big['ratio_to_bp']:.2f}x", big["ratio_to_bp"] <= limit))
             if "bp-dense" in rows:
@@ -379,6 +391,11 @@ def main() -> None:
         help="area implementations of the K-area model, one variant each (sal-16, sal-16-masked, sal-16-auto)",
     )
     parser.add_argument(
+        "--in-place",
+        action="store_true",
+        help="with SGD, also time the K-area model with SALTrainer(in_place_area_update=True) (sal-16-in-place)",
+    )
+    parser.add_argument(
         "--compile",
         nargs="?",
         const="inductor",
@@ -396,6 +413,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch.cuda.is_available() is False (CPU-only torch or no GPU).")
+    if args.in_place and args.compile:
+        raise SystemExit("--in-place and --compile: the in-place update mutates weights inside the backward; pick one.")
     if args.steps < 2:
         raise SystemExit(f"--steps must be >= 2 for a median and quartiles; got {args.steps}.")
     if args.threads:
@@ -412,8 +431,8 @@ def main() -> None:
             results.append(result)
             bp = result["rows"][0]
             passes = 3 if optimizer == "sgd" else 7
-            for implementation in args.area_impl:
-                name = area_variant(args.areas, implementation)
+            # (The in-place variant hands the optimizer no area gradient: this floor is not its.)
+            for name in [n for n in area_variants(args, optimizer) if not n.endswith("-in-place")]:
                 big = next(r for r in result["rows"] if r["variant"] == name)
                 floor_ms = 1e3 * passes * big["touched_bytes"] / result["bandwidth"]
                 floors.append(

@@ -142,3 +142,11 @@ def test_config_overrides_parse_literals_and_strings():
     assert cli.parse_overrides(None) == {}
     with pytest.raises(ValueError, match="key=value"):
         cli.parse_overrides("dual_path")
+
+
+def test_train_in_place_area_update_flag(tmp_path):
+    out = tmp_path / "run"
+    flags = ["--in-place-area-update", "true", "--optim", "sgd", "--max-grad-norm", "0", "--save-strategy", "no"]
+    assert cli.main(["train", *TINY_TRAIN, "--output-dir", str(out), *flags]) == 0
+    with pytest.raises(ValueError, match="max_grad_norm=1.0"):  # Trainer's default clipping needs every gradient
+        cli.main(["train", *TINY_TRAIN, "--output-dir", str(tmp_path / "bad"), "--in-place-area-update", "true"])
