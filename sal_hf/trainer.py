@@ -122,7 +122,8 @@ class SALTrainer(Trainer):
       and half the memory of a 16-area MLP on a CPU, docs/PERFORMANCE.md). The routers, norms and shared paths
       still go through the optimizer. The weights equal those of `optim="sgd"` (tested). It needs what applying
       each update at once allows: `optim="sgd"` without momentum, `max_grad_norm=0`, no gradient accumulation,
-      one process, no fp16 loss scaling; `create_optimizer` raises naming what to change otherwise.
+      one process, no fp16 loss scaling, no `torch_compile`; `create_optimizer` raises naming what to change
+      otherwise.
     - `log`: adds area health (per-router min / max share of samples, dead areas) to the training logs, and
       the diagnostics of any [`SALDiagnosticsCallback`] (see `diagnostics.py`).
     - `create_model_card`: writes a SAL model card (learning rule, areas, routing, seeds, data, metrics, area
@@ -248,6 +249,8 @@ class SALTrainer(Trainer):
             problems.append(f"{self.args.world_size} processes: train in one process")
         if self.args.fp16:
             problems.append("fp16=True (its loss scaling): use bf16 or fp32")
+        if self.args.torch_compile:
+            problems.append("torch_compile=True (not supported with an update inside the backward): drop it")
         if problems:
             raise ValueError(
                 "in_place_area_update=True applies plain SGD to every area inside the backward pass, so it cannot be "

@@ -92,6 +92,7 @@ def test_areas_reach_the_optimizer_without_grad_and_the_switch_is_off_outside_th
         ({"max_grad_norm": 1.0}, "max_grad_norm=1.0"),
         ({"gradient_accumulation_steps": 2}, "gradient_accumulation_steps=2"),
         ({"optim_args": "momentum=0.9"}, "momentum=0.9"),
+        ({"torch_compile": True, "torch_compile_backend": "eager"}, "torch_compile=True"),
     ],
 )
 def test_in_place_refuses_what_needs_every_gradient_first(overrides, message, tmp_path):
