@@ -49,6 +49,17 @@ def test_in_place_update_trains_to_the_weights_of_sgd(config, overrides, tmp_pat
     assert moved, "no area moved: the comparison above proves nothing"
 
 
+def test_in_place_update_under_bf16_autocast_follows_sgd(tmp_path):
+    """bf16 autocast: the in-place update applies the bf16 output gradient to fp32 inputs and weights, autograd's
+    path rounds the weight gradient to bf16 first, so they agree to bf16 precision, not bit for bit."""
+    reference, initial = train(tmp_path, tiny_config(norm="layernorm", dual_path=True), False, bf16=True)
+    model, _ = train(tmp_path, tiny_config(norm="layernorm", dual_path=True), True, bf16=True)
+    for name in ("sal.layers.0.areas.weight_0", "sal.layers.1.areas.weight_1", "classifier.areas.weight_0"):
+        moved = (reference.state_dict()[name] - initial[name]).abs().max()
+        assert moved > 0, name
+        assert (model.state_dict()[name] - reference.state_dict()[name]).abs().max() < 0.02 * moved, name
+
+
 class GradientProbe(TrainerCallback):
     """Before each optimizer step: which parameters hold a gradient."""
 
