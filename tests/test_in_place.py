@@ -111,3 +111,21 @@ def test_in_place_refuses_what_needs_every_gradient_first(overrides, message, tm
     trainer = SALTrainer(model=model, args=training_args(tmp_path, **{**SGD, **overrides}), in_place_area_update=True)
     with pytest.raises(ValueError, match=message):
         trainer.create_optimizer()
+
+
+def test_resuming_from_a_checkpoint_continues_the_in_place_run(tmp_path):
+    """Resuming reloads the optimizer and scheduler states (replacing the optimizer's param-group dicts, as
+    Accelerate's prepare does too): the in-place run ends at the weights of the uninterrupted one."""
+    x, y = tiny_batch(32)
+    args = {**SGD, "max_steps": 4, "lr_scheduler_type": "linear", "save_strategy": "steps", "save_steps": 2}
+    states = []
+    for resume in (None, str(tmp_path / "out" / "checkpoint-2")):
+        torch.manual_seed(0)
+        model = SALForImageClassification(tiny_config())
+        trainer = SALTrainer(
+            model=model, args=training_args(tmp_path, **args), train_dataset=as_dataset(x, y), in_place_area_update=True
+        )
+        trainer.train(resume_from_checkpoint=resume)
+        states.append(model.state_dict())
+    for name, value in states[0].items():
+        torch.testing.assert_close(states[1][name], value, msg=name)
