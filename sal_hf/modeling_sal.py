@@ -87,6 +87,10 @@ class SALAreaLinear(nn.Module):
       ``selected_areas`` (device-side, OR-ed over the forwards of one optimizer step), and
       [`clear_unselected_area_grads`] sets ``.grad = None`` on the others before the optimizer step.
 
+    Under ``SALTrainer(in_place_area_update=True)`` training forwards take the split path and each selected area is
+    updated by plain SGD inside the backward pass, without a ``.grad`` (``in_place_groups``, set for Trainer's step
+    only).
+
     Args:
         in_features: input size.
         out_features: output size.
