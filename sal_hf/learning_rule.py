@@ -32,6 +32,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.nn import functional as F
 
+from .routing import area_counts
+
 
 LOCAL_RULES = ("sal", "dfa", "fa")
 AREA_NORMS = ("batch", "area")
@@ -117,8 +119,7 @@ def area_sample_weights(area: torch.Tensor | None, num_areas: int) -> torch.Tens
     (B, 1), or None when there is one area."""
     if area is None or num_areas == 1:
         return None
-    # Not `torch.bincount`: its output size depends on the data (a host sync on CUDA, a graph break compiled).
-    counts = (area.unsqueeze(-1) == torch.arange(num_areas, device=area.device)).sum(0).to(torch.float32)  # (K,)
+    counts = area_counts(area, num_areas).to(torch.float32)  # (K,)
     return (area.shape[0] / counts[area]).unsqueeze(-1)
 
 

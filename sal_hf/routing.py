@@ -21,6 +21,12 @@ from torch import nn
 from torch.nn import functional as F
 
 
+def area_counts(area: torch.Tensor, num_areas: int) -> torch.Tensor:
+    """Samples per area, (K,) long. Not `torch.bincount`: its output size depends on the data, so on CUDA it reads
+    the input's range back to the host (a sync) and compiled it breaks the graph; a (B, K) comparison does neither."""
+    return (area.unsqueeze(-1) == torch.arange(num_areas, device=area.device)).sum(0)
+
+
 def seeded_normal(shape: tuple[int, ...], seed: int, std: float = 1.0) -> torch.Tensor:
     """Draw a CPU fp32 normal tensor from its own generator, so frozen tensors do not depend on the
     global RNG stream or the device (PEFT's VeRA does the same for its projections)."""
@@ -147,9 +153,7 @@ class AreaRouter(nn.Module):
             area = scores.argmax(dim=-1)
             if self.training:
                 self.pending_input_sum += x.sum(dim=0, dtype=torch.float64)
-                # Samples per area, (K,). Not `torch.bincount`: on CUDA it reads the input's min and max back to the
-                # host (two syncs per routed layer); a (B, K) comparison costs no sync.
-                load = (area.unsqueeze(-1) == torch.arange(self.num_areas, device=area.device)).sum(0).double()
+                load = area_counts(area, self.num_areas).double()
                 self.pending_load += load
                 self.logged_load += load
         return area, routed
