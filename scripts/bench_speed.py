@@ -49,6 +49,18 @@ def device_name(device: str) -> str:
     return f"{cpu_name()} ({torch.get_num_threads()} threads)"
 
 
+def sync(device: str) -> float:
+    """Wait for the device's queued work, then read the clock."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def optimizer_options(impl: str) -> dict:
+    """`--impl` as torch.optim keyword arguments."""
+    return {"foreach": True} if impl == "foreach" else {"fused": True} if impl == "fused" else {}
+
+
 def area_variant(areas: int, implementation: str) -> str:
     """Variant name of the K-area SAL model: ``sal-16`` (split), ``sal-16-masked``, ``sal-16-auto``,
     ``sal-16-in-place`` (split, ``SALTrainer(in_place_area_update=True)``)."""
@@ -89,7 +101,7 @@ class Variant:
             )
             self.trainer = SALTrainer(model=self.model, args=training, in_place_area_update=in_place)
         params = list(self.model.parameters())
-        extra = {"foreach": True} if args.impl == "foreach" else {"fused": True} if args.impl == "fused" else {}
+        extra = optimizer_options(args.impl)
         if optimizer == "sgd":
             self.trainer.optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.0, **extra)
         else:
@@ -105,27 +117,22 @@ class Variant:
         self.memory: list[int] = []
         self.touched: list[int] = []
 
-    def sync(self) -> float:
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
     def step(self, batch: dict[str, torch.Tensor], record: bool) -> None:
         if self.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        t0 = self.sync()
+        t0 = sync(self.device)
         with self.trainer.in_place_area_updates(self.model):  # a no-op but for the in-place variant
             loss = self.compute_loss(self.model, batch)
-            t1 = self.sync()
+            t1 = sync(self.device)
             loss.backward()
-            t2 = self.sync()
+            t2 = sync(self.device)
         self.optimizer.step()
         # After the pre-step hook: the areas whose gradient reached the optimizer.
         touched = sum(p.numel() * p.element_size() for p in self.model.parameters() if p.grad is not None)
         grads = touched
         self.optimizer.zero_grad(set_to_none=True)
         self.model.update_routing_statistics()
-        t3 = self.sync()
+        t3 = sync(self.device)
         if not torch.isfinite(loss.detach()):
             raise FloatingPointError(f"{self.name}: loss {loss.item()}")
         if not record:
@@ -163,14 +170,10 @@ class CopyProbe:
         self.rates: list[float] = []
 
     def step(self, _batch=None, record: bool = True) -> None:
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
+        t = sync(self.device)
         self.dst.copy_(self.src)
-        if self.device == "cuda":
-            torch.cuda.synchronize()
         if record:
-            self.rates.append(2 * self.src.numel() * self.src.element_size() / (time.perf_counter() - t))
+            self.rates.append(2 * self.src.numel() * self.src.element_size() / (sync(self.device) - t))
 
     def bandwidth(self) -> float:
         return statistics.median(self.rates)
@@ -200,32 +203,26 @@ class KernelFloor:
             for fan_in, fan_out in zip(sizes[:-1], sizes[1:])
         ]
         weights = [w for layer in self.layers for w in layer[0]]
-        extra = {"fused": True} if args.impl == "fused" else {"foreach": True} if args.impl == "foreach" else {}
-        self.optimizer = torch.optim.SGD(weights, lr=1e-4, **extra)
+        self.optimizer = torch.optim.SGD(weights, lr=1e-4, **optimizer_options(args.impl))
         self.device = args.device
         self.times: dict[str, list[float]] = {"forward": [], "optimizer API": [], "in place": []}
 
-    def sync(self) -> float:
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
     def step(self, _batch=None, record: bool = True) -> None:
-        t0 = self.sync()
+        t0 = sync(self.device)
         for weights, inputs, _ in self.layers:
             for w, x in zip(weights, inputs):
                 F.linear(x, w)
-        t1 = self.sync()
+        t1 = sync(self.device)
         for weights, inputs, deltas in self.layers:
             for w, x, d in zip(weights, inputs, deltas):
                 w.grad = d.t().mm(x)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        t2 = self.sync()
+        t2 = sync(self.device)
         for weights, inputs, deltas in self.layers:
             for w, x, d in zip(weights, inputs, deltas):
                 w.addmm_(d.t(), x, alpha=-1e-4)
-        t3 = self.sync()
+        t3 = sync(self.device)
         if record:
             for key, value in zip(self.times, (t1 - t0, t2 - t1, t3 - t2)):
                 self.times[key].append(value)
