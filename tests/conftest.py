@@ -37,6 +37,19 @@ def as_dataset(x: torch.Tensor, y: torch.Tensor) -> list[dict]:
     return [{"pixel_values": xi, "labels": int(yi)} for xi, yi in zip(x, y)]
 
 
+def record_training_areas(layers: dict) -> dict[str, list[set[int]]]:
+    """By name, the areas each training forward of each `SALAreaLinear` in `layers` selected (forward hooks)."""
+    seen: dict[str, list[set[int]]] = {name: [] for name in layers}
+    for name, layer in layers.items():
+
+        def record(module, inputs, output, name=name):  # inputs = (x, area)
+            if module.training:
+                seen[name].append(set(inputs[1].tolist()))
+
+        layer.register_forward_hook(record)
+    return seen
+
+
 def training_args(tmp_path, **overrides):
     from transformers import TrainingArguments
 

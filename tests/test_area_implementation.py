@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import as_dataset, tiny_batch, tiny_config, training_args
+from conftest import as_dataset, record_training_areas, tiny_batch, tiny_config, training_args
 
 from sal_hf import SALConfig, SALForImageClassification, SALTrainer
 from sal_hf.modeling_sal import SALAreaLinear, clear_unselected_area_grads
@@ -181,14 +181,7 @@ def test_on_cuda_auto_runs_masked_and_trainer_keeps_unselected_areas_bit_identic
     model = SALForImageClassification(tiny_config(num_areas=16, hidden_sizes=[32], output_areas=True))
     layers = {"sal.layers.0.areas": model.sal.layers[0].areas, "classifier.areas": model.classifier.areas}
     assert all(layer.uses_masked(torch.device("cuda")) for layer in layers.values())  # "auto" on CUDA
-    seen: dict[str, set[int]] = {prefix: set() for prefix in layers}
-    for prefix, layer in layers.items():
-
-        def record(module, inputs, output, prefix=prefix):  # inputs = (x, area)
-            if module.training:
-                seen[prefix] |= set(inputs[1].tolist())
-
-        layer.register_forward_hook(record)
+    forwards = record_training_areas(layers)
     x, y = tiny_batch(12)  # 2 steps of 2 x 3 samples cannot reach all 16 areas
     before = copy.deepcopy(model.state_dict())
     args = training_args(
@@ -204,6 +197,7 @@ def test_on_cuda_auto_runs_masked_and_trainer_keeps_unselected_areas_bit_identic
     )
     SALTrainer(model=model, args=args, train_dataset=as_dataset(x, y)).train()
     after = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
+    seen = {prefix: set().union(*areas) for prefix, areas in forwards.items()}
     for prefix, layer in layers.items():
         assert 0 < len(seen[prefix]) < layer.num_areas, seen
         for k in range(layer.num_areas):

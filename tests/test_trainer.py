@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from conftest import as_dataset, tiny_batch, tiny_config, training_args
+from conftest import as_dataset, record_training_areas, tiny_batch, tiny_config, training_args
 from transformers import Trainer, TrainerCallback
 
 from sal_hf import SALForImageClassification, SALTrainer
@@ -88,14 +88,7 @@ def test_gradient_accumulation_updates_the_areas_of_every_micro_batch(implementa
     config = tiny_config(num_areas=8, hidden_sizes=[32], output_areas=True, area_implementation=implementation)
     model = SALForImageClassification(config)
     layers = {"sal.layers.0.areas": model.sal.layers[0].areas, "classifier.areas": model.classifier.areas}
-    seen: dict[str, list[set[int]]] = {prefix: [] for prefix in layers}
-    for prefix, layer in layers.items():
-
-        def record(module, inputs, output, prefix=prefix):  # inputs = (x, area)
-            if module.training:
-                seen[prefix].append(set(inputs[1].tolist()))
-
-        layer.register_forward_hook(record)
+    seen = record_training_areas(layers)
     x, y = tiny_batch(6)
     before = copy.deepcopy(model.state_dict())
     args = training_args(
