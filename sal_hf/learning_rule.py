@@ -93,9 +93,10 @@ def activation_derivative(
 def gate(signal: torch.Tensor, pre_activation: torch.Tensor, activation: Callable, scale: float = 1.0) -> torch.Tensor:
     """``scale * signal * f'(a)``, (B, d) fp32, no graph."""
     with torch.no_grad():
+        derivative = activation_derivative(activation, pre_activation)
         if scale != 1.0:
-            signal = signal * scale
-        return signal * activation_derivative(activation, pre_activation)
+            derivative = derivative * scale  # (this order keeps earlier results bit for bit)
+        return signal * derivative
 
 
 class _InjectGradient(torch.autograd.Function):
