@@ -1,6 +1,7 @@
 """`sal-hf`: train, inspect and benchmark SAL models from the command line.
 
     sal-hf train --dataset digits --rule sal --num-areas 16 --output-dir outputs/digits   # + any TrainingArguments flag
+    sal-hf train --dataset imagefolder --data-dir my_images --image-size 32 32 --num-channels 3   # your own images
     sal-hf info outputs/digits [--dataset digits]
     sal-hf bench NAME [ARGS...]        # runs scripts/NAME.py of a source checkout with ARGS
 
@@ -41,6 +42,9 @@ class ModelArguments:
 
     rule: str = field(default="sal", metadata={"help": "learning rule", "choices": list(LEARNING_RULES)})
     num_areas: int | None = field(default=None, metadata={"help": "areas K per layer (1 = dense)"})
+    num_channels: int | None = field(
+        default=None, metadata={"help": "1: colour images become luminance (default); 3: keep RGB (your images only)"}
+    )
     hidden_sizes: list[int] | None = field(default=None, metadata={"help": "units per hidden layer"})
     hidden_act: str | None = field(default=None, metadata={"help": "hidden activation"})
     feedback: str | None = field(
@@ -72,7 +76,18 @@ class ModelArguments:
 class DataArguments:
     """What to train on and what to watch."""
 
-    dataset: str = field(default="digits", metadata={"help": "a name of sal_hf.data.LOADERS"})
+    dataset: str = field(
+        default="digits",
+        metadata={
+            "help": "a built-in set (sal_hf.data.LOADERS), `imagefolder` with --data-dir, a local folder in the "
+            "imagefolder layout (DIR/<label>/<image>), or a dataset name for datasets.load_dataset (needs the network)"
+        },
+    )
+    data_dir: str | None = field(default=None, metadata={"help": "the folder of --dataset imagefolder"})
+    image_size: list[int] | None = field(
+        default=None,
+        metadata={"help": "resize your images to H W (default: the first image's size); not for built-in sets"},
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "keep the first N training samples"})
     max_eval_samples: int | None = field(default=None, metadata={"help": "keep the first N test samples"})
     diagnostics: bool = field(
@@ -152,23 +167,37 @@ def train(argv: list[str]) -> int:
     from transformers import AutoModelForImageClassification, set_seed
 
     from .configuration_sal import SALConfig
-    from .data import LOADERS, load_image_dataset
+    from .data import LOADERS, load_image_dataset, load_images
     from .diagnostics import SALDiagnosticsCallback, probe_batch
     from .image_processing_sal import SALImageProcessor
     from .metrics import classification_metrics
     from .trainer import SALTrainer
 
     model_args, data_args, trainer_args, args = _train_parser().parse_args_into_dataclasses(args=argv)
-    if data_args.dataset not in LOADERS:
-        raise ValueError(f"Unknown --dataset {data_args.dataset!r}; available: {sorted(LOADERS)}.")
-    data = load_image_dataset(data_args.dataset)
+    if data_args.dataset in LOADERS:
+        given = {"--num-channels": model_args.num_channels not in (None, 1), "--image-size": data_args.image_size}
+        if any(given.values()):
+            raise ValueError(
+                f"{', '.join(flag for flag, value in given.items() if value)} applies to your own images; the built-in "
+                f"set {data_args.dataset!r} has a fixed shape."
+            )
+        data = load_image_dataset(data_args.dataset)
+    else:
+        data = load_images(
+            data_args.dataset,
+            data_dir=data_args.data_dir,
+            image_size=data_args.image_size,
+            num_channels=model_args.num_channels or 1,
+            seed=args.seed,
+        )
     train_set, test_set = data["train"], data["test"]
     if data_args.max_train_samples is not None:
         train_set = train_set.select(range(min(data_args.max_train_samples, len(train_set))))
     if data_args.max_eval_samples is not None:
         test_set = test_set.select(range(min(data_args.max_eval_samples, len(test_set))))
     names = train_set.features["labels"].names
-    height, width = train_set[0]["pixel_values"].shape
+    shape = tuple(train_set[0]["pixel_values"].shape)  # (H, W) for the built-in sets, (C, H, W) for yours
+    channels, (height, width) = (shape[0] if len(shape) == 3 else 1), shape[-2:]
 
     set_seed(args.seed)
     if model_args.model_name_or_path is not None:
@@ -177,14 +206,16 @@ def train(argv: list[str]) -> int:
         fields = {
             name: getattr(model_args, name)
             for name in ModelArguments.__dataclass_fields__
-            if name not in ("rule", "config_overrides", "model_name_or_path") and getattr(model_args, name) is not None
+            if name not in ("rule", "config_overrides", "model_name_or_path", "num_channels")
+            and getattr(model_args, name) is not None
         }
         # Overrides go in at construction, so that defaults derived from other fields (dual_path and
         # area_lr_scale from num_areas, ...) see them.
         fields.update(parse_overrides(model_args.config_overrides))
         config = SALConfig(
-            input_size=height * width,
+            input_size=channels * height * width,
             image_size=[height, width],
+            num_channels=channels,
             num_labels=len(names),
             id2label=dict(enumerate(names)),
             label2id={name: i for i, name in enumerate(names)},
@@ -235,10 +266,10 @@ def info(argv: list[str]) -> int:
     config = model.config
     print(f"{directory}: {type(model).__name__}, learning_rule={config.learning_rule}, feedback={config.feedback_mode}")
     keys = ["input_size", "image_size", "hidden_sizes", "hidden_act", "num_labels", "num_areas", "area_mode"]
-    keys += ["area_init", "output_areas", "dual_path", "routing_scope", "router", "routing_dim", "area_update_norm"]
-    keys += ["routing_balance_rate", "routing_seed", "feedback_seed"]
+    keys += ["area_init", "output_areas", "effective_dual_path", "routing_scope", "router", "routing_dim"]
+    keys += ["area_update_norm", "effective_area_lr_scale", "routing_balance_rate", "routing_seed", "feedback_seed"]
     for key in keys:
-        print(f"  {key:22s} {getattr(config, key)}")
+        print(f"  {key.removeprefix('effective_'):22s} {getattr(config, key)}")
     total = model.num_parameters()
     per_area = sum(p.numel() for layer in model.sal.layers for p in (layer.areas.weight_0, layer.areas.bias_0))
     buffers = sum(b.numel() for name, b in model.named_buffers() if name.startswith("feedback") or "prototypes" in name)

@@ -7,20 +7,17 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
+from .activations import ACTIVATIONS
+from .areas import AREA_IMPLEMENTATIONS, AREA_MODES, NORMS
+from .feedback import FEEDBACK_ALIGNMENTS, FEEDBACK_MODES
+
 
 LEARNING_RULES = ("sal", "dfa", "fa", "bp")
-FEEDBACK_MODES = ("direct", "layerwise")
-AREA_MODES = ("expert", "partition")
 AREA_INITS = ("independent", "identical")
 ROUTING_SCOPES = ("layer", "shared")
 ROUTERS = ("learned", "random")
 AREA_NORMS = ("batch", "area")
-ACTIVATIONS = ("relu", "tanh", "gelu", "silu", "sigmoid")
-NORMS = ("none", "layernorm", "rmsnorm")
-AREA_IMPLEMENTATIONS = ("auto", "split", "masked")
-# `area_implementation="auto"` runs the masked kernel on CUDA up to this many areas: it computes every area for
-# every sample, K times the FLOPs and output memory of one area (K=540, the 1e9 model, must stay split).
-AUTO_MASKED_MAX_AREAS = 64
+ACTIVATION_NAMES = tuple(ACTIVATIONS)
 # The feedback each rule implies; `sal` may use either.
 RULE_FEEDBACK = {"dfa": "direct", "fa": "layerwise", "sal": "direct", "bp": None}
 
@@ -33,8 +30,11 @@ class SALConfig(PreTrainedConfig):
         input_size (`int`, defaults to 784):
             Number of input values per sample; inputs of any shape are flattened to this size.
         image_size (`list[int]`, *optional*):
-            `[height, width]` of the grayscale images the model reads (`height * width` must equal
+            `[height, width]` of the images the model reads (`num_channels * height * width` must equal
             `input_size`; an int means a square). Only [`SALImageProcessor`] uses it, to resize images.
+        num_channels (`int`, defaults to 1):
+            Channels per image: 1 turns colour images into luminance (the paper's grayscale inputs), 3 keeps RGB
+            (`input_size = 3 * height * width`). Only [`SALImageProcessor`] uses it.
         hidden_sizes (`list[int]`, defaults to `[256]`):
             Units of each hidden layer. `[256]` is the paper's "2-layer MLP" (input-256-labels).
         hidden_act (`str`, defaults to `"relu"`):
@@ -65,15 +65,16 @@ class SALConfig(PreTrainedConfig):
         output_areas (`bool`, defaults to `False`):
             Give the output layer K areas too (routed on its input).
         dual_path (`bool`, *optional*):
-            Add a shared dense path beside the area path in every hidden layer; the two are summed. Defaults to
-            True when `num_areas > 1` (measured better, docs/ABLATIONS.md), else False.
+            Add a shared dense path beside the area path in every hidden layer; the two are summed. Unset (None):
+            derived on read (`effective_dual_path`): True when `num_areas > 1` in expert mode (measured better,
+            docs/ABLATIONS.md), else False. Partition mode refuses it: there a sample activates one block of units.
         residual (`bool`, defaults to `False`):
             Make every hidden layer after the first a residual block, ``h_l = h_{l-1} + f(a_l)``. Needs equal
             hidden sizes (the first layer maps the input to that width and is never residual). The block's
             local update keeps its form: ``dh_l / da_l = s f'(a_l)``, so ``delta_l = s g_l * f'(a_l)``.
         residual_scale (`float`, *optional*):
-            ``s`` in ``h_l = h_{l-1} + s f(a_l)``. Defaults to ``1 / (number of residual blocks)`` when `residual`
-            is set: with direct feedback every block receives an aligned signal, so the change of the residual
+            ``s`` in ``h_l = h_{l-1} + s f(a_l)``. Unset (None): derived on read (`effective_residual_scale`) as
+            ``1 / (number of residual blocks)`` when `residual` is set: with direct feedback every block receives an aligned signal, so the change of the residual
             stream per step is the sum of all blocks' changes and grows with depth unless each branch is scaled
             by 1/blocks (docs/DEPTH.md measures 1/sqrt(blocks) too).
         norm (`str`, defaults to `"none"`):
@@ -86,13 +87,25 @@ class SALConfig(PreTrainedConfig):
         feedback (`str`, *optional*):
             `direct` (DFA-style) or `layerwise` (FA-style). When unset, `learning_rule` decides (see
             `feedback_mode`): `sal` and `dfa` use `direct`, `fa` uses `layerwise`; only `sal` may choose.
+        feedback_alignment (`str`, defaults to `"fixed"`):
+            How the feedback matrices are refined (docs/FEEDBACK.md). `fixed`: frozen random matrices (feedback
+            alignment as published; local signals only). `kolen_pollack`: learnable matrices that receive the
+            outer product of the signal they carry and the activity they carry it to, plus `feedback_decay`
+            (Kolen-Pollack, Akrout et al. 2019, with `layerwise` feedback; direct Kolen-Pollack, Webster et al. 2020,
+            with `direct`); local signals only, no weight transport. `sign`: fixed random magnitudes with the
+            signs of the forward matrix that reads the layer's output (sign-concordant feedback, Liao et al. 2016,
+            BioTorch's frSF); it TRANSPORTS THE SIGNS of the forward weights, and needs `layerwise` feedback.
+        feedback_decay (`float`, defaults to 1e-3):
+            `lambda` of the Kolen-Pollack update of the feedback matrices, `grad B = s^T h + lambda B` (only with
+            `feedback_alignment="kolen_pollack"`).
         area_update_norm (`str`, defaults to `"batch"`):
             `batch`: an area's update is averaged over the whole batch (the gradient of a mean loss). `area`:
             over the samples routed to it. Only for `sal`.
         area_lr_scale (`float`, *optional*):
             Learning-rate multiplier of the area parameters (the selective path, K > 1), applied by [`SALTrainer`]
             through an optimizer parameter group. Adam-style optimizers give every area a step of about lr however
-            few samples it saw; `1 / num_areas` (the default) slows the areas to the pace of a dense layer.
+            few samples it saw; unset (None), it is derived on read (`effective_area_lr_scale`) as `1 / num_areas`,
+            which slows the areas to the pace of a dense layer.
         routing_seed (`int`, defaults to 0):
             Seed of the frozen prototypes and initial routing projections (layer l uses `routing_seed + 2 l`).
         feedback_seed (`int`, defaults to 1000):
@@ -121,6 +134,7 @@ class SALConfig(PreTrainedConfig):
 
     input_size: int = 784
     image_size: list[int] | None = None
+    num_channels: int = 1
     hidden_sizes: list[int] | None = None
     hidden_act: str = "relu"
     num_areas: int = 16
@@ -139,6 +153,8 @@ class SALConfig(PreTrainedConfig):
     norm: str = "none"
     learning_rule: str = "sal"
     feedback: str | None = None
+    feedback_alignment: str = "fixed"
+    feedback_decay: float = 1e-3
     area_update_norm: str = "batch"
     area_lr_scale: float | None = None
     routing_seed: int = 0
@@ -154,14 +170,9 @@ class SALConfig(PreTrainedConfig):
             self.image_size = [self.image_size, self.image_size]
         elif self.image_size is not None:
             self.image_size = list(self.image_size)
-        if self.residual_scale is None:
-            self.residual_scale = 1.0 / max(1, len(self.hidden_sizes) - 1) if self.residual is True else 1.0
-        # Defaults that depend on K (chosen by the ablations, docs/ABLATIONS.md); a bad K is reported below.
-        areas = self.num_areas if isinstance(self.num_areas, int) and self.num_areas >= 1 else 1
-        if self.dual_path is None:
-            self.dual_path = areas > 1
-        if self.area_lr_scale is None:
-            self.area_lr_scale = 1.0 / areas
+        # `dual_path`, `area_lr_scale` and `residual_scale` stay as the user gave them (None = derive): their
+        # defaults depend on other fields and are derived on read (`effective_*`), so a saved config reloaded with
+        # `from_pretrained(dir, num_areas=...)` behaves exactly like a fresh one.
         super().__post_init__(**kwargs)
         self.validate_sal()
 
@@ -179,19 +190,24 @@ class SALConfig(PreTrainedConfig):
             raise ValueError(
                 f"SALConfig.hidden_sizes must be a non-empty list of positive ints; got hidden_sizes={sizes!r}."
             )
+        if self.num_channels not in (1, 3) or isinstance(self.num_channels, bool):
+            raise ValueError(
+                f"SALConfig.num_channels must be 1 (luminance) or 3 (RGB); got num_channels={self.num_channels!r}."
+            )
         size = self.image_size
         if size is not None:
             if len(size) != 2 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in size):
                 raise ValueError(
                     f"SALConfig.image_size must be [height, width] of positive ints; got image_size={size!r}."
                 )
-            if size[0] * size[1] != self.input_size:
+            values = self.num_channels * size[0] * size[1]
+            if values != self.input_size:
                 raise ValueError(
-                    f"SALConfig.image_size={size} holds {size[0] * size[1]} values but input_size={self.input_size}. "
-                    "Set input_size=height*width or fix image_size."
+                    f"SALConfig.image_size={size} with num_channels={self.num_channels} holds {values} values but "
+                    f"input_size={self.input_size}. Set input_size=num_channels*height*width or fix image_size."
                 )
         choices = {
-            "hidden_act": ACTIVATIONS,
+            "hidden_act": ACTIVATION_NAMES,
             "area_mode": AREA_MODES,
             "area_init": AREA_INITS,
             "routing_scope": ROUTING_SCOPES,
@@ -208,12 +224,12 @@ class SALConfig(PreTrainedConfig):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"SALConfig.{name} must be a number >= 0; got {name}={value!r}.")
-        if (
-            isinstance(self.area_lr_scale, bool)
-            or not isinstance(self.area_lr_scale, (int, float))
-            or not self.area_lr_scale > 0
-        ):
-            raise ValueError(f"SALConfig.area_lr_scale must be a number > 0; got area_lr_scale={self.area_lr_scale!r}.")
+        for name in ("area_lr_scale", "residual_scale"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+                raise ValueError(f"SALConfig.{name} must be a number > 0 or None (derive); got {name}={value!r}.")
+        if self.dual_path is not None and not isinstance(self.dual_path, bool):
+            raise ValueError(f"SALConfig.dual_path must be a bool or None (derive); got dual_path={self.dual_path!r}.")
         if not 0.0 < self.routing_center_momentum <= 1.0:
             raise ValueError(
                 f"SALConfig.routing_center_momentum must be in (0, 1]; got routing_center_momentum={self.routing_center_momentum!r}."
@@ -236,6 +252,32 @@ class SALConfig(PreTrainedConfig):
                 f"learning_rule={self.learning_rule!r} implies feedback={expected!r}; got feedback={self.feedback!r}. "
                 "Leave feedback unset, or use learning_rule='sal' to choose the feedback."
             )
+        if self.feedback_alignment not in FEEDBACK_ALIGNMENTS:
+            raise ValueError(
+                f"SALConfig.feedback_alignment must be one of {FEEDBACK_ALIGNMENTS}; got "
+                f"feedback_alignment={self.feedback_alignment!r}."
+            )
+        if self.learning_rule == "bp" and self.feedback_alignment != "fixed":
+            raise ValueError(
+                f"feedback_alignment={self.feedback_alignment!r} refines the feedback of a local rule; "
+                "learning_rule='bp' has no feedback matrices. Use learning_rule='sal', 'dfa' or 'fa', or "
+                "feedback_alignment='fixed'."
+            )
+        if self.feedback_alignment == "sign" and self.feedback_mode != "layerwise":
+            raise ValueError(
+                f"feedback_alignment='sign' copies the signs of the forward matrix that reads each layer's output, "
+                f"which only layer-wise feedback has; got feedback={self.feedback!r} with "
+                f"learning_rule={self.learning_rule!r} (feedback_mode={self.feedback_mode!r}). Set "
+                "feedback='layerwise' (learning_rule='sal') or learning_rule='fa'."
+            )
+        if (
+            isinstance(self.feedback_decay, bool)
+            or not isinstance(self.feedback_decay, (int, float))
+            or not self.feedback_decay >= 0
+        ):
+            raise ValueError(
+                f"SALConfig.feedback_decay must be a number >= 0; got feedback_decay={self.feedback_decay!r}."
+            )
         if self.area_update_norm != "batch" and self.learning_rule != "sal":
             raise ValueError(
                 f"area_update_norm={self.area_update_norm!r} is a SAL refinement; with "
@@ -252,10 +294,6 @@ class SALConfig(PreTrainedConfig):
                 raise ValueError("area_mode='partition' cannot split the output layer; set output_areas=False.")
         if not isinstance(self.residual, bool):
             raise ValueError(f"SALConfig.residual must be a bool; got residual={self.residual!r}.")
-        if not isinstance(self.residual_scale, (int, float)) or not self.residual_scale > 0:
-            raise ValueError(
-                f"SALConfig.residual_scale must be a number > 0; got residual_scale={self.residual_scale!r}."
-            )
         if self.residual and len(set(sizes)) != 1:
             raise ValueError(
                 f"residual=True adds each hidden layer's input to its output, so all hidden sizes must be equal; "
@@ -265,6 +303,12 @@ class SALConfig(PreTrainedConfig):
             for name in ("dual_path", "output_areas"):
                 if getattr(self, name):
                     raise ValueError(f"{name}=True needs areas; got num_areas=1. Set num_areas > 1 or {name}=False.")
+        if self.area_mode == "partition" and self.dual_path:
+            raise ValueError(
+                "area_mode='partition' means a sample activates one block of each hidden layer's units; dual_path=True "
+                "would add a dense path that activates every unit. Set dual_path=False (or leave it unset: partition "
+                "mode derives False), or use area_mode='expert'."
+            )
 
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> tuple[dict, dict]:
@@ -294,6 +338,27 @@ class SALConfig(PreTrainedConfig):
         """The feedback in use: `feedback` when set, else the one `learning_rule` implies (None for `bp`). Derived
         on read, not stored, so a checkpoint loaded with another `learning_rule` gets that rule's feedback."""
         return self.feedback if self.feedback is not None else RULE_FEEDBACK[self.learning_rule]
+
+    @property
+    def effective_dual_path(self) -> bool:
+        """`dual_path`, or when unset: True in expert mode with areas (measured better, docs/ABLATIONS.md), False with
+        one area or in partition mode (where a sample activates one block of units, nothing dense beside it)."""
+        if self.dual_path is not None:
+            return self.dual_path
+        return self.num_areas > 1 and self.area_mode == "expert"
+
+    @property
+    def effective_area_lr_scale(self) -> float:
+        """`area_lr_scale`, or when unset `1 / num_areas` (Adam-style optimizers give every area a step of about lr
+        whatever its sample count; this slows the areas to the pace of a dense layer)."""
+        return float(self.area_lr_scale) if self.area_lr_scale is not None else 1.0 / self.num_areas
+
+    @property
+    def effective_residual_scale(self) -> float:
+        """`residual_scale`, or when unset `1 / (number of residual blocks)` with `residual=True` (else 1)."""
+        if self.residual_scale is not None:
+            return float(self.residual_scale)
+        return 1.0 / max(1, len(self.hidden_sizes) - 1) if self.residual else 1.0
 
     @property
     def num_hidden_layers(self) -> int:

@@ -18,6 +18,10 @@ Offline sources (what CI and every machine here use) are data that a package shi
 `source="hub"` loads the full MNIST / Fashion-MNIST / CIFAR-10 (grayscale) with `datasets.load_dataset`; that
 needs the network. A dataset that cannot be had offline (CIFAR-10, Semeion, SVHN) raises an error that says so;
 it is never replaced by another under its name.
+
+Your own images: `load_images("imagefolder", data_dir=DIR)` (transformers' `imagefolder` layout, `DIR/<label>/...`)
+or `load_images(<Hub dataset name>)` gives the same contract, with `(channels, H, W)` pixel values made by
+`SALImageProcessor` and the label names of the folders (`sal-hf train --dataset DIR` uses it).
 """
 
 from __future__ import annotations
@@ -282,6 +286,105 @@ def load_cifar10(source: str = "offline") -> DatasetDict:
     return _load_hub("cifar10")
 
 
+# Largest `num_channels * height * width` taken from the images themselves; beyond it `load_images` asks for an
+# explicit `image_size` (an MLP's first layer holds input_size * hidden * K weights).
+MAX_INFERRED_INPUT_SIZE = 3 * 64 * 64
+
+
+def load_images(
+    source: str,
+    data_dir: str | None = None,
+    image_size: list[int] | None = None,
+    num_channels: int = 1,
+    test_size: float = 0.2,
+    seed: int = 0,
+) -> DatasetDict:
+    """Your own labelled images as a `DatasetDict` with the built-in sets' contract: `pixel_values` float32
+    `(num_channels, height, width)` in [0, 1], made by [`SALImageProcessor`] with the settings that
+    `SALImageProcessor.from_sal_config` derives for a model of that shape, and `labels` (`ClassLabel`, whose names
+    become the model's `id2label`).
+
+    Args:
+        source: `"imagefolder"` (with `data_dir`) or a local folder, in transformers' `imagefolder` layout
+            (`DIR/<label>/<image>`, optionally under `train/` and `test/` or `validation/`); anything else is a
+            dataset name for `datasets.load_dataset` (the Hub: needs the network).
+        data_dir: the folder for `source="imagefolder"`; passed on to `load_dataset` for a dataset name.
+        image_size: `[height, width]` to resize to; defaults to the first training image's size, up to
+            `MAX_INFERRED_INPUT_SIZE` values.
+        num_channels: 1 turns colour images into luminance (`SALConfig`'s default), 3 keeps RGB.
+        test_size: test share when the source has only a train split (stratified by label, `seed`).
+    """
+    from datasets import Array3D, ClassLabel, DatasetDict, Features, load_dataset
+    from datasets import Image as ImageFeature
+
+    from .image_processing_sal import SALImageProcessor
+
+    if num_channels not in (1, 3):
+        raise ValueError(f"num_channels must be 1 (luminance) or 3 (RGB); got num_channels={num_channels!r}.")
+    if source == "imagefolder" or Path(source).is_dir():
+        folder = data_dir if source == "imagefolder" else source
+        if folder is None or not Path(folder).is_dir():
+            raise ValueError(f"source='imagefolder' needs data_dir=<a folder of class subfolders>; got {folder!r}.")
+        raw = load_dataset("imagefolder", data_dir=str(folder))
+    else:
+        try:
+            raw = load_dataset(source, data_dir=data_dir)
+        except Exception as error:
+            raise ValueError(
+                f"Dataset {source!r} is not a built-in set ({', '.join(sorted(LOADERS))}), not a local folder, and "
+                f"datasets.load_dataset({source!r}) failed: {error}"
+            ) from error
+    features = raw["train"].features
+    image_column = next((name for name, kind in features.items() if isinstance(kind, ImageFeature)), None)
+    label_column = next((name for name, kind in features.items() if isinstance(kind, ClassLabel)), None)
+    if label_column is None and any(name in features for name in ("label", "labels")):
+        label_column = "label" if "label" in features else "labels"
+        raw = raw.class_encode_column(label_column)  # string labels -> ClassLabel, names sorted
+    if image_column is None or label_column is None:
+        raise ValueError(
+            f"Dataset {source!r} needs an image column and a label column (ClassLabel, `label` or `labels`); got "
+            f"columns {dict(features)}. An image folder has labels only with two or more class subfolders "
+            "(DIR/<label>/<image>)."
+        )
+    names = raw["train"].features[label_column].names
+
+    if image_size is None:
+        width, height = raw["train"][0][image_column].size  # PIL: (width, height)
+        if num_channels * height * width > MAX_INFERRED_INPUT_SIZE:
+            raise ValueError(
+                f"The images of {source!r} are {height}x{width} ({num_channels * height * width} inputs with "
+                f"num_channels={num_channels}); pass image_size=[height, width] (CLI: --image-size H W) to resize "
+                f"them, e.g. [32, 32]."
+            )
+        image_size = [height, width]
+    height, width = image_size
+    test_split = next((name for name in ("test", "validation") if name in raw), None)
+    if test_split is None:
+        raw = raw["train"].train_test_split(test_size=test_size, seed=seed, stratify_by_column=label_column)
+        test_split = "test"
+    processor = SALImageProcessor(
+        size={"height": height, "width": width},
+        do_convert_grayscale=num_channels == 1,
+        do_convert_rgb=num_channels == 3,
+    )
+    target = Features(
+        {
+            "pixel_values": Array3D(shape=(num_channels, height, width), dtype="float32"),
+            "labels": ClassLabel(names=names),
+        }
+    )
+
+    def preprocess(batch: dict) -> dict:
+        pixel_values = processor(batch[image_column], return_tensors="np")["pixel_values"]  # (B, C, H, W)
+        return {"pixel_values": pixel_values.astype(np.float32), "labels": batch[label_column]}
+
+    splits = {
+        split: raw[name].map(preprocess, batched=True, remove_columns=raw[name].column_names, features=target)
+        for split, name in (("train", "train"), ("test", test_split))
+    }
+    return DatasetDict(splits).with_format("torch")
+
+
 class TensorRows(torch.utils.data.Dataset):
     """A dataset split held in memory as one torch tensor per column, for fast training on small CPUs.
 
@@ -342,6 +445,7 @@ def load_image_dataset(name: str, **kwargs) -> DatasetDict:
 
 __all__ = [
     "LOADERS",
+    "MAX_INFERRED_INPUT_SIZE",
     "TensorRows",
     "UNAVAILABLE_OFFLINE",
     "cache_dir",
@@ -350,6 +454,7 @@ __all__ = [
     "load_digits",
     "load_fashion_mnist",
     "load_image_dataset",
+    "load_images",
     "load_mnist",
     "load_mnist1d",
     "load_wine",

@@ -3,8 +3,9 @@
 [`SALTrainer`] already logs each router's area health with the loss (`area/router_<i>/{min_share,max_share,dead}`).
 [`SALDiagnosticsCallback`] adds, at every training log:
 
-- `area/router_<i>/share_<k>`: share of the training samples since the last log that router i sent to area k
-  (the rows of the utilisation heat map of `scripts/plot_run.py`);
+- `area/router_<i>/share_<k>`: share of the training samples since router i's area health last reported (the last
+  log, unless that log's window held fewer than 4 samples per area) that it sent to area k (the rows of the
+  utilisation heat map of `scripts/plot_run.py`);
 - `area/router_<i>/churn`: share of a fixed probe batch whose area changed since the last log (0 = stable
   routing, 1 - 1/K = random);
 - `alignment/layer_<l>`: angle in degrees between the local update of hidden layer l's area weights and the
@@ -73,7 +74,7 @@ def alignment_angles(
     params = [p for group in groups for p in group]
     with torch.enable_grad():
         outputs = model(pixel_values=pixel_values, labels=labels, local=True)
-        surrogate = rule.surrogate(outputs, labels, model.feedback.matrices())
+        surrogate = rule.surrogate(outputs, labels, model.feedback_matrices())
         local = torch.autograd.grad(surrogate, params, allow_unused=True)
         backprop = torch.autograd.grad(model(pixel_values=pixel_values, labels=labels).loss, params, allow_unused=True)
 
@@ -133,7 +134,8 @@ class SALDiagnosticsCallback(TrainerCallback):
             model.train(was_training)
 
     def diagnostics(self, model: SALForImageClassification, rule: LocalLearningRule | None) -> dict[str, float]:
-        """The values to log now. Called by [`SALTrainer.log`] before the area loads are reset."""
+        """The values to log now. Called by [`SALAreaHealthCallback`] at every training log, before it resets the
+        area loads."""
         if not isinstance(model, SALForImageClassification):
             return {}
         logs: dict[str, float] = {}

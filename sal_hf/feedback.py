@@ -8,9 +8,23 @@ d_l), so the feedback signal has the scale of a backpropagated one:
 - ``layerwise`` (FA): ``B_l`` is (d_{l+1}, d_l), with d_L = C, and ``g_l = delta_{l+1} @ B_l``, where
   ``delta_{l+1}`` is the next hidden layer's local error. BP would use the forward ``W_{l+1}`` here.
 
-The matrices are never derived from forward weights: they come from their own seeded generator, which also
-makes them identical across devices and processes. One matrix per layer is shared by all areas (per-area
+The stored matrices are never derived from forward weights: they come from their own seeded generator, which
+also makes them identical across devices and processes (only ``sign`` below reads the forward weights' signs,
+when the matrices are used). One matrix per layer is shared by all areas (per-area
 feedback measured 2.5-8 points worse, see the method notes).
+
+How ``B_l`` is refined (``SALConfig.feedback_alignment``; see docs/FEEDBACK.md):
+
+- ``fixed``: the frozen random draw above (feedback alignment as published). Local signals only.
+- ``kolen_pollack``: ``B_l`` is a learnable parameter that receives the outer product of the signal it carries
+  and the activity it carries it to, plus decay: ``grad B_l = s_l^T h_l + lambda B_l`` with ``s_l = e`` (direct:
+  direct Kolen-Pollack, Webster et al. 2020) or ``s_l = delta_{l+1}`` (layer-wise: Kolen-Pollack, Akrout et al.
+  2019). For layer-wise feedback that is exactly the update of the dense forward matrix ``W_{l+1}`` that reads
+  ``h_l`` (with areas: of its shared path; without an input norm), so ``B_l - W_{l+1}`` only decays and ``B_l``
+  aligns with ``W_{l+1}`` without ever reading it (no weight transport). :func:`kolen_pollack_gradient`.
+- ``sign``: ``B_l = |B_l^fixed| * sign(W_{l+1})`` (fixed random magnitudes, the forward weights' signs: BioTorch's
+  frSF, Liao et al. 2016). This TRANSPORTS THE SIGNS of the forward weights (one bit per weight);
+  layer-wise feedback only. :func:`sign_concordant`.
 """
 
 from __future__ import annotations
@@ -22,6 +36,7 @@ from torch import nn
 
 
 FEEDBACK_MODES = ("direct", "layerwise")
+FEEDBACK_ALIGNMENTS = ("fixed", "kolen_pollack", "sign")
 
 
 def feedback_shapes(hidden_sizes: list[int], num_labels: int, mode: str) -> list[tuple[int, int]]:
@@ -40,27 +55,65 @@ def make_feedback_matrix(shape: tuple[int, int], seed: int) -> torch.Tensor:
     return torch.empty(shape, device="cpu").uniform_(-bound, bound, generator=generator)
 
 
+def kolen_pollack_gradient(
+    source: torch.Tensor, activity: torch.Tensor, matrix: torch.Tensor, decay: float
+) -> torch.Tensor:
+    """The Kolen-Pollack update of one feedback matrix: ``source^T activity + decay * matrix``.
+
+    Args:
+        source: the signal ``B_l`` carries, (B, C) for direct feedback (the output error ``e``, already a batch
+            mean) or (B, d_{l+1}) for layer-wise feedback (``delta_{l+1}``).
+        activity: ``h_l``, the output of hidden layer l, (B, d_l).
+        matrix: ``B_l`` itself (for the decay), shaped (source size, d_l).
+        decay: ``lambda``.
+
+    Returns:
+        (source size, d_l) fp32, no graph. Only local quantities: no forward weight is read.
+    """
+    with torch.no_grad():
+        update = source.float().t() @ activity.float()  # (C or d_{l+1}, d_l)
+        if decay:
+            update = update + decay * matrix.float()
+        return update.to(matrix.dtype)
+
+
+def sign_concordant(magnitude: torch.Tensor, forward_weight: torch.Tensor) -> torch.Tensor:
+    """``|magnitude| * sign(forward_weight)``, no graph: feedback that copies the forward weights' signs (frSF).
+    Both (d_{l+1}, d_l). Reads (the signs of) the forward weights: this is weight transport of one bit per weight."""
+    with torch.no_grad():
+        return magnitude.abs() * torch.sign(forward_weight.detach().to(magnitude.dtype))
+
+
 class FeedbackMatrices(nn.Module):
-    """The frozen ``B_l`` of every hidden layer, as persistent buffers ``layer_0``, ``layer_1``, ...
+    """The ``B_l`` of every hidden layer, ``layer_0``, ``layer_1``, ...: persistent buffers (frozen), or
+    parameters when ``learned`` (Kolen-Pollack: the local rule supplies their gradient, the optimizer steps them,
+    checkpoints save them under ``feedback.layer_<l>`` either way).
 
     Args:
         hidden_sizes: units of each hidden layer.
         num_labels: number of output classes C.
         mode: ``"direct"`` or ``"layerwise"``.
         seed: base seed; layer l uses ``seed + l``.
+        learned: register the matrices as ``nn.Parameter`` (starting from the same random draw).
     """
 
-    def __init__(self, hidden_sizes: list[int], num_labels: int, mode: str = "direct", seed: int = 1) -> None:
+    def __init__(
+        self, hidden_sizes: list[int], num_labels: int, mode: str = "direct", seed: int = 1, learned: bool = False
+    ) -> None:
         super().__init__()
         self.mode = mode
         self.seed = seed
+        self.learned = learned
         self.shapes = feedback_shapes(hidden_sizes, num_labels, mode)
         for index, shape in enumerate(self.shapes):
-            self.register_buffer(f"layer_{index}", torch.empty(shape))
+            if learned:
+                self.register_parameter(f"layer_{index}", nn.Parameter(torch.empty(shape)))
+            else:
+                self.register_buffer(f"layer_{index}", torch.empty(shape))
         self.reset_parameters()
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode!r}, shapes={self.shapes}"
+        return f"mode={self.mode!r}, learned={self.learned}, shapes={self.shapes}"
 
     def initial_values(self) -> dict[str, torch.Tensor]:
         return {f"layer_{i}": make_feedback_matrix(shape, self.seed + i) for i, shape in enumerate(self.shapes)}

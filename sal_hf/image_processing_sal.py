@@ -1,4 +1,5 @@
-"""SALImageProcessor: turns images into the grayscale, [0, 1] `pixel_values` that SAL models are trained on.
+"""SALImageProcessor: turns images into the [0, 1] `pixel_values` (grayscale, or RGB with `num_channels=3`) that
+SAL models are trained on.
 
 Self-contained (imports transformers and numpy only), so that `save_pretrained` can ship it as remote code.
 """
@@ -34,12 +35,15 @@ class SALImageProcessorKwargs(ImagesKwargs, total=False):
 
 
 class SALImageProcessor(PilBackend):
-    r"""Image processor of SAL image classifiers: grayscale, resize to the model's `image_size`, rescale to
-    [0, 1] (what `sal_hf.data` gives during training); optional normalisation. Returns `pixel_values` of shape
-    `(batch_size, 1, height, width)`, which the model flattens to `input_size = height * width`.
+    r"""Image processor of SAL image classifiers: grayscale (or RGB), resize to the model's `image_size`, rescale
+    to [0, 1] (what `sal_hf.data` gives during training); optional normalisation. Returns `pixel_values` of shape
+    `(batch_size, channels, height, width)`, which the model flattens to `input_size = channels * height * width`.
 
     Args:
-        do_convert_grayscale (`bool`, *optional*, defaults to `True`): see [`SALImageProcessorKwargs`].
+        do_convert_grayscale (`bool`, *optional*, defaults to `True`): see [`SALImageProcessorKwargs`]; 1 channel.
+        do_convert_rgb (`bool`, *optional*, defaults to `False`): turn every image into 3 RGB channels with
+            transformers' conversion (grayscale repeated, transparency composited on white); with
+            `do_convert_grayscale=False`, for models with `num_channels=3`.
         do_resize (`bool`, *optional*, defaults to `True`): resize to `size`.
         size (`dict[str, int]`, *optional*, defaults to `{"height": 28, "width": 28}`): the model's image size.
             [`~SALImageProcessor.from_sal_config`] takes it from a [`SALConfig`].
@@ -71,18 +75,26 @@ class SALImageProcessor(PilBackend):
     @classmethod
     def from_sal_config(cls, config: Any, **kwargs: Any) -> SALImageProcessor:
         """A processor for a model built from `config` (a [`SALConfig`]): resizes to `config.image_size`, or to
-        a square of `input_size` values when `image_size` is unset and `input_size` is a perfect square."""
+        a square of `input_size / num_channels` values when `image_size` is unset and that is a perfect square;
+        luminance for `num_channels=1`, RGB for `num_channels=3`."""
+        channels = getattr(config, "num_channels", 1)  # configs saved before the field existed are grayscale
         image_size = getattr(config, "image_size", None)
         if image_size is None:
-            side = int(round(config.input_size**0.5))
-            if side * side != config.input_size:
+            side = int(round((config.input_size / channels) ** 0.5))
+            if channels * side * side != config.input_size:
                 raise ValueError(
-                    f"Cannot infer the image size from input_size={config.input_size} (not a perfect square). "
-                    "Set SALConfig.image_size=[height, width] or pass size={'height': ..., 'width': ...}."
+                    f"Cannot infer the image size from input_size={config.input_size} with num_channels={channels} "
+                    "(not num_channels times a perfect square). Set SALConfig.image_size=[height, width] or pass "
+                    "size={'height': ..., 'width': ...}."
                 )
             image_size = [side, side]
         height, width = image_size
-        return cls(**{"size": {"height": height, "width": width}, **kwargs})
+        defaults = {
+            "size": {"height": height, "width": width},
+            "do_convert_grayscale": channels == 1,
+            "do_convert_rgb": channels == 3,
+        }
+        return cls(**{**defaults, **kwargs})
 
     def preprocess(self, images: Any, *args: Any, **kwargs: Any):
         """Like [`~BaseImageProcessor.preprocess`], and also accepts 2-D (height, width) grayscale arrays or
@@ -95,7 +107,8 @@ class SALImageProcessor(PilBackend):
         return super().preprocess(images, *args, **kwargs)
 
     def process_image(self, image: Any, *args: Any, do_convert_grayscale: bool | None = None, **kwargs: Any):
-        """One raw image -> channels-first array; colour images become one luminance channel (1, H, W)."""
+        """One raw image -> channels-first array; with `do_convert_grayscale`, colour images become one luminance
+        channel (1, H, W); with `do_convert_rgb` (applied by the base class), every image has 3 channels."""
         image = super().process_image(image, *args, **kwargs)  # (C, H, W)
         if do_convert_grayscale and image.shape[0] in (3, 4):
             dtype = image.dtype

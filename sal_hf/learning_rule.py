@@ -9,7 +9,7 @@ arguments that carry them:
     e      output error softmax(z) - onehot(y),
            divided by B (gradient of mean CE)   -> :func:`output_error`
     a_l    pre-activation of hidden layer l     -> ``pre_activations[l]``, (B, d_l)
-    f'     derivative of the activation         -> :func:`activation_derivative`
+    f'     derivative of the activation         -> ``activations.activation_derivative``
     B_l    fixed random feedback of layer l     -> ``feedback[l]`` (see feedback.py for shapes)
     delta_l = (g_l) * f'(a_l), with g_l = e @ B_l (direct) or delta_{l+1} @ B_l (layerwise)
            (a residual block h_l = h_{l-1} + s f(a_l) has dh_l/da_l = s f'(a_l), so delta_l gets the
@@ -17,7 +17,8 @@ arguments that carry them:
     k*     area a sample selected at layer l    -> ``areas[l]``, (B,) long, or None when K = 1
 
 The update of the selected area's weights is ``grad W_l[k*] = sum_{i routed to k*} delta_l,i x_l,i^T``
-(averaged over the batch, or over the samples of the area with ``area_norm="area"``), and the output layer
+(averaged over the batch; ``SALConfig.area_update_norm="area"`` averages over the area's own samples, which the
+model applies to the area parameters alone, see ``areas.SALAreaLinear``'s ``grad_scale``), and the output layer
 gets the true gradient ``e^T h_L``. :func:`surrogate_loss` returns a scalar whose *value* is the ordinary
 loss and whose *gradient* is exactly that update: every ``a_l`` was computed from a detached input, each
 ``delta_l`` is a constant, so autograd never leaves a layer. An area that no sample selected is not in the
@@ -26,17 +27,16 @@ graph at all and gets no ``.grad`` (None, not zero), so optimizers leave it unto
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch
 from torch.nn import functional as F
 
-from .routing import area_counts
+from .activations import activation_derivative
+from .feedback import FEEDBACK_ALIGNMENTS, kolen_pollack_gradient
 
 
 LOCAL_RULES = ("sal", "dfa", "fa")
-AREA_NORMS = ("batch", "area")
 
 
 def output_error(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -45,49 +45,6 @@ def output_error(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         probs = torch.softmax(logits.float(), dim=-1)  # (B, C)
         return (probs - F.one_hot(labels, probs.shape[-1]).to(probs.dtype)) / probs.shape[0]
-
-
-def _sigmoid_derivative(a: torch.Tensor) -> torch.Tensor:
-    s = torch.sigmoid(a)
-    return s * (1.0 - s)
-
-
-def _silu_derivative(a: torch.Tensor) -> torch.Tensor:
-    s = torch.sigmoid(a)
-    return s * (1.0 + a * (1.0 - s))
-
-
-def _gelu_derivative(a: torch.Tensor) -> torch.Tensor:
-    # d/da [a Phi(a)] = Phi(a) + a phi(a), for F.gelu's exact (erf) form.
-    return 0.5 * (1.0 + torch.erf(a * math.sqrt(0.5))) + a * torch.exp(-0.5 * a * a) / math.sqrt(2.0 * math.pi)
-
-
-# Closed forms of f' for the activations a SALConfig can name: a few elementwise kernels where autograd would build
-# a graph and run it forward and backward (on the 6-hidden-layer benchmark net, about 1 ms of a 50 ms step), and no
-# `torch.autograd.grad` inside the step, which would break a torch.compile graph.
-CLOSED_FORM_DERIVATIVES: dict[Callable, Callable[[torch.Tensor], torch.Tensor]] = {
-    # 0 at a = 0, as autograd's. Not `(a > 0).to(dtype)`: on CPU that bool round trip is ~5x slower.
-    F.relu: lambda a: torch.relu(a).sign_(),
-    torch.tanh: lambda a: 1.0 - torch.tanh(a).square(),
-    torch.sigmoid: _sigmoid_derivative,
-    F.silu: _silu_derivative,
-    F.gelu: _gelu_derivative,
-}
-
-
-def activation_derivative(
-    activation: Callable[[torch.Tensor], torch.Tensor], pre_activation: torch.Tensor
-) -> torch.Tensor:
-    """``f'(a)`` elementwise, fp32, no graph: in closed form for the activations of ``CLOSED_FORM_DERIVATIVES``,
-    otherwise by autograd on a detached copy of ``a`` (works for any pointwise ``f``)."""
-    a = pre_activation.detach().float()
-    if activation in CLOSED_FORM_DERIVATIVES:
-        with torch.no_grad():
-            return CLOSED_FORM_DERIVATIVES[activation](a)
-    with torch.enable_grad():
-        a = a.requires_grad_(True)
-        (derivative,) = torch.autograd.grad(activation(a).sum(), a)
-    return derivative
 
 
 def gate(signal: torch.Tensor, pre_activation: torch.Tensor, activation: Callable, scale: float = 1.0) -> torch.Tensor:
@@ -113,15 +70,6 @@ class _InjectGradient(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (signal,) = ctx.saved_tensors
         return (signal * grad).to(ctx.output_dtype), None
-
-
-def area_sample_weights(area: torch.Tensor | None, num_areas: int) -> torch.Tensor | None:
-    """``B / n_{k*_i}`` per sample: turns a batch average into an average over each area's own samples.
-    (B, 1), or None when there is one area."""
-    if area is None or num_areas == 1:
-        return None
-    counts = area_counts(area, num_areas).to(torch.float32)  # (K,)
-    return (area.shape[0] / counts[area]).unsqueeze(-1)
 
 
 def local_deltas(
@@ -166,6 +114,49 @@ def local_deltas(
     return deltas
 
 
+def layer_outputs(
+    pre_activations: Sequence[torch.Tensor],
+    activation: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    residual: bool = False,
+    residual_scale: float = 1.0,
+) -> list[torch.Tensor]:
+    """``h_l`` of every hidden layer from the pre-activations alone, (B, d_l) fp32, no graph: ``f(a_l)``, or
+    ``h_{l-1} + s f(a_l)`` for the residual blocks (every hidden layer after the first)."""
+    outputs: list[torch.Tensor] = []
+    with torch.no_grad():
+        for index, a in enumerate(pre_activations):
+            h = activation(a.detach().float())
+            if residual and index >= 1:
+                h = outputs[-1] + residual_scale * h
+            outputs.append(h)
+    return outputs
+
+
+def feedback_terms(
+    error: torch.Tensor,
+    deltas: Sequence[torch.Tensor],
+    activities: Sequence[torch.Tensor],
+    feedback: Sequence[torch.Tensor],
+    *,
+    mode: str,
+    decay: float,
+) -> list[torch.Tensor]:
+    """Kolen-Pollack: one zero-valued term per learnable ``B_l`` whose gradient w.r.t. ``B_l`` is
+    ``s_l^T h_l + decay * B_l`` (see ``feedback.kolen_pollack_gradient``), with ``s_l = e`` (direct) or
+    ``delta_{l+1}`` (layer-wise; ``e`` for the last hidden layer). Local quantities only."""
+    sources = [error] * len(deltas) if mode == "direct" else [*deltas[1:], error]
+    terms = []
+    for source, activity, matrix in zip(sources, activities, feedback):
+        if not matrix.requires_grad:
+            raise ValueError(
+                "Kolen-Pollack feedback needs learnable feedback matrices (FeedbackMatrices(learned=True)); got a "
+                "tensor without requires_grad. Build the model with feedback_alignment='kolen_pollack'."
+            )
+        terms.append(_InjectGradient.apply(matrix, kolen_pollack_gradient(source, activity, matrix, decay)))
+    return terms
+
+
 def surrogate_loss(
     loss: torch.Tensor,
     logits: torch.Tensor,
@@ -184,7 +175,7 @@ def surrogate_loss(
         error: ``e`` for the output layer (true error).
         pre_activations: ``a_l``, each with a graph to layer l only.
         deltas: ``delta_l`` (constants).
-        sample_weights: optional per-layer (B, 1) weights, layers then output; see :func:`area_sample_weights`.
+        sample_weights: optional per-layer (B, 1) weights of the signal, layers then output.
         extra_terms: further local objectives (the routers' own losses), added to the gradient only.
     """
     weights = list(sample_weights) if sample_weights is not None else [None] * (len(deltas) + 1)
@@ -207,13 +198,12 @@ class LocalLearningRule:
         rule: ``"sal"``, ``"dfa"`` or ``"fa"``.
         feedback_mode: ``"direct"`` or ``"layerwise"``.
         activation: hidden activation ``f``.
-        area_norm: ``"batch"`` averages an area's update over the whole batch (the gradient of a mean
-            loss; default), ``"area"`` over the samples routed to that area (~K times larger steps with SGD;
-            Adam cancels the difference).
-        num_areas: K, needed for ``area_norm="area"``.
         routing_loss_weight: weight of the routers' local objective.
         residual: the model's hidden layers after the first are residual blocks.
         residual_scale: their branch scale ``s``.
+        feedback_alignment: ``"fixed"``, ``"kolen_pollack"`` (the rule also supplies the feedback matrices'
+            gradient) or ``"sign"`` (the caller passes sign-concordant matrices; the rule itself is unchanged).
+        feedback_decay: ``lambda`` of the Kolen-Pollack update.
     """
 
     def __init__(
@@ -222,21 +212,21 @@ class LocalLearningRule:
         *,
         feedback_mode: str,
         activation: Callable[[torch.Tensor], torch.Tensor],
-        area_norm: str = "batch",
-        num_areas: int = 1,
         routing_loss_weight: float = 1.0,
         residual: bool = False,
         residual_scale: float = 1.0,
+        feedback_alignment: str = "fixed",
+        feedback_decay: float = 0.0,
     ) -> None:
         if rule not in LOCAL_RULES:
             raise ValueError(f"Got rule={rule!r}; a local learning rule is one of {LOCAL_RULES} ('bp' uses autograd).")
-        if area_norm not in AREA_NORMS:
-            raise ValueError(f"Got area_norm={area_norm!r}; expected one of {AREA_NORMS}.")
+        if feedback_alignment not in FEEDBACK_ALIGNMENTS:
+            raise ValueError(f"Got feedback_alignment={feedback_alignment!r}; expected one of {FEEDBACK_ALIGNMENTS}.")
+        self.feedback_alignment = feedback_alignment
+        self.feedback_decay = feedback_decay
         self.rule = rule
         self.feedback_mode = feedback_mode
         self.activation = activation
-        self.area_norm = area_norm
-        self.num_areas = num_areas
         self.routing_loss_weight = routing_loss_weight
         self.residual = residual
         self.residual_scale = residual_scale
@@ -262,11 +252,15 @@ class LocalLearningRule:
             residual=self.residual,
             residual_scale=self.residual_scale,
         )
-        weights = None
-        if self.area_norm == "area":
-            weights = [area_sample_weights(area, self.num_areas) for area in areas]
         extra = [self.routing_loss_weight * term for term in routing_losses]
-        return surrogate_loss(loss, logits, error, pre_activations, deltas, sample_weights=weights, extra_terms=extra)
+        if self.feedback_alignment == "kolen_pollack":
+            activities = layer_outputs(
+                pre_activations, self.activation, residual=self.residual, residual_scale=self.residual_scale
+            )
+            extra += feedback_terms(
+                error, deltas, activities, feedback, mode=self.feedback_mode, decay=self.feedback_decay
+            )
+        return surrogate_loss(loss, logits, error, pre_activations, deltas, extra_terms=extra)
 
     def surrogate(self, outputs, labels: torch.Tensor, feedback: Sequence[torch.Tensor]) -> torch.Tensor:
         """The surrogate for a model's local forward: ``outputs`` carries ``loss``, ``logits``,

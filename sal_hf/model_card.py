@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import platform
 from importlib import metadata
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from huggingface_hub import EvalResult, ModelCardData
+from transformers import Trainer
 from transformers.modelcard import extract_hyperparameters_from_trainer, make_markdown_table, parse_log_history
 
-
-if TYPE_CHECKING:
-    from .trainer import SALTrainer
 
 RULE_NAMES = {
     "sal": "SAL (area-local feedback alignment, arXiv 2601.21561)",
@@ -67,8 +65,59 @@ def area_utilisation(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [routers[index] for index in sorted(routers)]
 
 
+def _describe(model: Any, model_name: str) -> tuple[str, str, str, list, list, list[str]]:
+    """Per model family: pipeline task, one sentence, a usage snippet, the rule and architecture rows, the routing
+    fields."""
+    config = model.config
+    if config.model_type == "sal_transformer":
+        generates = "CausalLM" in type(model).__name__
+        task = "text-generation" if generates else "text-classification"
+        what = (
+            f"A decoder-only transformer ({'language model' if generates else 'text classifier'}) whose MLP in each "
+            f"of its {config.num_hidden_layers} blocks is split into K={config.num_areas} areas, one per token,"
+        )
+        usage = (
+            f'generate = pipeline("text-generation", model="{model_name}", trust_remote_code=True)\n'
+            'generate("The meaning of life", max_new_tokens=40)'
+            if generates
+            else f'classify = pipeline("text-classification", model="{model_name}", trust_remote_code=True)\n'
+            'classify("A quote to classify.")'
+        )
+        rule = [("learning_rule", config.learning_rule), ("feedback_points", config.feedback_points)]
+        rule += [("error_source", config.error_source), ("routing_loss_weight", config.routing_loss_weight)]
+        architecture = [(name, getattr(config, name)) for name in ("vocab_size", "hidden_size", "num_hidden_layers")]
+        architecture += [("num_attention_heads", config.num_attention_heads)]
+        architecture += [("intermediate_size", config.effective_intermediate_size)]
+        architecture += [
+            ("max_position_embeddings", config.max_position_embeddings),
+            ("num_areas (K)", config.num_areas),
+        ]
+        architecture += [("area_down_proj", config.area_down_proj), ("dual_path", config.effective_dual_path)]
+        architecture += [("area_lr_scale", config.effective_area_lr_scale)]
+        routing = ["router", "routing_dim", "routing_balance_rate", "routing_center_momentum"]
+        return task, what, usage, rule, architecture, routing
+    what = (
+        f"An image classifier (an MLP whose hidden layers are split into K={config.num_areas} areas, one per sample "
+        "and layer),"
+    )
+    usage = (
+        f'classify = pipeline("image-classification", model="{model_name}", trust_remote_code=True)\n'
+        'classify("digit.png")'
+    )
+    rule = [("learning_rule", config.learning_rule), ("feedback", config.feedback_mode)]
+    rule += [("feedback_alignment", config.feedback_alignment)]
+    rule += [("area_update_norm", config.area_update_norm), ("routing_loss_weight", config.routing_loss_weight)]
+    architecture = [("input_size", config.input_size), ("image_size", config.image_size)]
+    architecture += [("hidden_sizes", config.hidden_sizes), ("hidden_act", config.hidden_act)]
+    architecture += [("num_labels", config.num_labels), ("num_areas (K)", config.num_areas)]
+    architecture += [(name, getattr(config, name)) for name in ("area_mode", "area_init", "output_areas")]
+    architecture += [("dual_path", config.effective_dual_path), ("area_lr_scale", config.effective_area_lr_scale)]
+    routing = ["routing_scope", "router", "routing_dim", "routing_balance_rate", "routing_center_momentum"]
+    return "image-classification", what, usage, rule, architecture, routing
+
+
 def sal_model_card(
-    trainer: SALTrainer,
+    trainer: Trainer,
     model_name: str | None = None,
     dataset: str | list[str] | None = None,
     license: str | None = None,
@@ -94,14 +143,15 @@ def sal_model_card(
     model_name = model_name or Path(args.output_dir).name
     datasets = [dataset] if isinstance(dataset, str) else list(dataset or [])
     tags = [tags] if isinstance(tags, str) else list(tags or [])
-    tags += [tag for tag in ("sal", "backprop-free", "image-classification", "sal-hf") if tag not in tags]
+    task, what, usage, rule, architecture, routing = _describe(model, model_name)
+    tags += [tag for tag in ("sal", "backprop-free", task, "sal-hf") if tag not in tags]
 
     train_log, result_lines, eval_results = parse_log_history(history)
     accuracy = (eval_results or {}).get("Accuracy")
     card_data = ModelCardData(
         model_name=model_name,
         library_name="transformers",
-        pipeline_tag="image-classification",
+        pipeline_tag=task,
         license=license,
         language=language,
         tags=tags,
@@ -110,7 +160,7 @@ def sal_model_card(
         metrics=["accuracy"] if accuracy is not None else None,
         eval_results=[
             EvalResult(
-                task_type="image-classification",
+                task_type=task,
                 dataset_type=datasets[0],
                 dataset_name=datasets[0],
                 metric_type="accuracy",
@@ -124,27 +174,16 @@ def sal_model_card(
     sections = [
         f"---\n{card_data.to_yaml()}\n---",
         f"# {model_name}",
-        f"An image classifier trained **{'with' if config.learning_rule == 'bp' else 'without'} backpropagation** "
+        f"{what} trained **{'with' if config.learning_rule == 'bp' else 'without'} backpropagation** "
         f"by {RULE_NAMES[config.learning_rule]}, with sal-hf (SAL: Selective Adaptive Learning, "
-        f"[arXiv 2601.21561](https://arxiv.org/abs/2601.21561)). Every hidden layer is split into "
-        f"K={config.num_areas} areas and each sample activates one area per layer.",
+        f"[arXiv 2601.21561](https://arxiv.org/abs/2601.21561)).",
         "## How to use\n\n"
         "The repository ships its modeling code (`trust_remote_code=True`); with `sal_hf` installed and imported, "
-        "the installed classes are used instead.\n\n"
-        "```python\nfrom transformers import pipeline\n\n"
-        f'classify = pipeline("image-classification", model="{model_name}", trust_remote_code=True)\n'
-        'classify("digit.png")\n```',
+        f"the installed classes are used instead.\n\n```python\nfrom transformers import pipeline\n\n{usage}\n```",
     ]
-    rule = [("learning_rule", config.learning_rule), ("feedback", config.feedback_mode)]
-    rule += [("area_update_norm", config.area_update_norm), ("routing_loss_weight", config.routing_loss_weight)]
     sections.append("## Learning rule\n\n" + _table(rule))
-    architecture = [("input_size", config.input_size), ("image_size", config.image_size)]
-    architecture += [("hidden_sizes", config.hidden_sizes), ("hidden_act", config.hidden_act)]
-    architecture += [("num_labels", config.num_labels), ("num_areas (K)", config.num_areas)]
-    architecture += [(name, getattr(config, name)) for name in ("area_mode", "area_init", "output_areas", "dual_path")]
     architecture += [("parameters", f"{model.num_parameters():,}")]
     sections.append("## Architecture\n\n" + _table(architecture))
-    routing = ["routing_scope", "router", "routing_dim", "routing_balance_rate", "routing_center_momentum"]
     sections.append("## Routing\n\n" + _table([(name, getattr(config, name)) for name in routing]))
     seeds = [("training seed (`TrainingArguments.seed`)", args.seed), ("data_seed", args.data_seed)]
     seeds += [("routing_seed", config.routing_seed), ("feedback_seed", config.feedback_seed)]

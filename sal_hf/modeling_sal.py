@@ -1,4 +1,4 @@
-"""SAL model classes: area layers, the routed MLP, and the image-classification head.
+"""SAL model classes: the routed MLP layer, the model outputs, the pretrained base, the model and its image head.
 
 The model computes outputs and knows nothing of how it is trained. With ``local=True`` it runs every layer
 on a detached copy of its input and returns what a local learning rule needs (pre-activations, areas, the
@@ -20,218 +20,30 @@ from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import ModelOutput
 
-from .configuration_sal import AREA_IMPLEMENTATIONS, AUTO_MASKED_MAX_AREAS, SALConfig
-from .feedback import FeedbackMatrices
-from .routing import AreaRouter
+from .activations import ACTIVATIONS
+from .areas import SALAreaLinear, make_norm
+from .configuration_sal import SALConfig
+from .feedback import FeedbackMatrices, sign_concordant
+from .routing import AreaRouter, area_counts
 
 
-ACTIVATIONS = {"relu": F.relu, "tanh": torch.tanh, "gelu": F.gelu, "silu": F.silu, "sigmoid": torch.sigmoid}
-
-
-def make_norm(kind: str, size: int) -> nn.Module | None:
-    """The input normalisation of one layer (`SALConfig.norm`), or None."""
-    if kind == "layernorm":
-        return nn.LayerNorm(size)
-    if kind == "rmsnorm":
-        return nn.RMSNorm(size, eps=1e-6)
-    return None
-
-
-class _InPlaceSGDLinear(torch.autograd.Function):
-    """``x W^T + b`` whose backward applies plain SGD to ``W`` and ``b`` in place and hands them no ``.grad``:
-    ``W <- (1 - lr wd) W - lr g^T x`` in one ``addmm_`` (no gradient tensor is written or read back), likewise
-    ``b``, with ``lr`` and ``wd`` read from their optimizer param groups at that moment (so schedulers apply). The
-    input gradient is computed from ``W`` before the update. See ``SALAreaLinear.in_place_groups``."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: nn.Parameter, bias: nn.Parameter, groups: tuple[dict, dict]):
-        ctx.save_for_backward(x)
-        ctx.weight, ctx.bias, ctx.groups = weight, bias, groups
-        return F.linear(x, weight, bias)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (x,) = ctx.saved_tensors
-        weight, bias = ctx.weight, ctx.bias
-        grad = grad.to(weight.dtype)  # bf16 under autocast; the update is applied in the weights' dtype
-        grad_x = (grad @ weight).to(x.dtype) if ctx.needs_input_grad[0] else None
-        weight_group, bias_group = ctx.groups
-        with torch.no_grad():
-            # torch.optim.SGD without momentum: p <- p - lr (grad + wd p).
-            lr, decay = weight_group["lr"], weight_group["weight_decay"]
-            weight.addmm_(grad.t(), x.to(weight.dtype), beta=1.0 - lr * decay, alpha=-lr)
-            lr, decay = bias_group["lr"], bias_group["weight_decay"]
-            if decay:
-                bias.mul_(1.0 - lr * decay)
-            bias.add_(grad.sum(0), alpha=-lr)
-        return grad_x, None, None, None
-
-
-class SALAreaLinear(nn.Module):
-    """K disjoint linear maps; each sample goes through the one its area selects.
-
-    One ``nn.Parameter`` per area (``weight_k``, ``bias_k``): an area no sample selected is not in the graph,
-    gets no ``.grad`` at all, and so no optimizer momentum or weight decay can move it. (They are attributes of
-    this module rather than an ``nn.ParameterList``: transformers' initialisation of custom code skips modules
-    without parameters of their own.)
-
-    Two implementations give the same outputs and, for every selected area, the same gradient (up to float
-    summation order); see `SALConfig.area_implementation`:
-
-    - ``split``: samples grouped by area, one matmul per non-empty area. The group sizes are read back to the
-      host (a device sync per layer on a GPU); unselected areas are not in the graph.
-    - ``masked``: the K areas concatenated into one matrix, every area computed for every sample in one matmul,
-      then each sample keeps its own area's output. No host sync, a few kernels whatever K, but K times the
-      FLOPs (expert mode; partition mode costs one dense layer) and every area is in the graph: unselected
-      areas get a zero ``.grad``. A training forward therefore records the areas it selected in
-      ``selected_areas`` (device-side, OR-ed over the forwards of one optimizer step), and
-      [`clear_unselected_area_grads`] sets ``.grad = None`` on the others before the optimizer step.
-
-    Under ``SALTrainer(in_place_area_update=True)`` training forwards take the split path and each selected area is
-    updated by plain SGD inside the backward pass, without a ``.grad`` (``in_place_groups``, set for Trainer's step
-    only).
-
-    Args:
-        in_features: input size.
-        out_features: output size.
-        num_areas: K.
-        partition: if True, area k owns only the output block ``[k*out/K, (k+1)*out/K)`` and a sample's other
-            outputs are zero (sparse activations); otherwise every area owns a full ``out x in`` matrix.
-        implementation: ``"auto"``, ``"split"`` or ``"masked"`` (`SALConfig.area_implementation`).
-    """
-
-    def __init__(
-        self, in_features: int, out_features: int, num_areas: int, partition: bool = False, implementation: str = "auto"
-    ) -> None:
-        super().__init__()
-        if implementation not in AREA_IMPLEMENTATIONS:
-            raise ValueError(f"implementation must be one of {AREA_IMPLEMENTATIONS}; got {implementation!r}.")
-        self.in_features = in_features
-        self.out_features = out_features
-        self.num_areas = num_areas
-        self.partition = partition
-        self.implementation = implementation
-        self.block = out_features // num_areas if partition else out_features
-        # (K,) bool on the input's device, or None: areas selected by the masked training forwards since the last
-        # optimizer step. A plain attribute, not a buffer: never saved, and DDP does not overwrite it from rank 0.
-        self.selected_areas: torch.Tensor | None = None
-        # Runtime only, set by SALTrainer(in_place_area_update=True): per area, the optimizer param groups of its
-        # weight and bias. When set, training forwards run the split path with the SGD update applied in place
-        # during the backward (see _InPlaceSGDLinear); the areas never get a `.grad`.
-        self.in_place_groups: list[tuple[dict, dict]] | None = None
-        for k in range(num_areas):
-            self.register_parameter(f"weight_{k}", nn.Parameter(torch.empty(self.block, in_features)))
-            self.register_parameter(f"bias_{k}", nn.Parameter(torch.empty(self.block)))
-
-    @property
-    def weights(self) -> list[nn.Parameter]:
-        return [getattr(self, f"weight_{k}") for k in range(self.num_areas)]
-
-    @property
-    def biases(self) -> list[nn.Parameter]:
-        return [getattr(self, f"bias_{k}") for k in range(self.num_areas)]
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, num_areas={self.num_areas}, partition={self.partition}"
-
-    def uses_masked(self, device: torch.device) -> bool:
-        """Whether a forward on ``device`` runs the masked implementation (resolves ``"auto"``)."""
-        if self.num_areas == 1:
-            return False
-        if self.implementation == "auto":
-            return torch.device(device).type == "cuda" and self.num_areas <= AUTO_MASKED_MAX_AREAS
-        return self.implementation == "masked"
-
-    def _linear(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        """Area ``k`` applied to ``x``; with ``in_place_groups`` set, in a training forward, updated in place."""
-        weight, bias = getattr(self, f"weight_{k}"), getattr(self, f"bias_{k}")
-        if self.in_place_groups is not None and self.training and torch.is_grad_enabled():
-            return _InPlaceSGDLinear.apply(x, weight, bias, self.in_place_groups[k])
-        return F.linear(x, weight, bias)
-
-    def forward(self, x: torch.Tensor, area: torch.Tensor | None) -> torch.Tensor:
-        if self.num_areas == 1:
-            return self._linear(x, 0)
-        if self.in_place_groups is None and self.uses_masked(x.device):
-            return self._forward_masked(x, area)
-        batch = x.shape[0]
-        # Group samples by area: one matmul per non-empty area, never a loop over samples.
-        order = torch.argsort(area, stable=True)  # (B,)
-        counts = torch.bincount(area, minlength=self.num_areas).tolist()
-        chunks = x[order].split(counts)
-        y = torch.cat([self._linear(chunk, k) for k, chunk in enumerate(chunks) if counts[k]])  # (B, block), sorted
-        if self.partition:
-            full = y.new_zeros(batch, self.num_areas, self.block)  # (B, K, out/K), sorted
-            full[torch.arange(batch, device=x.device), area[order]] = y
-            y = full.view(batch, self.out_features)
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(batch, device=order.device)
-        return y[inverse]  # (B, out), original order
-
-    def _forward_masked(self, x: torch.Tensor, area: torch.Tensor) -> torch.Tensor:
-        batch = x.shape[0]
-        if self.training and torch.is_grad_enabled():
-            if self.selected_areas is None or self.selected_areas.device != area.device:
-                self.selected_areas = torch.zeros(self.num_areas, dtype=torch.bool, device=area.device)
-            self.selected_areas.index_fill_(0, area, True)  # no host sync
-        # Rows [k*block, (k+1)*block) of the concatenation are area k's: one GEMM gives every area's output.
-        weight = torch.cat(self.weights)  # (K*block, in)
-        bias = torch.cat(self.biases)  # (K*block,)
-        y = F.linear(x, weight, bias).view(batch, self.num_areas, self.block)  # (B, K, block)
-        if self.partition:
-            # Keep the sample's own block, zero the others; `where` (not a 0/1 product) so that an overflow in an
-            # unselected block cannot turn into NaN. Its backward passes a zero gradient to unselected blocks.
-            keep = torch.arange(self.num_areas, device=area.device) == area.unsqueeze(-1)  # (B, K)
-            return torch.where(keep.unsqueeze(-1), y, 0.0).view(batch, self.out_features)  # (B, out)
-        index = area.view(batch, 1, 1).expand(batch, 1, self.block)  # (B, 1, out)
-        return y.gather(1, index).squeeze(1)  # (B, out); backward scatters into zeros: other areas get 0
-
-
-def clear_unselected_area_grads(model: nn.Module) -> int:
-    """Before an optimizer step: set ``.grad = None`` on every area that the masked forwards since the last call
-    did not select, and start a new record. The masked implementation gives such areas an all-zero gradient;
-    without this, momentum and weight decay would move them. A no-op for areas run by the split implementation.
-
-    [`SALTrainer`] registers it on its optimizer (`register_step_pre_hook`); a hand-written loop calls it between
-    `backward` and `optimizer.step()`, once per optimizer step (after all micro-batches of gradient accumulation).
-    One host sync for the whole model. Under `torch.distributed`, the records are combined over all processes
-    first (gradients were averaged over them, so an area selected on any process has a real gradient); every
-    process must call it at the same step, as it does in an optimizer step.
-
-    Args:
-        model: a SAL model, or any module containing [`SALAreaLinear`] layers (a DDP wrapper, for instance).
-
-    Returns:
-        The number of area parameters whose gradient was cleared.
-    """
-    layers = [m for m in model.modules() if isinstance(m, SALAreaLinear) and m.selected_areas is not None]
-    if not layers:
-        return 0
-    selected = torch.cat([layer.selected_areas for layer in layers]).to(torch.int32)  # (sum of K,)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        if torch.distributed.get_world_size() > 1:
-            torch.distributed.all_reduce(selected, op=torch.distributed.ReduceOp.MAX)
-    flags = selected.tolist()  # the one host sync
-    cleared, start = 0, 0
-    for layer in layers:
-        for k, (weight, bias) in enumerate(zip(layer.weights, layer.biases)):
-            if flags[start + k]:
+@torch.no_grad()
+def align_tensors(module: nn.Module, alignment: int = 64) -> int:
+    """Copy every parameter and buffer of ``module`` that does not start at an ``alignment``-byte boundary into
+    fresh memory; returns how many moved. Tensors loaded from a safetensors file can sit at any offset of it, where
+    CPU matrix kernels sum in another order than for the same values freshly allocated (a 1e-7 difference): after
+    this, a reloaded model gives bit-identical outputs to the one that was saved."""
+    moved = 0
+    for submodule in module.modules():
+        for name, tensor in [*submodule.named_parameters(recurse=False), *submodule.named_buffers(recurse=False)]:
+            if tensor.device.type == "meta" or tensor.numel() == 0 or tensor.data_ptr() % alignment == 0:
                 continue
-            for param in (weight, bias):
-                if param.grad is not None:
-                    param.grad = None
-                    cleared += 1
-        start += layer.num_areas
-        layer.selected_areas = None
-    return cleared
-
-
-def reset_area_selection(model: nn.Module) -> None:
-    """Forget the areas recorded since the last optimizer step (see [`clear_unselected_area_grads`]). For steps
-    the optimizer skipped, e.g. when fp16 loss scaling found an overflow: [`SALTrainer`] calls it after every step."""
-    for module in model.modules():
-        if isinstance(module, SALAreaLinear):
-            module.selected_areas = None
+            if isinstance(tensor, nn.Parameter):
+                tensor.data = tensor.data.clone()
+            else:
+                setattr(submodule, name, tensor.clone())
+            moved += 1
+    return moved
 
 
 class SALLayer(nn.Module):
@@ -247,7 +59,7 @@ class SALLayer(nn.Module):
         route: whether this layer owns a router (False when routing is shared and this is not the first layer).
         activation: the activation, or None for the output layer.
         residual: add the layer's input to its output (needs ``in_features == out_features``), as
-            ``h = x + config.residual_scale * f(a)``.
+            ``h = x + config.effective_residual_scale * f(a)``.
     """
 
     def __init__(
@@ -267,7 +79,7 @@ class SALLayer(nn.Module):
                 f"A residual layer needs in_features == out_features; got {in_features} -> {out_features}."
             )
         self.residual = residual
-        self.residual_scale = config.residual_scale
+        self.residual_scale = config.effective_residual_scale
         self.norm = make_norm(config.norm, in_features)
         self.router = None
         if route and num_areas > 1:
@@ -287,8 +99,13 @@ class SALLayer(nn.Module):
             partition=config.area_mode == "partition",
             implementation=config.area_implementation,
         )
-        self.shared = nn.Linear(in_features, out_features) if config.dual_path and activation is not None else None
+        self.shared = (
+            nn.Linear(in_features, out_features) if config.effective_dual_path and activation is not None else None
+        )
         self.activation = ACTIVATIONS[activation] if activation is not None else None
+        # `area_update_norm="area"`: a local step averages each area's update over its own samples (B / n_k times the
+        # batch mean), for the area parameters only; the shared path and the norm keep the batch-mean update.
+        self.per_area_update = config.area_update_norm == "area" and num_areas > 1
 
     def forward(
         self, x: torch.Tensor, area: torch.Tensor | None = None, local: bool = False
@@ -307,13 +124,25 @@ class SALLayer(nn.Module):
             area, routed = self.router(x)
             if local and self.router.learned:
                 routing_loss = self.router.local_loss(routed, area)
-        a = self.areas(x, area)
+        grad_scale = None
+        if local and self.per_area_update:
+            counts = area_counts(area, self.areas.num_areas).clamp(min=1)  # (K,)
+            grad_scale = area.numel() / counts.to(torch.float32)
+        a = self.areas(x, area, grad_scale)
         if self.shared is not None:
             a = a + self.shared(x)
         h = self.activation(a) if self.activation is not None else a
         if self.residual:
             h = skip + self.residual_scale * h
         return h, a, area, routing_loss
+
+    @torch.no_grad()
+    def mean_forward_weight(self) -> torch.Tensor:
+        """The layer's forward matrix averaged over its areas (expert mode; partition mode stacks the blocks),
+        plus the shared path: (out, in), no graph. Only sign-concordant feedback reads it."""
+        weights = self.areas.weights
+        weight = torch.cat(weights, dim=0) if self.areas.partition else torch.stack(weights).mean(0)
+        return weight + self.shared.weight if self.shared is not None else weight
 
 
 @dataclass
@@ -347,7 +176,39 @@ class SALImageClassifierOutput(ImageClassifierOutput):
     routing_losses: tuple[torch.Tensor, ...] | None = None
 
 
-class SALPreTrainedModel(PreTrainedModel):
+class SALRoutingMixin:
+    """What every SAL model (the MLP, the transformer) offers its trainer: the routers, their once-per-step
+    statistics and area health, and a `from_pretrained` whose tensors sit in aligned memory (`align_tensors`)."""
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any):
+        loaded = super().from_pretrained(*args, **kwargs)
+        align_tensors(loaded[0] if isinstance(loaded, tuple) else loaded)
+        return loaded
+
+    @property
+    def routers(self) -> list[AreaRouter]:
+        """Every router of the model, in layer order."""
+        return [module for module in self.modules() if isinstance(module, AreaRouter)]
+
+    def update_routing_statistics(self) -> None:
+        """Apply the routing statistics gathered since the last optimizer step (running input mean, balancing
+        bias). Trainers call this once per optimizer step; see [`SALTrainer`]."""
+        for router in self.routers:
+            router.update_statistics()
+
+    def area_health(self) -> dict[str, float]:
+        """Per router, the area utilisation since its last report (see [`AreaRouter.health`]): min / max share of
+        samples, dead areas (no sample) and the window's sample count. A router whose window is still too small for
+        that (fewer than 4 samples per area) is left out and keeps counting."""
+        stats: dict[str, float] = {}
+        for index, router in enumerate(self.routers):
+            for name, value in (router.health() or {}).items():
+                stats[f"area/router_{index}/{name}"] = value
+        return stats
+
+
+class SALPreTrainedModel(SALRoutingMixin, PreTrainedModel):
     config: SALConfig
     config_class = SALConfig
     base_model_prefix = "sal"
@@ -430,32 +291,6 @@ class SALPreTrainedModel(PreTrainedModel):
 
     def get_output_embeddings(self) -> None:
         return None
-
-    @property
-    def routers(self) -> list[AreaRouter]:
-        """Every router of the model, in layer order."""
-        return [module for module in self.modules() if isinstance(module, AreaRouter)]
-
-    def update_routing_statistics(self) -> None:
-        """Apply the routing statistics gathered since the last optimizer step (running input mean, balancing
-        bias). Trainers call this once per optimizer step; see [`SALTrainer`]."""
-        for router in self.routers:
-            router.update_statistics()
-
-    def area_health(self) -> dict[str, float]:
-        """Per-layer area utilisation since the last call: min / max share of samples and dead areas (no
-        sample). Resets the counts."""
-        stats: dict[str, float] = {}
-        for index, router in enumerate(self.routers):
-            load = router.pop_load()
-            total = float(load.sum())
-            if total == 0:
-                continue
-            share = load / total
-            stats[f"area/router_{index}/min_share"] = round(float(share.min()), 4)
-            stats[f"area/router_{index}/max_share"] = round(float(share.max()), 4)
-            stats[f"area/router_{index}/dead"] = int((load == 0).sum())
-        return stats
 
     def _flatten_inputs(self, pixel_values: torch.Tensor | None) -> torch.Tensor:
         if pixel_values is None:
@@ -567,11 +402,30 @@ class SALForImageClassification(SALPreTrainedModel):
         self.feedback = None
         if config.learning_rule != "bp":
             self.feedback = FeedbackMatrices(
-                config.hidden_sizes, config.num_labels, mode=config.feedback_mode, seed=config.feedback_seed
+                config.hidden_sizes,
+                config.num_labels,
+                mode=config.feedback_mode,
+                seed=config.feedback_seed,
+                learned=config.feedback_alignment == "kolen_pollack",
             )
         self.post_init()
 
+    def feedback_matrices(self) -> list[torch.Tensor]:
+        """The ``B_l`` the local rule uses this step: the feedback matrices themselves (`fixed`, and the learnable
+        ones of `kolen_pollack`), or for `feedback_alignment="sign"` their magnitudes with the signs of the
+        forward matrix that reads each hidden layer's output (weight transport of signs; see feedback.py)."""
+        matrices = self.feedback.matrices()
+        if self.config.feedback_alignment != "sign":
+            return matrices
+        readers = [*self.sal.layers[1:], self.classifier]  # layer l's output is read by layer l + 1
+        return [sign_concordant(b, reader.mean_forward_weight()) for b, reader in zip(matrices, readers)]
+
     def _check_labels(self, labels: torch.Tensor, batch_size: int) -> None:
+        if not isinstance(labels, torch.Tensor):
+            raise ValueError(
+                f"labels must be a tensor of integer class ids; got a {type(labels).__name__}: {str(labels)[:80]}. "
+                "Map label names to ids (config.label2id, or datasets' class_encode_column) before batching."
+            )
         if labels.dim() != 1 or labels.shape[0] != batch_size or labels.is_floating_point():
             raise ValueError(
                 f"labels must be integer class ids of shape ({batch_size},); got shape {tuple(labels.shape)}, "

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .areas import is_training_forward
+
 
 def area_counts(area: torch.Tensor, num_areas: int) -> torch.Tensor:
     """Samples per area, (K,) long. Not `torch.bincount`: its output size depends on the data, so on CUDA it reads
@@ -59,9 +61,10 @@ class AreaRouter(nn.Module):
         center_momentum: momentum of the running mean of the input.
 
     Buffers (all persistent, so checkpoints and resumes route identically): ``prototypes`` (K, d_r),
-    ``input_mean`` (d_in), ``area_bias`` (K), ``num_updates`` (). Non-persistent accumulators gather what
-    the current optimizer step saw until :meth:`update_statistics` applies it, so gradient accumulation
-    over micro-batches routes exactly like one big batch.
+    ``input_mean`` (d_in), ``area_bias`` (K), ``num_updates`` (). Accumulators (plain tensors, not buffers)
+    gather what the training forwards (training mode with autograd on) of the current optimizer step saw until
+    :meth:`update_statistics` applies it, so gradient accumulation over micro-batches routes exactly like one big
+    batch.
     """
 
     def __init__(
@@ -93,11 +96,14 @@ class AreaRouter(nn.Module):
         self.register_buffer("input_mean", torch.empty(in_features))
         self.register_buffer("area_bias", torch.empty(num_areas))
         self.register_buffer("num_updates", torch.empty((), dtype=torch.long))
-        # Since the last optimizer step: sum of inputs and samples per area.
-        self.register_buffer("pending_input_sum", torch.empty(in_features, dtype=torch.float64), persistent=False)
-        self.register_buffer("pending_load", torch.empty(num_areas, dtype=torch.float64), persistent=False)
-        # Since the last time someone read the area health (see :meth:`pop_load`).
-        self.register_buffer("logged_load", torch.empty(num_areas, dtype=torch.float64), persistent=False)
+        # Statistics, not model state, so plain attributes and not buffers: DDP (`broadcast_buffers=True`) copies
+        # rank 0's buffers to every rank before each forward, which would overwrite each rank's own counts. They
+        # follow the input's device (see `_statistics_on`). Since the last optimizer step: the sum of the inputs
+        # and the samples per area; since the last read of the area health (see :meth:`pop_load`): samples per area.
+        # An explicit device: under transformers' meta-device loading these must still hold real zeros.
+        self.pending_input_sum = torch.zeros(in_features, dtype=torch.float64, device="cpu")
+        self.pending_load = torch.zeros(num_areas, dtype=torch.float64, device="cpu")
+        self.logged_load = torch.zeros(num_areas, dtype=torch.float64, device="cpu")
         self.reset_parameters()
 
     def initial_values(self) -> dict[str, torch.Tensor]:
@@ -108,14 +114,7 @@ class AreaRouter(nn.Module):
             "prototypes": make_prototypes(self.num_areas, self.routing_dim, self.seed + 1),
             **{
                 name: torch.zeros_like(getattr(self, name), device="cpu")
-                for name in (
-                    "input_mean",
-                    "area_bias",
-                    "num_updates",
-                    "pending_input_sum",
-                    "pending_load",
-                    "logged_load",
-                )
+                for name in ("input_mean", "area_bias", "num_updates")
             },
         }
 
@@ -123,6 +122,14 @@ class AreaRouter(nn.Module):
     def reset_parameters(self) -> None:
         for name, value in self.initial_values().items():
             getattr(self, name).copy_(value)
+        for name in ("pending_input_sum", "pending_load", "logged_load"):
+            getattr(self, name).zero_()
+
+    def _statistics_on(self, device: torch.device) -> None:
+        """Move the statistics to ``device`` (they are not buffers, so ``Module.to`` does not)."""
+        if self.pending_load.device != device:
+            for name in ("pending_input_sum", "pending_load", "logged_load"):
+                setattr(self, name, getattr(self, name).to(device))
 
     def extra_repr(self) -> str:
         return (
@@ -140,18 +147,25 @@ class AreaRouter(nn.Module):
         """Route a batch.
 
         Args:
-            x: (B, d_in) router input. It is detached: routing never passes a gradient back.
+            x: (..., d_in) router input, one row per sample or token (a (B, T, d) batch of tokens routes each token
+                on its own hidden state). It is detached: routing never passes a gradient back.
 
         Returns:
-            ``(area, routed)``: area index per sample, (B,) long; routing vectors, (B, d_r) fp32, with a
-            graph to ``projection`` only (for :meth:`local_loss`).
+            ``(area, routed)``: area index per row, (...) long; routing vectors, (..., d_r) fp32, with a graph to
+            ``projection`` only (for :meth:`local_loss`).
         """
+        if x.dim() != 2:
+            lead = x.shape[:-1]
+            area, routed = self(x.reshape(-1, x.shape[-1]))
+            return area.view(lead), routed.view(*lead, -1)
         x = x.detach()
+        training = is_training_forward(self)  # read before the no_grad block below
         routed = self.project(x)  # (B, d_r)
         with torch.no_grad():
             scores = routed @ self.prototypes.float().T + self.area_bias.float()  # (B, K)
             area = scores.argmax(dim=-1)
-            if self.training:
+            if training:
+                self._statistics_on(x.device)
                 self.pending_input_sum += x.sum(dim=0, dtype=torch.float64)
                 load = area_counts(area, self.num_areas).double()
                 self.pending_load += load
@@ -170,6 +184,7 @@ class AreaRouter(nn.Module):
         ``pending_input_sum`` and ``pending_load``, so that every rank routes identically."""
         # Every decision stays on the device (no host sync, so a GPU step never waits here): a step that routed no
         # sample (`seen` False) moves nothing.
+        self._statistics_on(self.area_bias.device)
         count = self.pending_load.sum()
         seen = count > 0
         count = count.clamp(min=1.0)
@@ -184,6 +199,25 @@ class AreaRouter(nn.Module):
         self.num_updates += seen.long()
         self.pending_input_sum.zero_()
         self.pending_load.zero_()
+
+    @torch.no_grad()
+    def health(self, min_samples_per_area: float = 4.0) -> dict[str, float] | None:
+        """Area utilisation since the last report: ``min_share`` / ``max_share`` of the samples, ``dead`` areas (no
+        sample) and ``samples`` (the window), then a new window starts. None while the window holds fewer than
+        ``min_samples_per_area * K`` samples (batch size 1, or any batch far below K, logged often): the counts keep
+        accumulating over the next reports, since a few samples say nothing about balance (with n < K samples at
+        least K - n areas would look dead; with 4K samples a perfectly balanced router shows ~2% dead areas)."""
+        total = float(self.logged_load.sum())
+        if total < min_samples_per_area * self.num_areas:
+            return None
+        load = self.pop_load()
+        share = load / total
+        return {
+            "min_share": round(float(share.min()), 4),
+            "max_share": round(float(share.max()), 4),
+            "dead": int((load == 0).sum()),
+            "samples": int(total),
+        }
 
     @torch.no_grad()
     def pop_load(self) -> torch.Tensor:

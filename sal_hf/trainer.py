@@ -14,15 +14,24 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.utils import logging
 
+from .activations import ACTIVATIONS
+from .block_rule import BlockLocalRule
 from .configuration_sal import SALConfig
+from .configuration_sal_transformer import SALTransformerConfig
 from .learning_rule import LocalLearningRule
-from .modeling_sal import (
-    ACTIVATIONS,
-    SALAreaLinear,
-    SALPreTrainedModel,
-    clear_unselected_area_grads,
+from .modeling_sal import SALRoutingMixin
+from .optim import (
+    area_layers,
+    hook_unselected_area_grads,
+    in_place_area_sgd,
+    in_place_sgd_problems,
     reset_area_selection,
+    scale_area_learning_rates,
 )
+
+
+# The model families SALTrainer trains (the MLP and the transformer) share the routing bookkeeping.
+SAL_MODELS = SALRoutingMixin
 
 
 class SALRoutingCallback(TrainerCallback):
@@ -39,7 +48,7 @@ class SALRoutingCallback(TrainerCallback):
         self.accelerator = accelerator
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if not isinstance(model, SALPreTrainedModel):
+        if not isinstance(model, SAL_MODELS):
             return
         if self.accelerator is not None and self.accelerator.num_processes > 1:
             for router in model.routers:
@@ -54,17 +63,67 @@ class SALRoutingCallback(TrainerCallback):
 logger = logging.get_logger(__name__)
 
 
-def local_learning_rule(config: SALConfig) -> LocalLearningRule:
+class SALAreaHealthCallback(TrainerCallback):
+    """Adds each router's area health (min / max share of the samples since its last report, dead areas; see
+    `area_health`) to every training log, after the values of any [`SALDiagnosticsCallback`] among `callbacks` (they
+    read the same loads). [`SALTrainer`] puts it first among its callbacks, so that every reporter (console,
+    TensorBoard, `log_history`, ...) sees these values.
+
+    Args:
+        accelerator: the loads are summed over its processes first.
+        learning_rule: the local rule, for the diagnostics' alignment angles (None for `bp`).
+        callbacks: the trainer's callback list (read at every log, so callbacks added later count).
+    """
+
+    def __init__(self, accelerator: Accelerator, learning_rule: Any, callbacks: list[TrainerCallback]) -> None:
+        self.accelerator = accelerator
+        self.learning_rule = learning_rule
+        self.callbacks = callbacks
+
+    def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+        if not logs or "loss" not in logs or model is None:
+            return
+        core = self.accelerator.unwrap_model(model)
+        if not isinstance(core, SAL_MODELS):
+            return
+        distributed = self.accelerator.num_processes > 1
+        own = [router.logged_load.clone() for router in core.routers] if distributed else []
+        if distributed:
+            for router in core.routers:
+                router.logged_load.copy_(self.accelerator.reduce(router.logged_load, reduction="sum"))
+        from .diagnostics import SALDiagnosticsCallback  # the diagnostics build on this module
+
+        values: dict[str, float] = {}
+        for callback in self.callbacks:
+            if isinstance(callback, SALDiagnosticsCallback):
+                values.update(callback.diagnostics(core, self.learning_rule))
+        values.update(core.area_health())  # resets the loads: last
+        # A router that did not report (its window is under 4 K samples) keeps counting from this rank's own loads, so
+        # that the next log's sum over the ranks counts each sample once.
+        for router, load in zip(core.routers, own):
+            if router.logged_load.any():
+                router.logged_load.copy_(load)
+        logs.update(values)
+        # Trainer appended a copy of `logs` to the history just before calling the callbacks.
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(values)
+
+
+def local_learning_rule(config: SALConfig | SALTransformerConfig) -> LocalLearningRule | BlockLocalRule:
     """The local rule a (non-`bp`) config trains with: what `SALTrainer` and hand-written loops call."""
+    if isinstance(config, SALTransformerConfig):
+        return BlockLocalRule(
+            config.learning_rule, error_source=config.error_source, routing_loss_weight=config.routing_loss_weight
+        )
     return LocalLearningRule(
         config.learning_rule,
         feedback_mode=config.feedback_mode,
         activation=ACTIVATIONS[config.hidden_act],
-        area_norm=config.area_update_norm,
-        num_areas=config.num_areas,
         routing_loss_weight=config.routing_loss_weight,
         residual=config.residual,
-        residual_scale=config.residual_scale,
+        residual_scale=config.effective_residual_scale,
+        feedback_alignment=config.feedback_alignment,
+        feedback_decay=config.feedback_decay,
     )
 
 
@@ -111,7 +170,7 @@ class SALTrainer(Trainer):
       gradient accumulation, clipping, schedulers, mixed precision and DDP are Trainer's, unchanged. With
       `bp` it is Trainer's `compute_loss`. A NaN or infinite loss stops training with an error before any
       update is applied, so the weights and the saved checkpoints stay as they were.
-    - `create_optimizer`: with `config.area_lr_scale != 1`, moves the area parameters into their own parameter
+    - `create_optimizer`: with `config.effective_area_lr_scale != 1` (`1 / num_areas` unless set), moves the area parameters into their own parameter
       groups with the learning rate scaled (schedulers then scale every group alike). On every optimizer, the
       user's included, registers [`clear_unselected_area_grads`] as a step pre-hook: areas that the masked
       implementation (`config.area_implementation`) handed a zero gradient but no sample selected get
@@ -124,12 +183,14 @@ class SALTrainer(Trainer):
       each update at once allows: `optim="sgd"` without momentum, `max_grad_norm=0`, no gradient accumulation,
       one process, no fp16 loss scaling, no `torch_compile`; `create_optimizer` raises naming what to change
       otherwise.
-    - `log`: adds area health (per-router min / max share of samples, dead areas) to the training logs, and
-      the diagnostics of any [`SALDiagnosticsCallback`] (see `diagnostics.py`).
     - `create_model_card`: writes a SAL model card (learning rule, areas, routing, seeds, data, metrics, area
       utilisation, versions; see `model_card.py`) in place of Trainer's draft; `push_to_hub` uploads it.
-    - A [`SALRoutingCallback`] is added to apply routing statistics after every optimizer step (summed over
-      processes), and a [`SALInterruptCallback`] that turns Ctrl-C into "save a checkpoint and stop".
+    - Callbacks: [`SALRoutingCallback`] applies the routing statistics after every optimizer step (summed over
+      processes), [`SALAreaHealthCallback`] adds area health (and the values of any [`SALDiagnosticsCallback`]) to
+      every training log, and [`SALInterruptCallback`] turns Ctrl-C into "save a checkpoint and stop".
+    - It refuses what would silently break SAL across devices (several GPUs in one process, i.e. DataParallel;
+      `area_update_norm="area"` with accumulation or several processes) and switches FSDP runs with several
+      processes to the masked area kernel (`prepare_areas_for_fsdp`).
 
     Everything else, the training loop included, is inherited unchanged.
 
@@ -142,7 +203,7 @@ class SALTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.in_place_area_update = in_place_area_update
         core = self.accelerator.unwrap_model(self.model)
-        if not isinstance(core, SALPreTrainedModel):
+        if not isinstance(core, SAL_MODELS):
             raise ValueError(
                 f"SALTrainer trains SAL models; got {type(core).__name__}. Use transformers.Trainer instead."
             )
@@ -158,8 +219,52 @@ class SALTrainer(Trainer):
             self.learning_rule = local_learning_rule(config)
             # The surrogate is a per-batch mean: Trainer divides it by the accumulation steps.
             self.loss_is_scaled_for_ga = False
+        self._check_parallelism(core)
         self.add_callback(SALRoutingCallback(self.accelerator))
+        # First of all callbacks, so that the printer, TensorBoard and every other reporter see its values.
+        self.callback_handler.callbacks.insert(
+            0, SALAreaHealthCallback(self.accelerator, self.learning_rule, self.callback_handler.callbacks)
+        )
         self.add_callback(SALInterruptCallback())
+
+    def _check_parallelism(self, core: nn.Module) -> None:
+        """Refuse what would silently break SAL's semantics across devices; switch FSDP runs to the masked kernel."""
+        if self.args.parallel_mode.value == "not_distributed":
+            raise ValueError(
+                f"SALTrainer sees {self.args.n_gpu} GPUs in one process, where Trainer would use torch.nn.DataParallel: "
+                "its replicas record the selected areas and the in-place updates, so unselected areas would not be "
+                "cleared and updates would be lost. Launch one process per GPU (`accelerate launch` or `torchrun`), or "
+                "select one GPU with CUDA_VISIBLE_DEVICES=0."
+            )
+        config = core.config
+        # The transformer's rule averages over the batch only (no `area_update_norm` field).
+        if getattr(config, "area_update_norm", "batch") == "area" and (
+            self.args.gradient_accumulation_steps > 1 or self.args.world_size > 1
+        ):
+            raise ValueError(
+                "area_update_norm='area' averages each area's update over the samples it saw in one micro-batch of one "
+                f"process, so gradient_accumulation_steps={self.args.gradient_accumulation_steps} and "
+                f"{self.args.world_size} processes would not equal one large batch. Use area_update_norm='batch', or "
+                "train with gradient_accumulation_steps=1 in one process."
+            )
+        self.prepare_areas_for_fsdp(core)
+
+    def prepare_areas_for_fsdp(self, core: nn.Module) -> int:
+        """Under FSDP with several processes, switch every area layer to the masked kernel (returns how many): with
+        the split kernel each rank's graph holds only the areas its samples selected, and FSDP's gradient reduction
+        needs the same parameters on every rank. Unselected areas still get no update (the optimizer hook clears the
+        zero gradients of areas no rank selected)."""
+        if not (getattr(self, "is_fsdp_enabled", False) and self.args.world_size > 1):
+            return 0
+        switched = [layer for layer in area_layers(core) if layer.implementation != "masked"]
+        for layer in switched:
+            layer.implementation = "masked"
+        if switched:
+            logger.warning(
+                f"FSDP with {self.args.world_size} processes: {len(switched)} area layers switched from "
+                "area_implementation='split'/'auto' to 'masked' (FSDP reduces the same parameters on every rank)."
+            )
+        return len(switched)
 
     def compute_loss(
         self,
@@ -168,16 +273,26 @@ class SALTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        if isinstance(model, nn.DataParallel):
+            raise ValueError(
+                "SAL models cannot run under torch.nn.DataParallel (its replicas record the selected areas and the "
+                "in-place updates). Launch one process per GPU with `accelerate launch` or `torchrun`."
+            )
+        if model.training and "labels" not in inputs:
+            raise ValueError(
+                f"Training needs the class ids as `labels` (integers, shape (batch_size,)); the batch has only "
+                f"{sorted(inputs)}. Trainer's default collator drops string columns and remove_unused_columns drops "
+                "columns the model does not take: map label names to ids (datasets' class_encode_column, or "
+                "config.label2id), name the column `label` or `labels`, or return `labels` from your data_collator."
+            )
         if self.learning_rule is None or not model.training:
             loss, outputs = super().compute_loss(
                 model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
             )
         else:
-            if "labels" not in inputs:
-                raise ValueError(f"SAL training needs labels; the batch has only {sorted(inputs)}.")
             outputs = model(**inputs, local=True)
             core = self.accelerator.unwrap_model(model)
-            loss = self.learning_rule.surrogate(outputs, inputs["labels"], core.feedback.matrices())
+            loss = self.learning_rule.surrogate(outputs, inputs["labels"], core.feedback_matrices())
         if model.training and not torch.isfinite(loss.detach()).all():
             raise FloatingPointError(
                 f"Training loss is {loss.item()} at step {self.state.global_step} (epoch {self.state.epoch}); "
@@ -192,7 +307,7 @@ class SALTrainer(Trainer):
         core = self.accelerator.unwrap_model(self.model)
         # Accelerate's wrapper (a second `train()` gets it back) keeps the torch optimizer in `.optimizer`.
         torch_optimizer = getattr(optimizer, "optimizer", optimizer)
-        has_areas = any(isinstance(m, SALAreaLinear) and m.num_areas > 1 for m in core.modules())
+        has_areas = bool(area_layers(core))
         if has_areas and not isinstance(torch_optimizer, torch.optim.Optimizer):
             logger.warning(
                 f"{type(torch_optimizer).__name__} is not a torch.optim.Optimizer: SALTrainer cannot hook its step. With "
@@ -200,45 +315,26 @@ class SALTrainer(Trainer):
                 "apply; set area_implementation='split' or call clear_unselected_area_grads(model) before each step."
             )
         elif has_areas and getattr(self, "_area_hook_optimizer", None) is not torch_optimizer:
-
-            def clear_before_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-                clear_unselected_area_grads(core)
-
-            torch_optimizer.register_step_pre_hook(clear_before_step)
+            hook_unselected_area_grads(torch_optimizer, core)
             self._area_hook_optimizer = torch_optimizer
-        scale = core.config.area_lr_scale
-        if not user_optimizer and scale != 1.0:
-            self._scale_area_learning_rates(core, optimizer, scale)
+        scale = core.config.effective_area_lr_scale
+        if has_areas and scale != 1.0:
+            if user_optimizer:
+                logger.warning(
+                    f"config.area_lr_scale={scale} is not applied: SALTrainer scales the areas' learning rate only in "
+                    "the optimizer it creates, and you passed your own. Put the area parameters "
+                    "(sal_hf.optim.area_parameters(model)) in a param group with lr * area_lr_scale, or call "
+                    "sal_hf.optim.scale_area_learning_rates(optimizer, model, scale) before training."
+                )
+            else:
+                scale_area_learning_rates(torch_optimizer, core, scale)
         if self.in_place_area_update:
             self._check_in_place(torch_optimizer)
         return optimizer
 
-    @staticmethod
-    def _scale_area_learning_rates(core: SALPreTrainedModel, optimizer: torch.optim.Optimizer, scale: float) -> None:
-        # Area parameters (K > 1) of every layer; the shared path, routers and K = 1 layers keep the base lr.
-        areas = {
-            id(p) for m in core.modules() if isinstance(m, SALAreaLinear) and m.num_areas > 1 for p in m.parameters()
-        }
-        for group in list(optimizer.param_groups):
-            moved = [p for p in group["params"] if id(p) in areas]
-            if moved:
-                group["params"] = [p for p in group["params"] if id(p) not in areas]
-                options = {key: value for key, value in group.items() if key != "params"}
-                optimizer.add_param_group({**options, "params": moved, "lr": group["lr"] * scale})
-
     def _check_in_place(self, optimizer: torch.optim.Optimizer) -> None:
         """Raise unless the run allows `in_place_area_update` (plain SGD, nothing that needs every gradient first)."""
-        problems = []
-        if not isinstance(optimizer, torch.optim.SGD):
-            problems.append(f"optimizer {type(optimizer).__name__}: use optim='sgd'")
-        else:
-            for group in optimizer.param_groups:
-                if group["momentum"] or group["nesterov"] or group["maximize"]:
-                    problems.append(
-                        f"SGD with momentum={group['momentum']}, nesterov={group['nesterov']}, "
-                        f"maximize={group['maximize']}: use plain SGD (momentum 0)"
-                    )
-                    break
+        problems = in_place_sgd_problems(optimizer)
         if self.args.max_grad_norm:
             problems.append(
                 f"max_grad_norm={self.args.max_grad_norm}: set max_grad_norm=0 (clipping needs every gradient first)"
@@ -257,30 +353,13 @@ class SALTrainer(Trainer):
                 "combined with: " + "; ".join(problems) + ". Fix these or set in_place_area_update=False."
             )
 
-    @contextlib.contextmanager
-    def in_place_area_updates(self, model: nn.Module):
-        """With `in_place_area_update=True`: while open, training forwards of `model` run their areas with the SGD
-        update applied in place during the backward pass (lr and weight decay of each area's param group, looked up
-        now: Accelerate and checkpoint resumption replace the group dicts). `training_step` opens it; a hand-written
-        loop around `compute_loss` and `backward` may too. A no-op otherwise."""
-        layers = []
-        if self.in_place_area_update:
-            group_of = {id(p): group for group in self.optimizer.param_groups for p in group["params"]}
-            layers = [m for m in self.accelerator.unwrap_model(model).modules() if isinstance(m, SALAreaLinear)]
-        try:
-            for layer in layers:
-                if any(id(p) not in group_of for p in layer.parameters()):
-                    raise ValueError(
-                        f"in_place_area_update: a parameter of {layer} is not in the optimizer; add it, or train "
-                        "without in_place_area_update."
-                    )
-                layer.in_place_groups = [
-                    (group_of[id(w)], group_of[id(b)]) for w, b in zip(layer.weights, layer.biases)
-                ]
-            yield
-        finally:
-            for layer in layers:
-                layer.in_place_groups = None
+    def in_place_area_updates(self, model: nn.Module) -> contextlib.AbstractContextManager:
+        """With `in_place_area_update=True`, [`sal_hf.optim.in_place_area_sgd`] for `model` and this trainer's
+        optimizer: `training_step` opens it; a hand-written loop around `compute_loss` and `backward` may too. A
+        no-op otherwise."""
+        if not self.in_place_area_update:
+            return contextlib.nullcontext()
+        return in_place_area_sgd(self.accelerator.unwrap_model(model), self.optimizer)
 
     def training_step(
         self,
@@ -291,21 +370,6 @@ class SALTrainer(Trainer):
         # Switched on for Trainer's own step only, never for the model outside it.
         with self.in_place_area_updates(model):
             return super().training_step(model, inputs, num_items_in_batch)
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs:
-            core = self.accelerator.unwrap_model(self.model)
-            if self.accelerator.num_processes > 1:
-                for router in core.routers:
-                    router.logged_load.copy_(self.accelerator.reduce(router.logged_load, reduction="sum"))
-            from .diagnostics import SALDiagnosticsCallback  # the diagnostics build on this module
-
-            # Before `area_health`, which resets the area loads that the diagnostics read.
-            for callback in self.callback_handler.callbacks:
-                if isinstance(callback, SALDiagnosticsCallback):
-                    logs.update(callback.diagnostics(core, self.learning_rule))
-            logs.update(core.area_health())
-        super().log(logs, start_time)
 
     def create_model_card(self, **kwargs: Any) -> None:
         """Write `README.md` in `args.output_dir`. Takes [`~Trainer.create_model_card`]'s arguments (`dataset`,
@@ -321,4 +385,4 @@ class SALTrainer(Trainer):
             file.write(sal_model_card(self, **self.model_card_kwargs))
 
 
-__all__ = ["SALTrainer", "SALRoutingCallback", "SALInterruptCallback"]
+__all__ = ["SALTrainer", "SALAreaHealthCallback", "SALRoutingCallback", "SALInterruptCallback"]

@@ -1,0 +1,263 @@
+"""SALTransformerConfig: a decoder-only transformer whose MLPs are SAL area layers, trained block-locally."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from transformers import PreTrainedConfig
+
+from .activations import ACTIVATIONS
+from .areas import AREA_IMPLEMENTATIONS
+from .configuration_sal import AREA_INITS, ROUTERS
+
+
+TRANSFORMER_RULES = ("sal", "dfa", "bp")
+FEEDBACK_POINTS = ("block", "micro")
+ERROR_SOURCES = ("hidden", "vocab")
+
+
+class SALTransformerConfig(PreTrainedConfig):
+    r"""Configuration of a SAL transformer: a pre-norm decoder (causal self-attention, then a SAL MLP, each with
+    a residual connection) whose MLP up-projection is split into K areas, one routed per token, trained
+    block-locally by direct feedback alignment (or by backpropagation, one flag apart).
+
+    Values derived from other fields (`intermediate_size`, `dual_path`, `area_lr_scale`) are stored as given
+    (None = derive) and derived where they are read (`effective_intermediate_size`, `effective_dual_path`,
+    `effective_area_lr_scale`), so `from_pretrained(dir, num_areas=4)` derives them from the new K exactly as a
+    fresh config would.
+
+    Args:
+        vocab_size (`int`, defaults to 8192): tokens in the vocabulary.
+        hidden_size (`int`, defaults to 256): width d of the residual stream.
+        num_hidden_layers (`int`, defaults to 4): decoder blocks.
+        num_attention_heads (`int`, defaults to 4): attention heads (must divide `hidden_size` into an even head size).
+        intermediate_size (`int`, *optional*): width of the MLP; None derives `4 * hidden_size`.
+        max_position_embeddings (`int`, defaults to 128): longest context the model is meant for (rotary positions
+            have no table; generation warns past it).
+        hidden_act (`str`, defaults to `"gelu"`): MLP activation, one of `relu`, `tanh`, `gelu`, `silu`, `sigmoid`.
+        rms_norm_eps (`float`, defaults to 1e-6): epsilon of the RMSNorms.
+        rope_theta (`float`, defaults to 10000.0): base of the rotary position embedding.
+        attention_dropout (`float`, defaults to 0.0): dropout on the attention weights.
+        initializer_range (`float`, defaults to 0.02): std of the normal initialisation of every weight matrix.
+        use_cache (`bool`, defaults to True): return the KV cache (generation).
+        num_areas (`int`, defaults to 16): K, areas of each block's MLP. `1` gives a dense MLP.
+        area_down_proj (`bool`, defaults to False): route the MLP down-projection through the token's area too
+            (K times its parameters); by default only the up-projection is split into areas and the
+            down-projection is one dense matrix that reads every area's features.
+        area_init (`str`, defaults to `"identical"`): `identical` starts all areas as copies of one draw,
+            `independent` draws each.
+        router (`str`, defaults to `"learned"`): `learned` trains the routing projection by its local rule,
+            `random` keeps it at its random draw.
+        routing_dim (`int`, defaults to 32): size of the routing space.
+        routing_balance_rate (`float`, defaults to 1e-2): step of the load-balancing bias per optimizer step. Ten
+            times the MLP's: a block's hidden states drift fast early in training and the router's running mean
+            lags, so with 1e-3 the tokens collapsed onto one area (96-99 % of them over the first 100 steps); 1e-2
+            kept every area's share <= 0.35 (K = 4) and gave the best validation bits per byte of {1e-3, 1e-2, 5e-2}
+            (fortunes, 2 blocks, width 64, 200 steps, one seed: 3.742, 3.738, 3.758; a first check, not a tuning).
+        routing_center_momentum (`float`, defaults to 0.01): momentum of the router's running input mean.
+        routing_loss_weight (`float`, defaults to 1.0): weight of the routers' local objective.
+        dual_path (`bool`, *optional*): a shared dense up-projection beside the areas, summed before the
+            activation (with `area_down_proj`, a shared down-projection too). None derives False (areas only):
+            removing the shared path improved SAL-4's validation bits per byte by 0.17-0.23 on each of 3 seeds
+            (3.50 vs 3.70; docs/RESULTS_TEXT.md, ablation of the reduced fortunes LM run). Unlike [`SALConfig`],
+            whose MLP measured better with it (docs/ABLATIONS.md).
+        area_lr_scale (`float`, *optional*): learning-rate multiplier of the area parameters, applied by
+            [`SALTrainer`]. None derives `1 / num_areas` (1.0 for one area).
+        learning_rule (`str`, defaults to `"sal"`): `sal` or `dfa` (block-local direct feedback: no gradient
+            crosses a block boundary; `dfa` is the name for the dense, K = 1 baseline) or `bp` (end-to-end
+            backpropagation of the same architecture).
+        feedback_points (`str`, defaults to `"block"`): where the feedback enters: `block`, one point per block
+            output; `micro`, also one after the attention sublayer (the MLP then reads a detached input).
+        error_source (`str`, defaults to `"hidden"`): the error that is projected to the blocks: `hidden`, the
+            gradient of the loss at the final hidden state (true backprop through the final norm and the head
+            only, Launay et al. 2020); `vocab`, the error at the logits through a fixed random (V x d) matrix
+            per point ((num_labels x d) for classification).
+        routing_seed (`int`, defaults to 0): seed of prototypes and initial routing projections (block l uses
+            `routing_seed + 2 l`).
+        feedback_seed (`int`, defaults to 1000): seed of the fixed feedback matrices (point i uses
+            `feedback_seed + i`).
+        area_implementation (`str`, defaults to `"auto"`): `split`, `masked` or `auto`, as in [`SALConfig`]; not
+            saved with the checkpoint.
+        tie_word_embeddings (`bool`, defaults to False): tie the LM head to the input embedding. Only with
+            `learning_rule="bp"`: under a local rule the head's true-error update would reach the embedding.
+        pad_token_id, bos_token_id, eos_token_id (`int`, *optional*): special tokens.
+
+    Example:
+
+    ```python
+    >>> from sal_hf import SALTransformerConfig, SALTransformerForCausalLM
+    >>> model = SALTransformerForCausalLM(SALTransformerConfig(vocab_size=512, hidden_size=64, num_areas=4))
+    ```
+    """
+
+    model_type = "sal_transformer"
+    keys_to_ignore_at_inference = [
+        "cache",
+        "past_key_values",
+        "areas",
+        "feedback_outputs",
+        "head_input",
+        "routing_losses",
+        "pooled_positions",
+    ]
+
+    vocab_size: int = 8192
+    hidden_size: int = 256
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    intermediate_size: int | None = None
+    max_position_embeddings: int = 128
+    hidden_act: str = "gelu"
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    attention_dropout: float = 0.0
+    initializer_range: float = 0.02
+    use_cache: bool = True
+    num_areas: int = 16
+    area_down_proj: bool = False
+    area_init: str = "identical"
+    router: str = "learned"
+    routing_dim: int = 32
+    routing_balance_rate: float = 1e-2
+    routing_center_momentum: float = 0.01
+    routing_loss_weight: float = 1.0
+    dual_path: bool | None = None
+    area_lr_scale: float | None = None
+    learning_rule: str = "sal"
+    feedback_points: str = "block"
+    error_source: str = "hidden"
+    routing_seed: int = 0
+    feedback_seed: int = 1000
+    area_implementation: str = "auto"
+    tie_word_embeddings: bool = False
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self.validate_sal()
+
+    def validate_sal(self) -> None:
+        """Raise a `ValueError` naming the field, its value and the fix for every invalid setting. Models call it
+        again at construction: `from_pretrained(dir, num_areas=4)` sets fields after the config validated."""
+        name = type(self).__name__
+        ints = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings")
+        for field in (*ints, "num_areas", "routing_dim", "routing_seed", "feedback_seed"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{name}.{field} must be an int; got {field}={value!r}.")
+        for field in (*ints, "num_areas", "routing_dim"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"{name}.{field} must be >= 1; got {field}={getattr(self, field)!r}.")
+        raw = self.intermediate_size
+        if raw is not None and (not isinstance(raw, int) or isinstance(raw, bool) or raw < 1):
+            raise ValueError(
+                f"{name}.intermediate_size must be a positive int or None (= 4 * hidden_size); got "
+                f"intermediate_size={raw!r}."
+            )
+        if self.hidden_size % self.num_attention_heads or (self.hidden_size // self.num_attention_heads) % 2:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} must split into num_attention_heads={self.num_attention_heads} heads "
+                "of an even size (rotary embeddings rotate pairs). Change hidden_size or num_attention_heads."
+            )
+        choices = {
+            "hidden_act": tuple(ACTIVATIONS),
+            "area_init": AREA_INITS,
+            "router": ROUTERS,
+            "learning_rule": TRANSFORMER_RULES,
+            "feedback_points": FEEDBACK_POINTS,
+            "error_source": ERROR_SOURCES,
+            "area_implementation": AREA_IMPLEMENTATIONS,
+        }
+        for field, allowed in choices.items():
+            value = getattr(self, field)
+            if value not in allowed:
+                fix = " (layerwise feedback is not implemented for the transformer)" if value == "fa" else ""
+                raise ValueError(f"{name}.{field} must be one of {allowed}; got {field}={value!r}{fix}.")
+        for field in ("routing_balance_rate", "routing_loss_weight", "attention_dropout", "initializer_range"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{name}.{field} must be a number >= 0; got {field}={value!r}.")
+        for field in ("rms_norm_eps", "rope_theta"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name}.{field} must be a number > 0; got {field}={value!r}.")
+        if not 0.0 < self.routing_center_momentum <= 1.0:
+            raise ValueError(
+                f"{name}.routing_center_momentum must be in (0, 1]; got "
+                f"routing_center_momentum={self.routing_center_momentum!r}."
+            )
+        scale = self.area_lr_scale
+        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0):
+            raise ValueError(f"{name}.area_lr_scale must be a number > 0 or None; got area_lr_scale={scale!r}.")
+        if self.dual_path not in (None, True, False):
+            raise ValueError(f"{name}.dual_path must be a bool or None; got dual_path={self.dual_path!r}.")
+        if self.num_areas == 1 and self.dual_path:
+            raise ValueError("dual_path=True needs areas; got num_areas=1. Set num_areas > 1 or dual_path=None.")
+        if self.num_areas == 1 and self.area_down_proj:
+            raise ValueError(
+                "area_down_proj=True needs areas; got num_areas=1. Set num_areas > 1 or area_down_proj=False."
+            )
+        if self.tie_word_embeddings and self.learning_rule != "bp":
+            raise ValueError(
+                f"tie_word_embeddings=True with learning_rule={self.learning_rule!r}: the LM head learns from the true "
+                "error, and tied weights would carry that update into the input embedding (block 0's parameters). "
+                "Set tie_word_embeddings=False, or train with learning_rule='bp'."
+            )
+        if self.learning_rule != "bp" and self.problem_type not in (None, "single_label_classification"):
+            raise ValueError(
+                f"The local rules' error is that of a softmax cross-entropy; got problem_type={self.problem_type!r}. "
+                "Use problem_type=None or 'single_label_classification', or learning_rule='bp'."
+            )
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> tuple[dict, dict]:
+        """[`PreTrainedConfig.get_config_dict`], refusing a checkpoint of another model type (transformers would
+        only warn and build this model from a foreign config)."""
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        model_type = config_dict.get("model_type", cls.model_type)
+        if model_type != cls.model_type:
+            raise ValueError(
+                f"{pretrained_model_name_or_path} has model_type={model_type!r}, not {cls.model_type!r}: it is not a "
+                "SAL transformer checkpoint. Load it with AutoModel / the class of that model type."
+            )
+        return config_dict, kwargs
+
+    def to_dict(self) -> dict[str, Any]:
+        """[`PreTrainedConfig.to_dict`] without `area_implementation` (how this machine runs the areas, not part
+        of the model)."""
+        output = super().to_dict()
+        output.pop("area_implementation", None)
+        return output
+
+    @property
+    def effective_intermediate_size(self) -> int:
+        """`intermediate_size`, or when unset `4 * hidden_size`."""
+        return self.intermediate_size if self.intermediate_size is not None else 4 * self.hidden_size
+
+    @property
+    def effective_dual_path(self) -> bool:
+        """`dual_path`, or when unset False: areas only. On text the shared path beside the areas cost SAL-4
+        0.17-0.23 validation bits per byte on each of 3 seeds (docs/RESULTS_TEXT.md, ablation; before 2026-11-29
+        unset derived `num_areas > 1`, as in the MLP, where it measured better: docs/ABLATIONS.md)."""
+        return bool(self.dual_path) if self.dual_path is not None else False
+
+    @property
+    def effective_area_lr_scale(self) -> float:
+        """`area_lr_scale`, or when unset `1 / num_areas` (Adam-style optimizers give every area a step of about lr
+        whatever its token count; this slows the areas to the pace of a dense layer)."""
+        return float(self.area_lr_scale) if self.area_lr_scale is not None else 1.0 / self.num_areas
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def num_feedback_points(self) -> int:
+        """Feedback points of the local rules: one per block, two with `feedback_points="micro"`."""
+        return self.num_hidden_layers * (2 if self.feedback_points == "micro" else 1)
+
+
+__all__ = ["SALTransformerConfig"]

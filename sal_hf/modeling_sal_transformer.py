@@ -1,0 +1,645 @@
+"""SAL transformer classes: rotary attention, the SAL MLP, the decoder block, the pretrained base, the model and its
+causal-LM and sequence-classification heads.
+
+The model computes outputs and knows nothing of how it is trained. With ``local=True`` every block after the first
+reads a detached copy of its input (block 0 reads the embedding, which so learns from block 0's signal), the final
+norm and head read a detached leaf ``head_input``, and the output carries what a block-local rule needs: the
+outputs of the feedback points, the areas and the routers' own losses. The rule lives in ``block_rule.py``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    SequenceClassifierOutputWithPast,
+)
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .activations import ACTIVATIONS
+from .areas import SALAreaLinear
+from .configuration_sal_transformer import SALTransformerConfig
+from .feedback import FeedbackMatrices
+from .modeling_sal import SALRoutingMixin
+from .routing import AreaRouter
+
+
+def rotary_cos_sin(
+    position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary tables for ``position_ids`` (B, T): cos and sin, (B, T, head_dim). Computed on the fly (a few
+    kernels), so the model holds no non-persistent buffer that loading would have to rebuild."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float) / head_dim))
+    freqs = position_ids[..., None].float() * inv_freq  # (B, T, head_dim / 2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, head_dim)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain softmax attention, (B, nh, T, hd) in, (B, T, nh, hd) out; the mask is additive (transformers' eager
+    mask from `create_causal_mask`)."""
+    weights = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, nh, T, S)
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    weights = F.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+class SALTransformerAttention(nn.Module):
+    """Causal multi-head self-attention with rotary positions; the kernel comes from transformers'
+    `ALL_ATTENTION_FUNCTIONS` (`config._attn_implementation`: sdpa by default, eager as fallback)."""
+
+    def __init__(self, config: SALTransformerConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = config.head_dim
+        self.num_key_value_groups = 1
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = True
+        size = config.hidden_size
+        self.q_proj = nn.Linear(size, size, bias=False)
+        self.k_proj = nn.Linear(size, size, bias=False)
+        self.v_proj = nn.Linear(size, size, bias=False)
+        self.o_proj = nn.Linear(size, size, bias=False)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None,
+        cache: Cache | None = None,
+    ) -> torch.Tensor:
+        batch, length, _ = hidden_states.shape
+        shape = (batch, length, -1, self.head_dim)
+        query = self.q_proj(hidden_states).view(shape).transpose(1, 2)  # (B, nh, T, hd)
+        key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
+        value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+        cos, sin = (t.unsqueeze(1) for t in position_embeddings)  # (B, 1, T, hd)
+        query = query * cos + rotate_half(query) * sin
+        key = key * cos + rotate_half(key) * sin
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)  # (B, nh, S, hd)
+        attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        output, _ = attention(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.config.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+        )
+        return self.o_proj(output.reshape(batch, length, -1))  # (B, T, d)
+
+
+def masked_routing_loss(
+    router: AreaRouter, routed: torch.Tensor, area: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """The router's local objective (`AreaRouter.local_loss`, ``1 - cos(P x, C[k*])``) averaged over the tokens
+    that ``mask`` (N,) keeps, so padding does not pull the projection."""
+    if mask is None:
+        return router.local_loss(routed, area)
+    per_token = 1.0 - (routed * router.prototypes.float()[area]).sum(dim=-1)  # (N,)
+    mask = mask.to(per_token.dtype)
+    return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+class SALTransformerMLP(nn.Module):
+    """The SAL MLP of one block: each token routed to one of K areas on its own normalised hidden state (hard
+    top-1, learned projection against frozen prototypes), ``y = W_down f(A_k x + S x)``. ``A_k`` is the area's
+    up-projection (tokens grouped by area in `SALAreaLinear`, no loop over tokens), ``S`` the shared dense path
+    (`config.dual_path`); the down-projection is one dense matrix, or per area with `config.area_down_proj` (plus
+    a shared one with the dual path)."""
+
+    def __init__(self, config: SALTransformerConfig, layer_idx: int) -> None:
+        super().__init__()
+        size, inner, areas = config.hidden_size, config.effective_intermediate_size, config.num_areas
+        self.router = None
+        if areas > 1:
+            self.router = AreaRouter(
+                size,
+                areas,
+                config.routing_dim,
+                learned=config.router == "learned",
+                seed=config.routing_seed + 2 * layer_idx,
+                balance_rate=config.routing_balance_rate,
+                center_momentum=config.routing_center_momentum,
+            )
+        self.up = SALAreaLinear(size, inner, areas, implementation=config.area_implementation)
+        self.shared_up = nn.Linear(size, inner, bias=False) if config.effective_dual_path else None
+        self.down = (
+            SALAreaLinear(inner, size, areas, implementation=config.area_implementation)
+            if config.area_down_proj
+            else nn.Linear(inner, size, bias=False)
+        )
+        self.shared_down = (
+            nn.Linear(inner, size, bias=False) if config.area_down_proj and config.effective_dual_path else None
+        )
+        self.activation = ACTIVATIONS[config.hidden_act]
+
+    def forward(
+        self, x: torch.Tensor, local: bool = False, token_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """``x`` (B, T, d), ``token_mask`` (B, T) or None. Returns ``(y, area, routing_loss)``: (B, T, d), the
+        area of every token (B, T) long or None (K = 1), and the router's local loss with ``local``."""
+        batch, length, size = x.shape
+        flat = x.reshape(batch * length, size)  # (N, d)
+        area, routing_loss = None, None
+        if self.router is not None:
+            area, routed = self.router(flat)  # (N,), (N, d_r)
+            if local and self.router.learned:
+                mask = token_mask.reshape(-1) if token_mask is not None else None
+                routing_loss = masked_routing_loss(self.router, routed, area, mask)
+        a = self.up(flat, area)  # (N, inner)
+        if self.shared_up is not None:
+            a = a + self.shared_up(flat)
+        h = self.activation(a)
+        y = self.down(h, area) if isinstance(self.down, SALAreaLinear) else self.down(h)  # (N, d)
+        if self.shared_down is not None:
+            y = y + self.shared_down(h)
+        return y.view(batch, length, size), (area.view(batch, length) if area is not None else None), routing_loss
+
+
+@dataclass
+class SALTransformerBlockOutput:
+    hidden_states: torch.Tensor
+    attention_output: torch.Tensor
+    area: torch.Tensor | None
+    routing_loss: torch.Tensor | None
+
+
+class SALTransformerBlock(nn.Module):
+    """Pre-norm decoder block: ``m = x + Attn(norm(x))``, ``out = m + MLP(norm(m))``. With ``local`` and
+    ``micro`` feedback the MLP half reads a detached ``m``: the point after attention is a block boundary too."""
+
+    def __init__(self, config: SALTransformerConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.input_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.self_attn = SALTransformerAttention(config, layer_idx)
+        self.post_attention_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.mlp = SALTransformerMLP(config, layer_idx)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None,
+        cache: Cache | None = None,
+        local: bool = False,
+        micro: bool = False,
+        token_mask: torch.Tensor | None = None,
+    ) -> SALTransformerBlockOutput:
+        m = x + self.self_attn(self.input_layernorm(x), position_embeddings, attention_mask, cache)
+        mlp_input = m.detach() if local and micro else m
+        y, area, routing_loss = self.mlp(self.post_attention_layernorm(mlp_input), local=local, token_mask=token_mask)
+        return SALTransformerBlockOutput(mlp_input + y, m, area, routing_loss)
+
+
+@dataclass
+class SALTransformerModelOutput(BaseModelOutputWithPast):
+    """[`BaseModelOutputWithPast`] plus what SAL records.
+
+    Args:
+        areas (`tuple[torch.Tensor | None]`): area of every token in each block's MLP, `(batch, length)` long (None
+            when `num_areas == 1`).
+        feedback_outputs (`tuple[torch.Tensor]`, *optional*): with `local=True`, the output of each feedback
+            point (per block: after attention if `feedback_points="micro"`, then the block output), each with a
+            graph inside its block only.
+        head_input (`torch.Tensor`, *optional*): with `local=True`, the last block's output as a detached leaf that
+            requires grad: the final norm (and a head) read it, so the error at the final hidden state is its gradient.
+        routing_losses (`tuple[torch.Tensor]`, *optional*): with `local=True`, the learned routers' local objectives.
+    """
+
+    areas: tuple[torch.Tensor | None, ...] | None = None
+    feedback_outputs: tuple[torch.Tensor, ...] | None = None
+    head_input: torch.Tensor | None = None
+    routing_losses: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class SALTransformerCausalLMOutput(CausalLMOutputWithPast):
+    """[`CausalLMOutputWithPast`] plus `areas`, `feedback_outputs`, `head_input`, `routing_losses` (see
+    [`SALTransformerModelOutput`])."""
+
+    areas: tuple[torch.Tensor | None, ...] | None = None
+    feedback_outputs: tuple[torch.Tensor, ...] | None = None
+    head_input: torch.Tensor | None = None
+    routing_losses: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class SALTransformerSequenceClassifierOutput(SequenceClassifierOutputWithPast):
+    """[`SequenceClassifierOutputWithPast`] plus `areas`, `feedback_outputs`, `head_input`, `routing_losses` (see
+    [`SALTransformerModelOutput`]) and `pooled_positions`, the position each sequence is classified from, (batch,)."""
+
+    areas: tuple[torch.Tensor | None, ...] | None = None
+    feedback_outputs: tuple[torch.Tensor, ...] | None = None
+    head_input: torch.Tensor | None = None
+    routing_losses: tuple[torch.Tensor, ...] | None = None
+    pooled_positions: torch.Tensor | None = None
+
+
+class SALTransformerPreTrainedModel(SALRoutingMixin, PreTrainedModel):
+    config: SALTransformerConfig
+    config_class = SALTransformerConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    input_modalities = ("text",)
+    supports_gradient_checkpointing = False
+    _no_split_modules = ["SALTransformerBlock"]
+    _supports_sdpa = True
+    _supports_attention_backend = False
+
+    def __init__(self, config: SALTransformerConfig, *inputs, **kwargs) -> None:
+        # `from_pretrained(..., num_areas=4)` sets attributes after the config validated itself: check again.
+        config.validate_sal()
+        super().__init__(config, *inputs, **kwargs)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # `init.*` skips tensors loaded from a checkpoint, so loading never overwrites them.
+        std = self.config.initializer_range
+        if isinstance(module, SALAreaLinear):
+            for k, (weight, bias) in enumerate(zip(module.weights, module.biases)):
+                if k > 0 and self.config.area_init == "identical":
+                    init.copy_(weight, module.weight_0)
+                else:
+                    init.normal_(weight, mean=0.0, std=std)
+                init.zeros_(bias)
+        elif isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.RMSNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, (AreaRouter, FeedbackMatrices)):
+            for name, value in module.initial_values().items():
+                init.copy_(getattr(module, name), value)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        # transformers writes only the saved class's own auto class to `auto_map`; the copied modeling file
+        # defines every class, so let each auto class load any SAL transformer checkpoint as remote code.
+        if self._auto_class is not None:
+            module = type(self).__module__.split(".")[-1]
+            classes = {
+                "AutoModel": "SALTransformerModel",
+                "AutoModelForCausalLM": "SALTransformerForCausalLM",
+                "AutoModelForSequenceClassification": "SALTransformerForSequenceClassification",
+            }
+            self.config.auto_map = {
+                **{auto: f"{module}.{name}" for auto, name in classes.items()},
+                **(getattr(self.config, "auto_map", None) or {}),
+            }
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def feedback_matrices(self) -> list[torch.Tensor]:
+        """The fixed ``B_l`` of every feedback point, in point order (what `SALTrainer` hands the rule)."""
+        if getattr(self, "feedback", None) is None:
+            raise ValueError(f"learning_rule={self.config.learning_rule!r} has no feedback matrices.")
+        return self.feedback.matrices()
+
+    def _make_feedback(self, error_size: int) -> FeedbackMatrices | None:
+        """The fixed random ``B_l`` of every feedback point, (error_size, d) each; None under `bp`."""
+        config = self.config
+        if config.learning_rule == "bp":
+            return None
+        sizes = [config.hidden_size] * config.num_feedback_points
+        return FeedbackMatrices(sizes, error_size, mode="direct", seed=config.feedback_seed)
+
+
+class SALTransformerModel(SALTransformerPreTrainedModel):
+    """The decoder without a head: token embedding, blocks, final RMSNorm. `last_hidden_state` is normalised."""
+
+    def __init__(self, config: SALTransformerConfig) -> None:
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(SALTransformerBlock(config, i) for i in range(config.num_hidden_layers))
+        self.norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        local: bool = False,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> SALTransformerModelOutput | tuple:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch, length)`): token ids.
+            attention_mask (`torch.Tensor` of shape `(batch, past + length)`, *optional*): 1 for tokens, 0 for padding.
+            position_ids (`torch.LongTensor`, *optional*): positions; default `past + arange(length)`.
+            cache (`Cache`, *optional*): KV cache (also accepted as `past_key_values`).
+            inputs_embeds (`torch.Tensor`, *optional*): embeddings instead of `input_ids`.
+            use_cache (`bool`, *optional*): return the cache; defaults to `config.use_cache` outside training.
+            local (`bool`, defaults to `False`): block-local forward for the local rules (see the module doc).
+            output_hidden_states (`bool`, *optional*): return the embedding and every block's output.
+        """
+        if cache is None:
+            cache = kwargs.pop("past_key_values", None)
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Specify exactly one of input_ids or inputs_embeds.")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        if local:
+            use_cache = False
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        if not use_cache:
+            cache = None
+        length = inputs_embeds.shape[1]
+        if position_ids is None:
+            past = cache.get_seq_length() if cache is not None else 0
+            position_ids = (torch.arange(length, device=inputs_embeds.device) + past).unsqueeze(0)  # (1, T)
+        causal_mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            cache=cache,
+            position_ids=position_ids,
+        )
+        position_embeddings = rotary_cos_sin(
+            position_ids, self.config.head_dim, self.config.rope_theta, inputs_embeds.dtype
+        )
+        token_mask = None
+        if local and attention_mask is not None and attention_mask.dim() == 2:
+            token_mask = attention_mask[:, -length:]  # (B, T)
+        micro = self.config.feedback_points == "micro"
+
+        h = inputs_embeds
+        hidden_states, areas, points, routing_losses = [h], [], [], []
+        for index, block in enumerate(self.layers):
+            # The block boundary: no gradient crosses it. Block 0 keeps the embedding in its graph.
+            x = h.detach() if local and index > 0 else h
+            out = block(x, position_embeddings, causal_mask, cache, local=local, micro=micro, token_mask=token_mask)
+            h = out.hidden_states
+            hidden_states.append(h)
+            areas.append(out.area)
+            if local:
+                if micro:
+                    points.append(out.attention_output)
+                points.append(h)
+                if out.routing_loss is not None:
+                    routing_losses.append(out.routing_loss)
+        head_input = h.detach().requires_grad_(True) if local else None
+        output = SALTransformerModelOutput(
+            last_hidden_state=self.norm(head_input if local else h),
+            cache=cache,
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            areas=tuple(areas),
+            feedback_outputs=tuple(points) if local else None,
+            head_input=head_input,
+            routing_losses=tuple(routing_losses) if local else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+def _loss_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """What transformers' loss functions take from Trainer (`num_items_in_batch` under gradient accumulation)."""
+    return {key: kwargs[key] for key in ("num_items_in_batch", "ignore_index") if key in kwargs}
+
+
+class SALTransformerForCausalLM(SALTransformerPreTrainedModel, GenerationMixin):
+    """[`SALTransformerModel`] with a linear LM head. `labels` are the input ids (shifted inside, -100 ignored),
+    as in transformers' causal LMs. Holds the fixed feedback matrices (`feedback.layer_*`) under a local rule."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: SALTransformerConfig) -> None:
+        super().__init__(config)
+        self.model = SALTransformerModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        error_size = config.hidden_size if config.error_source == "hidden" else config.vocab_size
+        self.feedback = self._make_feedback(error_size)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        local: bool = False,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> SALTransformerCausalLMOutput | tuple:
+        r"""
+        Args:
+            labels (`torch.LongTensor` of shape `(batch, length)`, *optional*): the input ids (shifted inside);
+                -100 marks positions that do not count (padding).
+            logits_to_keep (`int` or `torch.Tensor`, defaults to 0): compute logits for the last `n` positions only
+                (0 = all), or for the given indices.
+            local (`bool`, defaults to `False`): block-local forward for the local rules.
+            Others: see [`SALTransformerModel.forward`].
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if cache is None:
+            cache = kwargs.pop("past_key_values", None)
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            local=local,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        hidden = outputs.last_hidden_state
+        if isinstance(logits_to_keep, int):
+            hidden = hidden[:, -logits_to_keep:] if logits_to_keep > 0 else hidden
+        else:
+            hidden = hidden[:, logits_to_keep]
+        logits = self.lm_head(hidden)  # (B, T, V)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.vocab_size, **_loss_kwargs(kwargs)
+            )
+        output = SALTransformerCausalLMOutput(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            areas=outputs.areas,
+            feedback_outputs=outputs.feedback_outputs,
+            head_input=outputs.head_input,
+            routing_losses=outputs.routing_losses,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+def last_token_positions(
+    input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, pad_token_id: int | None, length: int
+) -> torch.Tensor:
+    """Position of each sequence's last real token, (B,): the last 1 of a 2D `attention_mask`, else the last
+    non-pad token (like transformers' `*ForSequenceClassification`), else the last position."""
+    if attention_mask is not None and attention_mask.dim() == 2:
+        mask = attention_mask[:, -length:].to(torch.long)
+    elif input_ids is not None and pad_token_id is not None:
+        mask = (input_ids != pad_token_id).to(torch.long)
+    else:
+        device = input_ids.device if input_ids is not None else None
+        batch = input_ids.shape[0] if input_ids is not None else 1
+        return torch.full((batch,), length - 1, dtype=torch.long, device=device)
+    positions = torch.arange(length, device=mask.device)
+    return (positions * mask).argmax(-1)  # (B,)
+
+
+class SALTransformerForSequenceClassification(SALTransformerPreTrainedModel):
+    """[`SALTransformerModel`] with a linear classifier on the last real token's final hidden state (like
+    transformers' `LlamaForSequenceClassification`). Under a local rule the error of the classifier (at the
+    final hidden state of that token, or at its logits with `error_source="vocab"`) reaches the blocks."""
+
+    # The loss is a per-batch mean (Trainer's `num_items_in_batch` is not used): Trainer scales it for gradient
+    # accumulation itself.
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: SALTransformerConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = SALTransformerModel(config)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        error_size = config.hidden_size if config.error_source == "hidden" else config.num_labels
+        self.feedback = self._make_feedback(error_size)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        local: bool = False,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> SALTransformerSequenceClassifierOutput | tuple:
+        r"""
+        Args:
+            labels (`torch.LongTensor` of shape `(batch,)`, *optional*): class ids in `[0, num_labels)`.
+            local (`bool`, defaults to `False`): block-local forward for the local rules.
+            Others: see [`SALTransformerModel.forward`].
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if cache is None:
+            cache = kwargs.pop("past_key_values", None)
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            local=local,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        hidden = outputs.last_hidden_state  # (B, T, d)
+        batch, length = hidden.shape[:2]
+        positions = last_token_positions(input_ids, attention_mask, self.config.pad_token_id, length)
+        positions = positions.to(hidden.device).expand(batch) if positions.numel() == 1 else positions.to(hidden.device)
+        logits = self.score(hidden[torch.arange(batch, device=hidden.device), positions])  # (B, C)
+        loss = None
+        if labels is not None:
+            labels = labels.to(logits.device)
+            if self.config.problem_type in (None, "single_label_classification"):
+                loss = F.cross_entropy(logits.float(), labels.view(-1))
+            else:
+                loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
+        output = SALTransformerSequenceClassifierOutput(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            areas=outputs.areas,
+            feedback_outputs=outputs.feedback_outputs,
+            head_input=outputs.head_input,
+            routing_losses=outputs.routing_losses,
+            pooled_positions=positions if local else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "SALTransformerPreTrainedModel",
+    "SALTransformerModel",
+    "SALTransformerForCausalLM",
+    "SALTransformerForSequenceClassification",
+]

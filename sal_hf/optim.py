@@ -1,0 +1,184 @@
+"""What the optimizer side of SAL needs: area parameter groups, the unselected-area hook, in-place SGD.
+
+Pure torch; knows the area layer (``areas.SALAreaLinear``), never the reverse. A functional core:
+
+- :func:`area_parameters` and :func:`scale_area_learning_rates`: the area weights in their own param groups, with
+  the learning rate scaled (``SALConfig.area_lr_scale``);
+- :func:`clear_unselected_area_grads` / :func:`reset_area_selection`: before a step, drop the zero gradients that
+  the masked kernel hands unselected areas, so momentum and weight decay cannot move them;
+- :func:`in_place_sgd_problems` and :func:`in_place_area_sgd`: plain SGD applied to every area inside the backward
+  pass, installed on the layers through their ``area_linear`` hook for the duration of one step;
+
+and a thin wrapper, :func:`hook_unselected_area_grads`, that registers the clearing on any ``torch.optim.Optimizer``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .areas import SALAreaLinear
+
+
+def area_layers(model: nn.Module) -> list[SALAreaLinear]:
+    """Every area layer of ``model`` with more than one area (any module: a DDP wrapper, a transformer, ...)."""
+    return [m for m in model.modules() if isinstance(m, SALAreaLinear) and m.num_areas > 1]
+
+
+def area_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of the selective path (area layers with K > 1): the ones ``area_lr_scale`` applies to."""
+    return [p for layer in area_layers(model) for p in layer.parameters()]
+
+
+def scale_area_learning_rates(optimizer: torch.optim.Optimizer, model: nn.Module, scale: float) -> None:
+    """Move the area parameters of every param group into a group of their own, same options, ``lr * scale``.
+    The shared paths, routers and K = 1 layers keep their group's lr; schedulers then scale every group alike."""
+    areas = {id(p) for p in area_parameters(model)}
+    for group in list(optimizer.param_groups):
+        moved = [p for p in group["params"] if id(p) in areas]
+        if moved:
+            group["params"] = [p for p in group["params"] if id(p) not in areas]
+            options = {key: value for key, value in group.items() if key != "params"}
+            optimizer.add_param_group({**options, "params": moved, "lr": group["lr"] * scale})
+
+
+class _InPlaceSGDLinear(torch.autograd.Function):
+    """``x W^T + b`` whose backward applies plain SGD to ``W`` and ``b`` in place and hands them no ``.grad``:
+    ``W <- (1 - lr wd) W - lr g^T x`` in one ``addmm_`` (no gradient tensor is written or read back), likewise
+    ``b``, with ``lr`` and ``wd`` read from their optimizer param groups at that moment (so schedulers apply). The
+    input gradient is computed from ``W`` before the update. See :func:`in_place_area_sgd`."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: nn.Parameter, bias: nn.Parameter, groups: tuple[dict, dict]):
+        ctx.save_for_backward(x)
+        ctx.weight, ctx.bias, ctx.groups = weight, bias, groups
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        weight, bias = ctx.weight, ctx.bias
+        grad = grad.to(weight.dtype)  # bf16 under autocast; the update is applied in the weights' dtype
+        grad_x = (grad @ weight).to(x.dtype) if ctx.needs_input_grad[0] else None
+        weight_group, bias_group = ctx.groups
+        with torch.no_grad():
+            # torch.optim.SGD without momentum: p <- p - lr (grad + wd p).
+            lr, decay = weight_group["lr"], weight_group["weight_decay"]
+            weight.addmm_(grad.t(), x.to(weight.dtype), beta=1.0 - lr * decay, alpha=-lr)
+            lr, decay = bias_group["lr"], bias_group["weight_decay"]
+            if decay:
+                bias.mul_(1.0 - lr * decay)
+            bias.add_(grad.sum(0), alpha=-lr)
+        return grad_x, None, None, None
+
+
+def clear_unselected_area_grads(model: nn.Module) -> int:
+    """Before an optimizer step: set ``.grad = None`` on every area that the masked forwards since the last call
+    did not select, and start a new record. The masked implementation gives such areas an all-zero gradient;
+    without this, momentum and weight decay would move them. A no-op for areas run by the split implementation.
+
+    [`SALTrainer`] registers it on its optimizer (`register_step_pre_hook`); a hand-written loop calls it between
+    `backward` and `optimizer.step()`, once per optimizer step (after all micro-batches of gradient accumulation).
+    One host sync for the whole model. Under `torch.distributed`, the records are combined over all processes
+    first (gradients were averaged over them, so an area selected on any process has a real gradient); every
+    process must call it at the same step, as it does in an optimizer step.
+
+    Args:
+        model: a SAL model, or any module containing ``SALAreaLinear`` layers (a DDP wrapper, for instance).
+
+    Returns:
+        The number of area parameters whose gradient was cleared.
+    """
+    layers = [m for m in model.modules() if isinstance(m, SALAreaLinear) and m.selected_areas is not None]
+    if not layers:
+        return 0
+    selected = torch.cat([layer.selected_areas for layer in layers]).to(torch.int32)  # (sum of K,)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if torch.distributed.get_world_size() > 1:
+            torch.distributed.all_reduce(selected, op=torch.distributed.ReduceOp.MAX)
+    flags = selected.tolist()  # the one host sync
+    cleared, start = 0, 0
+    for layer in layers:
+        for k, (weight, bias) in enumerate(zip(layer.weights, layer.biases)):
+            if flags[start + k]:
+                continue
+            for param in (weight, bias):
+                if param.grad is not None:
+                    param.grad = None
+                    cleared += 1
+        start += layer.num_areas
+        layer.selected_areas = None
+    return cleared
+
+
+def reset_area_selection(model: nn.Module) -> None:
+    """Forget the areas recorded since the last optimizer step (see [`clear_unselected_area_grads`]). For steps
+    the optimizer skipped, e.g. when fp16 loss scaling found an overflow: [`SALTrainer`] calls it after every step."""
+    for module in model.modules():
+        if isinstance(module, SALAreaLinear):
+            module.selected_areas = None
+
+
+def hook_unselected_area_grads(optimizer: torch.optim.Optimizer, model: nn.Module) -> torch.utils.hooks.RemovableHandle:
+    """Register :func:`clear_unselected_area_grads` as a step pre-hook of ``optimizer`` (the thin wrapper a trainer
+    or a hand-written loop uses)."""
+
+    def clear_before_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        clear_unselected_area_grads(model)
+
+    return optimizer.register_step_pre_hook(clear_before_step)
+
+
+def in_place_sgd_problems(optimizer: torch.optim.Optimizer) -> list[str]:
+    """Why ``optimizer`` cannot be applied per area inside the backward (empty when it can: plain SGD)."""
+    if not isinstance(optimizer, torch.optim.SGD):
+        return [f"optimizer {type(optimizer).__name__}: use optim='sgd'"]
+    for group in optimizer.param_groups:
+        if group["momentum"] or group["nesterov"] or group["maximize"]:
+            return [
+                f"SGD with momentum={group['momentum']}, nesterov={group['nesterov']}, maximize={group['maximize']}: "
+                "use plain SGD (momentum 0)"
+            ]
+    return []
+
+
+@contextlib.contextmanager
+def in_place_area_sgd(model: nn.Module, optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """While open, training forwards of ``model`` run their areas with plain SGD applied in place during the
+    backward pass (lr and weight decay of each area's param group, looked up now: Accelerate and checkpoint
+    resumption replace the group dicts); the areas get no ``.grad``. Raises if an area is not in the optimizer."""
+    group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+    layers = [m for m in model.modules() if isinstance(m, SALAreaLinear)]  # K = 1 layers too: one addmm_ each
+    try:
+        for layer in layers:
+            if any(id(p) not in group_of for p in layer.parameters()):
+                raise ValueError(
+                    f"in_place_area_update: a parameter of {layer} is not in the optimizer; add it, or train without "
+                    "in_place_area_update."
+                )
+            groups = [(group_of[id(w)], group_of[id(b)]) for w, b in zip(layer.weights, layer.biases)]
+
+            def area_linear(x, weight, bias, k, groups=groups):
+                return _InPlaceSGDLinear.apply(x, weight, bias, groups[k])
+
+            layer.area_linear = area_linear
+        yield
+    finally:
+        for layer in layers:
+            layer.area_linear = None
+
+
+__all__ = [
+    "area_layers",
+    "area_parameters",
+    "clear_unselected_area_grads",
+    "hook_unselected_area_grads",
+    "in_place_area_sgd",
+    "in_place_sgd_problems",
+    "reset_area_selection",
+    "scale_area_learning_rates",
+]
