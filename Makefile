@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-slow lint format clean
+.PHONY: install demo test test-slow test-wheel lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -25,6 +25,9 @@ test: $(STAMP)  ## the default, fast test suite (what CI runs)
 
 test-slow: $(STAMP)  ## only the long tests
 	$(PY) -m pytest -q -m slow
+
+test-wheel: $(STAMP)  ## build the wheel, install it without extras into a clean virtualenv, train the quickstart (CI)
+	$(PY) -m pytest -q -m slow tests/test_install.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check sal_hf tests examples scripts

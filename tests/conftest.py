@@ -20,10 +20,26 @@ TINY = {
 }
 
 
+# What users get: `SALConfig()`'s shipped defaults (K = 16, the dual path, identical areas, area lr 1/K) on the
+# tiny input, nothing else pinned.
+DEFAULTS = {"input_size": 16, "hidden_sizes": [32, 32], "num_labels": 5}
+
+
 def tiny_config(**overrides):
     from sal_hf import SALConfig
 
     return SALConfig(**{**TINY, **overrides})
+
+
+def defaults_config(**overrides):
+    from sal_hf import SALConfig
+
+    return SALConfig(**{**DEFAULTS, **overrides})
+
+
+# `@pytest.mark.parametrize("make_config", CONFIGS)`: a test of locality, selectivity or save / load runs on the
+# pinned foundation design and on what users get.
+CONFIGS = [pytest.param(tiny_config, id="tiny"), pytest.param(defaults_config, id="defaults")]
 
 
 def tiny_batch(n: int = 32, seed: int = 0, input_size: int = TINY["input_size"], num_labels: int = TINY["num_labels"]):
@@ -50,6 +66,19 @@ def record_training_areas(layers: dict) -> dict[str, list[set[int]]]:
     return seen
 
 
+def count_training_routes(model) -> list[list[torch.Tensor]]:
+    """Per router of `model`, the (K,) area counts of each of its training forwards (forward hooks)."""
+    counts: list[list[torch.Tensor]] = [[] for _ in model.routers]
+    for index, router in enumerate(model.routers):
+
+        def record(module, inputs, output, index=index):  # output = (area, routed)
+            if module.training and torch.is_grad_enabled():
+                counts[index].append(torch.bincount(output[0], minlength=module.num_areas))
+
+        router.register_forward_hook(record)
+    return counts
+
+
 def training_args(tmp_path, **overrides):
     from transformers import TrainingArguments
 
@@ -73,3 +102,17 @@ def training_args(tmp_path, **overrides):
 @pytest.fixture
 def seeded():
     torch.manual_seed(0)
+
+
+def reachable_leaves(tensor: torch.Tensor) -> set[int]:
+    """ids of the leaf tensors (parameters) that a backward from `tensor` would write `.grad` to."""
+    seen, leaves, stack = set(), set(), [tensor.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if hasattr(fn, "variable"):
+            leaves.add(id(fn.variable))
+        stack.extend(next_fn for next_fn, _ in fn.next_functions)
+    return leaves

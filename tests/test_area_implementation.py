@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import as_dataset, record_training_areas, tiny_batch, tiny_config, training_args
+from conftest import CONFIGS, as_dataset, record_training_areas, tiny_batch, tiny_config, training_args
 
 from sal_hf import SALConfig, SALForImageClassification, SALTrainer
-from sal_hf.modeling_sal import SALAreaLinear, clear_unselected_area_grads
+from sal_hf.areas import SALAreaLinear
+from sal_hf.optim import clear_unselected_area_grads
 from sal_hf.trainer import local_learning_rule
 
 
@@ -34,11 +35,12 @@ CASES = [
 
 
 def gradients(
-    implementation: str, rule: str, overrides: dict, device: str = "cpu"
+    implementation: str, rule: str, overrides: dict, device: str = "cpu", make_config=tiny_config
 ) -> tuple[torch.Tensor, dict, SALForImageClassification]:
     """Logits and every parameter's `.grad` after one training forward and backward (local rule or BP)."""
     torch.manual_seed(0)
-    config = tiny_config(learning_rule=rule, area_implementation=implementation, **{"num_areas": 8, **overrides})
+    pinned = {"num_areas": 8} if make_config is tiny_config else {}  # the defaults: K = 16
+    config = make_config(learning_rule=rule, area_implementation=implementation, **{**pinned, **overrides})
     model = SALForImageClassification(config).to(device).train()
     x, y = (t.to(device) for t in tiny_batch(6))  # 6 samples cannot reach all 8 areas
     outputs = model(pixel_values=x, labels=y, local=rule != "bp")
@@ -53,11 +55,12 @@ def gradients(
 CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))
 
 
+@pytest.mark.parametrize("make_config", CONFIGS)
 @pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("rule, overrides", CASES)
-def test_masked_gives_the_outputs_and_area_gradients_of_split(rule, overrides, device):
-    logits, split, _ = gradients("split", rule, overrides, device)
-    masked_logits, masked, model = gradients("masked", rule, overrides, device)
+def test_masked_gives_the_outputs_and_area_gradients_of_split(rule, overrides, device, make_config):
+    logits, split, _ = gradients("split", rule, overrides, device, make_config)
+    masked_logits, masked, model = gradients("masked", rule, overrides, device, make_config)
     torch.testing.assert_close(masked_logits, logits, **({} if device == "cpu" else {"rtol": 1e-2, "atol": 1e-3}))
     unselected = [name for name, grad in split.items() if grad is None and ".areas." in name]
     if model.config.num_areas > 1:
@@ -175,10 +178,11 @@ def test_under_ddp_an_area_selected_on_any_process_keeps_its_gradient():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("make_config", CONFIGS)
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
-def test_on_cuda_auto_runs_masked_and_trainer_keeps_unselected_areas_bit_identical(precision, tmp_path):
+def test_on_cuda_auto_runs_masked_and_trainer_keeps_unselected_areas_bit_identical(precision, make_config, tmp_path):
     torch.manual_seed(0)
-    model = SALForImageClassification(tiny_config(num_areas=16, hidden_sizes=[32], output_areas=True))
+    model = SALForImageClassification(make_config(num_areas=16, hidden_sizes=[32], output_areas=True))
     layers = {"sal.layers.0.areas": model.sal.layers[0].areas, "classifier.areas": model.classifier.areas}
     assert all(layer.uses_masked(torch.device("cuda")) for layer in layers.values())  # "auto" on CUDA
     forwards = record_training_areas(layers)

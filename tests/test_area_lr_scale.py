@@ -55,10 +55,11 @@ def test_defaults_depend_on_the_number_of_areas():
     from sal_hf import SALConfig
 
     sal = SALConfig(num_labels=10, num_areas=16)
-    assert sal.dual_path is True and sal.area_init == "identical" and sal.area_lr_scale == 1 / 16
+    assert sal.dual_path is None and sal.area_lr_scale is None  # stored as given: derived on read
+    assert sal.effective_dual_path is True and sal.area_init == "identical" and sal.effective_area_lr_scale == 1 / 16
     dense = SALConfig(num_labels=10, num_areas=1, learning_rule="dfa")  # dual_path needs areas: off for K = 1
-    assert dense.dual_path is False and dense.area_lr_scale == 1.0
+    assert dense.effective_dual_path is False and dense.effective_area_lr_scale == 1.0
     explicit = SALConfig(num_labels=10, num_areas=16, dual_path=False, area_lr_scale=1.0)
-    assert explicit.dual_path is False and explicit.area_lr_scale == 1.0
+    assert explicit.effective_dual_path is False and explicit.effective_area_lr_scale == 1.0
     again = SALConfig.from_dict(sal.to_dict())
-    assert again.dual_path is True and again.area_lr_scale == 1 / 16
+    assert again.effective_dual_path is True and again.effective_area_lr_scale == 1 / 16

@@ -2,51 +2,97 @@
 
 import pytest
 import torch
-from conftest import as_dataset, tiny_batch, tiny_config, training_args
+from conftest import CONFIGS, as_dataset, count_training_routes, tiny_batch, tiny_config, training_args
+from transformers import TrainerCallback
 
 from sal_hf import LocalLearningRule, SALForImageClassification, SALTrainer
 from sal_hf.diagnostics import SALDiagnosticsCallback, alignment_angles, angle_degrees, probe_batch
 
 
-def train(tmp_path, callbacks, rule="sal", **overrides):
+def train(tmp_path, callbacks, rule="sal", make_config=tiny_config, hooks=None, **overrides):
+    """6 steps of 16 samples, a log after each; `hooks(model)` is called on the model before training."""
     torch.manual_seed(0)
-    model = SALForImageClassification(tiny_config(learning_rule=rule, **overrides))
+    model = SALForImageClassification(make_config(learning_rule=rule, **overrides))
+    recorded = hooks(model) if hooks is not None else None
     x, y = tiny_batch(96, seed=1)
     args = training_args(tmp_path, per_device_train_batch_size=16, max_steps=6, logging_steps=1)
     trainer = SALTrainer(model=model, args=args, train_dataset=as_dataset(x, y), callbacks=callbacks)
     trainer.train()
-    return model, trainer
+    return model, trainer, recorded
 
 
 def test_diagnostics_do_not_change_training(tmp_path):
     x, y = tiny_batch(96, seed=1)
-    plain, _ = train(tmp_path / "a", [])
-    watched, trainer = train(tmp_path / "b", [SALDiagnosticsCallback(*probe_batch(as_dataset(x, y), size=40))])
+    plain, _, _ = train(tmp_path / "a", [])
+    watched, trainer, _ = train(tmp_path / "b", [SALDiagnosticsCallback(*probe_batch(as_dataset(x, y), size=40))])
     assert any("alignment/layer_0" in log for log in trainer.state.log_history)
     for (name, a), b in zip(plain.state_dict().items(), watched.state_dict().values()):
         assert torch.equal(a, b), name
 
 
-def test_logs_shares_churn_and_alignment_with_the_loss(tmp_path):
+class ProbeAreasAtLog(TrainerCallback):
+    """The probe's areas at every router (eval mode, no grad) when training begins and at every log."""
+
+    def __init__(self, pixel_values: torch.Tensor) -> None:
+        self.pixel_values = pixel_values
+        self.areas: list[list[torch.Tensor]] = []
+
+    def record(self, model) -> None:
+        model.eval()
+        with torch.no_grad():
+            self.areas.append([a for a in model(pixel_values=self.pixel_values).areas if a is not None])
+        model.train()
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.record(model)
+
+    def on_log(self, args, state, control, model=None, logs=None, **kwargs):
+        if "loss" in logs:
+            self.record(model)
+
+
+@pytest.mark.parametrize("make_config", CONFIGS)
+def test_logs_the_shares_and_churn_of_the_routing_it_saw_and_the_alignment(make_config, tmp_path):
     x, y = tiny_batch(96, seed=1)
-    _, trainer = train(tmp_path, [SALDiagnosticsCallback(*probe_batch(as_dataset(x, y), size=40))])
+    probe = probe_batch(as_dataset(x, y), size=40)
+    seen = ProbeAreasAtLog(probe[0])
+    _, trainer, counts = train(
+        tmp_path, [SALDiagnosticsCallback(*probe), seen], make_config=make_config, hooks=count_training_routes
+    )
     logs = [log for log in trainer.state.log_history if "loss" in log]
-    assert len(logs) == 6
-    for log in logs:
-        for router in range(2):
-            shares = [log[f"area/router_{router}/share_{k}"] for k in range(4)]
-            assert sum(shares) == pytest.approx(1.0, abs=1e-3)
-            assert min(shares) == pytest.approx(log[f"area/router_{router}/min_share"], abs=1e-4)
-            assert max(shares) == pytest.approx(log[f"area/router_{router}/max_share"], abs=1e-4)
-            assert sum(s == 0 for s in shares) == log[f"area/router_{router}/dead"]
-            assert 0.0 <= log[f"area/router_{router}/churn"] <= 1.0
+    K = trainer.model.config.num_areas
+    assert len(logs) == 6 and [len(c) for c in counts] == [6, 6] and len(seen.areas) == 7
+    windows = [torch.zeros(K, dtype=torch.long) for _ in counts]
+    churned = dead = 0
+    for step, log in enumerate(logs):
+        for router, window in enumerate(windows):
+            # The shares of the samples the router sent to each area since the area health last reported (every
+            # log with K = 4; with K = 16 a report needs 4 K = 64 samples, 4 steps of 16).
+            window += counts[router][step]
+            expected = (window.double() / window.sum()).tolist()
+            shares = [log[f"area/router_{router}/share_{k:0{len(str(K - 1))}d}"] for k in range(K)]
+            assert shares == pytest.approx(expected, abs=1e-4), (step, router)
+            if f"area/router_{router}/samples" in log:
+                assert log[f"area/router_{router}/samples"] == int(window.sum()) >= 4 * K
+                assert log[f"area/router_{router}/min_share"] == pytest.approx(min(expected), abs=1e-4)
+                assert log[f"area/router_{router}/max_share"] == pytest.approx(max(expected), abs=1e-4)
+                assert log[f"area/router_{router}/dead"] == sum(share == 0 for share in expected)
+                dead += log[f"area/router_{router}/dead"]
+                window.zero_()
+            else:
+                assert window.sum() < 4 * K, (step, router)
+            # Churn: the share of probe samples whose area moved since the previous log (or the start).
+            moved = (seen.areas[step + 1][router] != seen.areas[step][router]).float().mean()
+            assert log[f"area/router_{router}/churn"] == pytest.approx(float(moved), abs=1e-4), (step, router)
+            churned += log[f"area/router_{router}/churn"] > 0
         for layer in range(2):
             assert 0.0 < log[f"alignment/layer_{layer}"] < 180.0
+    assert dead > 0 and churned > 0, "no dead area or no churn: the checks above could not tell a zero apart"
 
 
 def test_bp_logs_no_alignment(tmp_path):
     x, y = tiny_batch(96, seed=1)
-    _, trainer = train(tmp_path, [SALDiagnosticsCallback(*probe_batch(as_dataset(x, y)))], rule="bp")
+    _, trainer, _ = train(tmp_path, [SALDiagnosticsCallback(*probe_batch(as_dataset(x, y)))], rule="bp")
     log = next(log for log in trainer.state.log_history if "loss" in log)
     assert "area/router_0/churn" in log and not any(key.startswith("alignment/") for key in log)
 

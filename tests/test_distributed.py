@@ -12,7 +12,7 @@ from conftest import as_dataset, tiny_batch, tiny_config, training_args
 from safetensors.torch import load_file
 
 from sal_hf import SALForImageClassification, SALTrainer
-from sal_hf.modeling_sal import SALAreaLinear
+from sal_hf.areas import SALAreaLinear
 from sal_hf.routing import AreaRouter
 
 
@@ -35,7 +35,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_processes_end_with_the_weights_of_one(tmp_path):
+@pytest.mark.parametrize(
+    "model_flags",
+    [
+        pytest.param(["--num_areas", "4", "--hidden_sizes", "32", "32"], id="k4"),
+        # The script's defaults are SALConfig's: K = 16, hidden [256], dual path, identical areas, area lr / 16.
+        pytest.param([], id="defaults"),
+    ],
+)
+def test_two_processes_end_with_the_weights_of_one(model_flags, tmp_path):
     """2 CPU processes (gloo) x batch 8 train exactly like 1 process x batch 16 (routing state reduced)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     common = [
@@ -48,11 +56,7 @@ def test_two_processes_end_with_the_weights_of_one(tmp_path):
         "true",
         "--disable_tqdm",
         "true",
-        "--num_areas",
-        "4",
-        "--hidden_sizes",
-        "32",
-        "32",
+        *model_flags,
         "--eval_strategy",
         "no",
     ]
@@ -70,6 +74,8 @@ def test_two_processes_end_with_the_weights_of_one(tmp_path):
     one, two = (load_file(tmp_path / name / "model.safetensors") for name in ("one", "two"))
     assert one.keys() == two.keys()
     assert int(one["sal.layers.0.router.num_updates"]) == 4
+    areas = sum(key.startswith("sal.layers.0.areas.weight_") for key in one)
+    assert areas == (4 if model_flags else 16) and "sal.layers.0.shared.weight" in one  # the dual path (K > 1)
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=0, atol=1e-6, msg=key)
 

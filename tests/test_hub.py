@@ -145,15 +145,20 @@ def test_remote_code_loads_and_predicts_identically_without_sal_hf(saved, tmp_pa
     )
 
 
-def test_pipeline_classifies_a_pil_image(saved, monkeypatch):
+def test_pipeline_classifies_a_pil_image_without_asking_to_run_remote_code(saved, monkeypatch):
     model, directory = saved
-    # The pipeline also probes for a video processor, which finds the image processor's remote code and would
-    # ask on the terminal whether to run it; 0 answers "no" at once (the probe's failure is ignored).
-    monkeypatch.setattr(dynamic_module_utils, "TIME_OUT_REMOTE_CODE", 0)
+    # Every save writes auto_map; with sal_hf imported, no component of the pipeline (model, config, image
+    # processor, the video-processor probe) may ask "Do you wish to run the custom code?". transformers catches
+    # whatever `input` raises, so the prompts are recorded, not raised.
+    prompts = []
+    monkeypatch.setattr(dynamic_module_utils, "TIME_OUT_REMOTE_CODE", 15)
+    monkeypatch.setattr("builtins.input", lambda message="": prompts.append(message) or "n")
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, size=(12, 10, 3), dtype=np.uint8))
     classify = pipeline("image-classification", model=str(directory))
+    assert prompts == []
     assert type(classify.model) is SALForImageClassification
+    assert type(classify.image_processor) is SALImageProcessor
     predictions = classify(image, top_k=5)
 
     pixel_values = SALImageProcessor.from_sal_config(model.config)(image, return_tensors="pt")["pixel_values"]

@@ -9,7 +9,7 @@ from conftest import as_dataset, tiny_batch, tiny_config, training_args
 from transformers import TrainerCallback
 
 from sal_hf import SALForImageClassification, SALTrainer
-from sal_hf.modeling_sal import SALAreaLinear
+from sal_hf.areas import SALAreaLinear
 
 
 SGD = {"optim": "sgd", "max_grad_norm": 0.0, "per_device_train_batch_size": 8, "num_train_epochs": 2}
@@ -90,7 +90,7 @@ def test_areas_reach_the_optimizer_without_grad_and_the_switch_is_off_outside_th
     layer = model.sal.layers[0]
     for k, weight in enumerate(layer.areas.weights):
         assert torch.equal(weight, before[f"sal.layers.0.areas.weight_{k}"]) != (k in selected), k
-    assert all(m.in_place_groups is None for m in model.modules() if isinstance(m, SALAreaLinear))
+    assert all(m.area_linear is None for m in model.modules() if isinstance(m, SALAreaLinear))
     model.train()
     trainer.compute_loss(model, {"pixel_values": x, "labels": y}).backward()  # outside Trainer's step: as usual
     assert any(w.grad is not None for w in layer.areas.weights)

@@ -10,14 +10,8 @@ from conftest import tiny_batch, tiny_config, training_args
 from torch.nn import functional as F
 
 from sal_hf import SALForImageClassification, SALTrainer
-from sal_hf.learning_rule import (
-    CLOSED_FORM_DERIVATIVES,
-    activation_derivative,
-    gate,
-    output_error,
-    surrogate_loss,
-)
-from sal_hf.modeling_sal import ACTIVATIONS
+from sal_hf.activations import ACTIVATIONS, CLOSED_FORM_DERIVATIVES, activation_derivative
+from sal_hf.learning_rule import gate, output_error, surrogate_loss
 
 
 def rule_grads(model, x, y, tmp_path):

@@ -2,53 +2,67 @@
 
 import pytest
 import torch
-from conftest import tiny_batch, tiny_config
+from conftest import CONFIGS, defaults_config, reachable_leaves, tiny_batch, tiny_config
 
 import sal_hf.learning_rule as learning_rule
 from sal_hf import SALForImageClassification
-
-
-def reachable_leaves(tensor: torch.Tensor) -> set[int]:
-    """ids of the leaf tensors (parameters) that a backward from `tensor` would write `.grad` to."""
-    seen, leaves, stack = set(), set(), [tensor.grad_fn]
-    while stack:
-        fn = stack.pop()
-        if fn is None or fn in seen:
-            continue
-        seen.add(fn)
-        if hasattr(fn, "variable"):
-            leaves.add(id(fn.variable))
-        stack.extend(next_fn for next_fn, _ in fn.next_functions)
-    return leaves
+from sal_hf.trainer import local_learning_rule
 
 
 def ids(module: torch.nn.Module) -> set[int]:
     return {id(p) for p in module.parameters()}
 
 
+def own_leaves(layer: torch.nn.Module, area: torch.Tensor | None) -> set[int]:
+    """ids of the parameters a layer's own term must reach: its norm, its shared path and its areas (split: the
+    selected ones only; masked puts every area in the graph, with a zero gradient where unselected), not its router
+    (which learns from its own loss)."""
+    areas = layer.areas
+    every = area is None or areas.uses_masked(area.device)
+    chosen = range(areas.num_areas) if every else set(area.tolist())
+    selected = {f"areas.{kind}_{k}" for k in chosen for kind in ("weight", "bias")}
+    return {
+        id(p) for name, p in layer.named_parameters() if name in selected or not name.startswith(("areas.", "router."))
+    }
+
+
+LAYER_CASES = [
+    {},
+    {"routing_scope": "shared"},
+    {"output_areas": True},
+    {"area_mode": "partition"},
+    {"residual": True, "norm": "layernorm"},
+]
+
+
+def case(make_config, overrides: dict):
+    name = "-".join(f"{key}={value}" for key, value in overrides.items()) or "as-is"
+    return pytest.param(make_config, overrides, id=f"{make_config.__name__.split('_')[0]}-{name}")
+
+
 @pytest.mark.parametrize("implementation", ["split", "masked"])
 @pytest.mark.parametrize(
-    "overrides",
+    "make_config, overrides",
     [
-        {},
-        {"routing_scope": "shared"},
-        {"dual_path": True},
-        {"output_areas": True},
-        {"area_mode": "partition"},
-        {"residual": True, "norm": "layernorm"},
-        {"residual": True, "norm": "rmsnorm", "dual_path": True, "hidden_sizes": [32, 32, 32]},
+        *(case(tiny_config, overrides) for overrides in LAYER_CASES),
+        case(tiny_config, {"dual_path": True}),
+        case(tiny_config, {"residual": True, "norm": "rmsnorm", "dual_path": True, "hidden_sizes": [32, 32, 32]}),
+        # The shipped defaults: dual path (but not in partition mode), identical areas, K = 16.
+        *(case(defaults_config, overrides) for overrides in LAYER_CASES),
     ],
 )
-def test_each_layer_term_reaches_only_its_own_parameters(overrides, implementation):
+def test_each_layer_term_reaches_exactly_its_own_parameters(make_config, overrides, implementation):
     torch.manual_seed(0)
-    model = SALForImageClassification(tiny_config(area_implementation=implementation, **overrides)).train()
+    model = SALForImageClassification(make_config(area_implementation=implementation, **overrides)).train()
     x, y = tiny_batch(32)
     out = model(pixel_values=x, labels=y, local=True)
     layers = list(model.sal.layers)
-    for layer, a in zip(layers, out.pre_activations):
+    for index, (layer, a, area) in enumerate(zip(layers, out.pre_activations, out.areas)):
         reached = reachable_leaves((a * torch.randn_like(a)).sum())
-        assert reached and reached <= ids(layer), "a hidden layer's update reaches another layer"
-    assert reachable_leaves(out.logits.sum()) <= ids(model.classifier)
+        expected = own_leaves(layer, area)
+        assert reached <= ids(layer), f"layer {index}: its update reaches another layer"
+        assert reached == expected, f"layer {index}: reaches {len(reached)} parameters, its own {len(expected)}"
+    assert reachable_leaves(out.logits.sum()) == own_leaves(model.classifier, out.areas[-1])
     routers = [r for r in model.routers if r.learned]
     assert len(out.routing_losses) == len(routers) > 0
     for loss, router in zip(out.routing_losses, routers):
@@ -66,12 +80,7 @@ def test_bp_forward_does_cross_layers():
 def first_layer_update(model, x, y, error):
     model.train().zero_grad(set_to_none=True)
     out = model(pixel_values=x, labels=y, local=True)
-    rule = learning_rule.LocalLearningRule(
-        model.config.learning_rule,
-        feedback_mode=model.config.feedback_mode,
-        activation=torch.relu,
-        num_areas=model.config.num_areas,
-    )
+    rule = local_learning_rule(model.config)
     orig = learning_rule.output_error
     learning_rule.output_error = lambda logits, labels: error
     try:
@@ -86,14 +95,16 @@ def first_layer_update(model, x, y, error):
         ).backward()
     finally:
         learning_rule.output_error = orig
-    return [p.grad.clone() if p.grad is not None else None for p in model.sal.layers[0].areas.parameters()]
+    # Every first-layer parameter: the areas, and under the defaults the shared path.
+    return [p.grad.clone() if p.grad is not None else None for p in model.sal.layers[0].parameters()]
 
 
+@pytest.mark.parametrize("make_config", CONFIGS)
 @pytest.mark.parametrize("implementation", ["split", "masked"])
 @pytest.mark.parametrize("rule", ["sal", "dfa"])
-def test_later_forward_weights_do_not_change_an_earlier_update(rule, implementation):
+def test_later_forward_weights_do_not_change_an_earlier_update(rule, implementation, make_config):
     torch.manual_seed(0)
-    config = tiny_config(learning_rule=rule, routing_scope="shared", area_implementation=implementation)
+    config = make_config(learning_rule=rule, routing_scope="shared", area_implementation=implementation)
     model = SALForImageClassification(config)
     x, y = tiny_batch(32)
     error = torch.randn(32, 5) / 32  # the same output error for both
@@ -103,6 +114,7 @@ def test_later_forward_weights_do_not_change_an_earlier_update(rule, implementat
             p.mul_(-3.0).add_(0.1)
     after = first_layer_update(model, x, y, error)
     assert any(g is not None for g in before)
+    assert (model.sal.layers[0].shared is not None) == (make_config is defaults_config)
     for g0, g1 in zip(before, after):
         assert (g0 is None and g1 is None) or torch.equal(g0, g1)
 
@@ -125,9 +137,10 @@ def test_with_backprop_the_same_change_does_change_the_earlier_update():
     assert not torch.allclose(before, bp_update())
 
 
+@pytest.mark.parametrize("make_config", CONFIGS)
 @pytest.mark.parametrize("feedback_rule", ["sal", "fa"])
-def test_feedback_matrices_are_not_forward_weights(feedback_rule):
-    model = SALForImageClassification(tiny_config(learning_rule=feedback_rule))
+def test_feedback_matrices_are_not_forward_weights(feedback_rule, make_config):
+    model = SALForImageClassification(make_config(learning_rule=feedback_rule))
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     for matrix in model.feedback.matrices():
         assert matrix.untyped_storage().data_ptr() not in params

@@ -103,3 +103,36 @@ def test_push_to_hub_uploads_model_code_processor_and_card(trainer, monkeypatch)
                 "modeling_sal.py", "routing.py", "feedback.py", "image_processing_sal.py"}  # fmt: skip
     assert required <= set(upload["files"]), upload["files"]
     assert "| num_areas (K) | `4` |" in upload["readme"] and "- tiny-random" in upload["readme"]
+
+
+@pytest.mark.parametrize("head", ["causal_lm", "classification"])
+def test_card_of_a_sal_transformer(head, tmp_path):
+    from sal_hf import SALTransformerConfig, SALTransformerForCausalLM, SALTransformerForSequenceClassification
+
+    torch.manual_seed(0)
+    config = SALTransformerConfig(
+        vocab_size=32,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=8,
+        num_areas=4,
+        num_labels=3,
+        pad_token_id=0,
+    )
+    ids = torch.randint(1, 32, (8, 8))
+    if head == "causal_lm":
+        model, data = SALTransformerForCausalLM(config), [{"input_ids": row, "labels": row} for row in ids]
+    else:
+        model = SALTransformerForSequenceClassification(config)
+        data = [{"input_ids": row, "labels": int(row[0]) % 3} for row in ids]
+    trainer = SALTrainer(
+        model=model, args=training_args(tmp_path, max_steps=2, per_device_train_batch_size=4), train_dataset=data
+    )
+    trainer.train()
+    trainer.create_model_card(dataset="fortunes")
+    card = (tmp_path / "out" / "README.md").read_text()
+    task = "text-generation" if head == "causal_lm" else "text-classification"
+    assert f"pipeline_tag: {task}" in card and f'pipeline("{task}"' in card
+    assert "| num_areas (K) | `4` |" in card and "| error_source | `hidden` |" in card
+    assert "without backpropagation" in card

@@ -4,10 +4,21 @@ import copy
 
 import pytest
 import torch
-from conftest import as_dataset, record_training_areas, tiny_batch, tiny_config, training_args
-from transformers import Trainer, TrainerCallback
+from conftest import (
+    CONFIGS,
+    as_dataset,
+    count_training_routes,
+    defaults_config,
+    record_training_areas,
+    tiny_batch,
+    tiny_config,
+    training_args,
+)
+from torch.nn import functional as F
+from transformers import Trainer, TrainerCallback, TrainerState
 
 from sal_hf import SALForImageClassification, SALTrainer
+from sal_hf.trainer import SALAreaHealthCallback
 
 
 def separable_data(n=256, seed=0):
@@ -50,14 +61,21 @@ def area_names(prefix: str, k: int) -> list[str]:
     return [f"{prefix}.weight_{k}", f"{prefix}.bias_{k}"]
 
 
+def selective_config(make_config, **overrides):
+    """One hidden layer and output areas, with more areas than the tiny batches below can reach (8 pinned; the
+    defaults' 16)."""
+    pinned = {"num_areas": 8} if make_config is tiny_config else {}
+    return make_config(hidden_sizes=[32], output_areas=True, **pinned, **overrides)
+
+
 # The masked implementation hands unselected areas a zero gradient; SALTrainer's pre-step hook must drop it, also
 # on an optimizer the user built.
+@pytest.mark.parametrize("make_config", CONFIGS)
 @pytest.mark.parametrize("implementation, own_optimizer", [("split", False), ("masked", False), ("masked", True)])
-def test_only_selected_areas_change_under_adamw_with_weight_decay(implementation, own_optimizer, tmp_path):
+def test_only_selected_areas_change_under_adamw_with_weight_decay(implementation, own_optimizer, make_config, tmp_path):
     torch.manual_seed(0)
-    config = tiny_config(num_areas=8, hidden_sizes=[32], output_areas=True, area_implementation=implementation)
-    model = SALForImageClassification(config)
-    x, y = tiny_batch(6)  # 6 samples cannot reach all 8 areas
+    model = SALForImageClassification(selective_config(make_config, area_implementation=implementation))
+    x, y = tiny_batch(6)  # 6 samples cannot reach all 8 (16) areas
     selected = [set(a.tolist()) for a in model.eval()(pixel_values=x).areas]
     before = copy.deepcopy(model.state_dict())
     args = training_args(tmp_path, per_device_train_batch_size=6, max_steps=1, weight_decay=0.5, optim="adamw_torch")
@@ -80,13 +98,17 @@ def test_only_selected_areas_change_under_adamw_with_weight_decay(implementation
                 same = torch.equal(model.state_dict()[name], before[name])
                 assert same == (k not in chosen), f"{name}: selected={k in chosen}, unchanged={same}"
                 assert grads.had_grad[0][name] == (k in chosen), f"{name}: selected={k in chosen}, .grad at step"
+    # Beside the areas, the defaults' shared dense path sees every sample: it must have stepped.
+    shared = [name for name in before if name.startswith("sal.layers.0.shared.")]
+    assert len(shared) == (2 if model.config.effective_dual_path else 0)
+    assert not any(torch.equal(model.state_dict()[name], before[name]) for name in shared)
 
 
+@pytest.mark.parametrize("make_config", CONFIGS)
 @pytest.mark.parametrize("implementation", ["split", "masked"])
-def test_gradient_accumulation_updates_the_areas_of_every_micro_batch(implementation, tmp_path):
+def test_gradient_accumulation_updates_the_areas_of_every_micro_batch(implementation, make_config, tmp_path):
     torch.manual_seed(0)
-    config = tiny_config(num_areas=8, hidden_sizes=[32], output_areas=True, area_implementation=implementation)
-    model = SALForImageClassification(config)
+    model = SALForImageClassification(selective_config(make_config, area_implementation=implementation))
     layers = {"sal.layers.0.areas": model.sal.layers[0].areas, "classifier.areas": model.classifier.areas}
     seen = record_training_areas(layers)
     x, y = tiny_batch(6)
@@ -112,16 +134,65 @@ def test_gradient_accumulation_updates_the_areas_of_every_micro_batch(implementa
                 assert same == (k not in union), f"{name}: selected={k in union}, unchanged={same}"
 
 
-def test_area_health_is_logged_with_the_loss(tmp_path):
+@pytest.mark.parametrize("make_config", CONFIGS)
+def test_area_health_logs_the_shares_of_the_samples_routed_since_its_last_report(make_config, tmp_path):
     torch.manual_seed(0)
-    model = SALForImageClassification(tiny_config())
+    model = SALForImageClassification(make_config())
+    counts = count_training_routes(model)
     x, y = separable_data(64)
     trainer = SALTrainer(model=model, args=training_args(tmp_path, logging_steps=2), train_dataset=as_dataset(x, y))
     trainer.train()
-    log = next(entry for entry in trainer.state.log_history if "loss" in entry)
-    for router in range(2):
-        assert 0.0 <= log[f"area/router_{router}/min_share"] <= 0.25 <= log[f"area/router_{router}/max_share"] <= 1.0
-        assert 0 <= log[f"area/router_{router}/dead"] < 4
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 2 and [len(c) for c in counts] == [4, 4]  # 4 steps of 16 samples, a log every 2
+    K = model.config.num_areas
+    windows = [torch.zeros(K, dtype=torch.long) for _ in counts]
+    reports = dead = 0
+    for index, log in enumerate(logs):
+        for router, window in enumerate(windows):
+            window += sum(counts[router][2 * index : 2 * index + 2])
+            key = f"area/router_{router}/"
+            if window.sum() < 4 * K:  # under 4 samples per area, no report: the window grows (K = 16: 32 samples)
+                assert key + "min_share" not in log and key + "dead" not in log, (index, router)
+                continue
+            share = window.double() / window.sum()
+            assert log[key + "samples"] == int(window.sum())
+            assert log[key + "min_share"] == pytest.approx(float(share.min()), abs=1e-4)
+            assert log[key + "max_share"] == pytest.approx(float(share.max()), abs=1e-4)
+            assert log[key + "dead"] == int((window == 0).sum())
+            assert log[key + "min_share"] < 1 / K < log[key + "max_share"]
+            reports += 1
+            dead += log[key + "dead"]
+            window.zero_()
+    assert reports == (4 if K == 4 else 2)
+    assert (dead > 0) == (K == 16), "K = 16 areas and 64 samples: some area gets none"
+
+
+class TwoEqualRanks:
+    """Stands in for the Accelerator of 2 processes that routed the same samples: `reduce` sums, i.e. doubles."""
+
+    num_processes = 2
+
+    def unwrap_model(self, model):
+        return model
+
+    def reduce(self, tensor, reduction="sum"):
+        return 2 * tensor
+
+
+def test_under_ddp_a_health_window_of_several_logs_counts_each_rank_once():
+    """Logs of fewer than 4 K samples leave the window open; each log sums the loads over the ranks, which must not
+    sum again what an earlier log summed."""
+    torch.manual_seed(0)
+    model = SALForImageClassification(defaults_config()).train()  # K = 16: a report needs 64 samples
+    callback = SALAreaHealthCallback(TwoEqualRanks(), None, [])
+    reports = []
+    for step in range(2):
+        model(pixel_values=tiny_batch(16, seed=step)[0])  # 16 samples a rank, 32 in all
+        logs = {"loss": 1.0}
+        callback.on_log(None, TrainerState(), None, logs=logs, model=model)
+        reports.append(logs)
+    assert "area/router_0/samples" not in reports[0]
+    assert reports[1]["area/router_0/samples"] == 2 * 2 * 16  # 2 logs x 2 ranks x 16 samples
 
 
 def test_routing_statistics_move_once_per_optimizer_step(tmp_path):
@@ -133,22 +204,36 @@ def test_routing_statistics_move_once_per_optimizer_step(tmp_path):
     assert all(int(router.num_updates) == 3 for router in model.routers)
 
 
-def test_nan_loss_stops_training_before_the_update(tmp_path):
+class StateAtStepBegin(TrainerCallback):
+    """The model's state when each optimizer step begins: after the previous step and its routing update."""
+
+    def __init__(self) -> None:
+        self.states: list[dict[str, torch.Tensor]] = []
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        self.states.append(copy.deepcopy(model.state_dict()))
+
+
+@pytest.mark.parametrize("make_config", CONFIGS)
+def test_nan_loss_stops_training_before_the_update(make_config, tmp_path):
     torch.manual_seed(0)
-    model = SALForImageClassification(tiny_config())
-    x, y = tiny_batch(32)
-    x[20] = float("nan")
+    model = SALForImageClassification(make_config())
+    x, y = tiny_batch(48)
+    x[20] = float("nan")  # in order, batches of 16: the second step's batch
     before = copy.deepcopy(model.state_dict())
-    args = training_args(tmp_path, per_device_train_batch_size=16, dataloader_drop_last=False)
-    trainer = SALTrainer(model=model, args=args, train_dataset=as_dataset(x, y))
-    trainer.args.seed = 0
-    with pytest.raises(FloatingPointError, match="Training loss is nan at step"):
+    steps = StateAtStepBegin()
+    args = training_args(tmp_path, per_device_train_batch_size=16, train_sampling_strategy="sequential")
+    trainer = SALTrainer(model=model, args=args, train_dataset=as_dataset(x, y), callbacks=[steps])
+    with pytest.raises(FloatingPointError, match="Training loss is nan at step 1 "):
         trainer.train()
-    # The batch before the NaN one was applied at most; the NaN batch changed nothing.
-    assert all(torch.isfinite(p).all() for p in model.parameters())
-    assert trainer.state.global_step <= 1
-    if trainer.state.global_step == 0:
-        assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert trainer.state.global_step == 1 and len(steps.states) == 2
+    first, after_good_step = steps.states
+    assert all(torch.equal(v, before[k]) for k, v in first.items())
+    assert not torch.equal(after_good_step["classifier.areas.weight_0"], before["classifier.areas.weight_0"])
+    assert int(after_good_step["sal.layers.0.router.num_updates"]) == 1
+    # The good step was applied, the NaN batch changed nothing: weights and routing state of step 1, bit for bit.
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, after_good_step[name]), name
 
 
 def test_bp_trainer_behaves_like_plain_trainer(tmp_path):
@@ -163,11 +248,12 @@ def test_bp_trainer_behaves_like_plain_trainer(tmp_path):
         torch.testing.assert_close(a, b, msg=name)
 
 
-def test_evaluate_reports_loss_and_metrics(tmp_path):
+@pytest.mark.parametrize("make_config", CONFIGS)
+def test_evaluate_reports_the_loss_and_accuracy_of_the_models_predictions(make_config, tmp_path):
     import numpy as np
 
     torch.manual_seed(0)
-    model = SALForImageClassification(tiny_config())
+    model = SALForImageClassification(make_config())
     x, y = separable_data(64)
 
     def accuracy(prediction):
@@ -177,7 +263,12 @@ def test_evaluate_reports_loss_and_metrics(tmp_path):
         model=model, args=training_args(tmp_path), eval_dataset=as_dataset(x, y), compute_metrics=accuracy
     )
     metrics = trainer.evaluate()
-    assert 0.0 <= metrics["eval_accuracy"] <= 1.0 and metrics["eval_loss"] > 0
+    with torch.no_grad():
+        logits = model.eval()(pixel_values=x).logits
+    right = int((logits.argmax(-1) == y).sum())
+    assert 0 < right < 64, "all or no predictions right: the comparison below could not tell the order apart"
+    assert metrics["eval_accuracy"] == right / 64
+    assert metrics["eval_loss"] == pytest.approx(float(F.cross_entropy(logits, y)), rel=1e-5)
 
 
 def test_rejects_non_sal_models(tmp_path):
