@@ -5,8 +5,8 @@ sync, gradient accumulation and mixed precision; routing statistics are summed o
 rank routes identically. Ready-made Accelerate configs are in `examples/accelerate/`.
 
     python examples/train_accelerate.py --output_dir outputs/acc                 # one process
-    accelerate launch --config_file examples/accelerate/cpu_2proc.yaml \\
-        examples/train_accelerate.py --output_dir outputs/acc                     # 2 CPU processes (gloo)
+    torchrun --nproc_per_node 2 examples/train_accelerate.py --use_cpu true \\
+        --output_dir outputs/acc                                                  # 2 CPU processes (gloo)
     accelerate launch --config_file examples/accelerate/ddp_gpu.yaml \\
         examples/train_accelerate.py --output_dir outputs/acc --bf16              # every GPU of one machine
 

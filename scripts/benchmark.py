@@ -151,6 +151,28 @@ SUITES["variants"] = {
     "hidden_sizes": [256],
     "datasets": ["digits"],
 }
+# Refined feedback (`SALConfig.feedback_alignment`, issue 12) on the ablation net (two hidden layers, so that
+# direct and layer-wise feedback differ): each row changes SALConfig's defaults by the fields it names. One lr
+# (1e-3, no search) keeps the suite affordable; docs/ABLATIONS.md labels it REDUCED.
+FEEDBACK_VARIANTS = {
+    "BP": {"learning_rule": "bp"},
+    "DFA (fixed)": {"learning_rule": "dfa"},
+    "DFA, Kolen-Pollack": {"learning_rule": "dfa", "feedback_alignment": "kolen_pollack"},
+    "FA (fixed)": {"learning_rule": "fa"},
+    "FA, Kolen-Pollack": {"learning_rule": "fa", "feedback_alignment": "kolen_pollack"},
+    "FA, sign-concordant": {"learning_rule": "fa", "feedback_alignment": "sign"},
+    "SAL-16 (fixed, direct)": {},
+    "SAL-16, direct Kolen-Pollack": {"feedback_alignment": "kolen_pollack"},
+    "SAL-16, layer-wise Kolen-Pollack": {"feedback": "layerwise", "feedback_alignment": "kolen_pollack"},
+    "SAL-16, sign-concordant": {"feedback": "layerwise", "feedback_alignment": "sign"},
+}
+SUITES["feedback"] = {
+    "methods": FEEDBACK_VARIANTS,
+    "protocols": ["fair"],
+    "lr_grid": [1e-3],
+    "hidden_sizes": [256, 256],
+    "datasets": ["digits", "mnist1d", "fashion_mnist"],
+}
 NUM_AREAS = 16
 
 

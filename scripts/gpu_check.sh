@@ -23,3 +23,6 @@ PYEOF
 DEST=${OUT:-docs}
 mkdir -p "$DEST"
 timeout 470 "$PY" scripts/gpu_check.py --device cuda --out "$DEST/PERFORMANCE_GPU.md"
+# The >= 1e9-parameter SAL transformer (scripts/scale_text.py): 20 block-local training steps under bf16 autocast,
+# save, reload with identical routing and logits; step time, tokens/s and peak memory in the JSON (adds <= 4 min).
+timeout 240 "$PY" scripts/scale_text.py --device cuda --bf16 --json "$DEST/SCALE_TEXT_GPU.json"

@@ -66,7 +66,7 @@ def expected_parameters(config) -> tuple[int, int]:
         routes = config.routing_scope == "layer" or (index == 0 and not output)
         common = norm * d_in
         common += config.routing_dim * d_in if routes and areas > 1 and config.router == "learned" else 0
-        common += d_in * d_out + d_out if config.dual_path and not output else 0
+        common += d_in * d_out + d_out if config.effective_dual_path and not output else 0
         total += areas * (d_in * block + block) + common
         active += d_in * block + block + common
     return total, active
@@ -107,7 +107,7 @@ def main() -> None:
     from transformers import AutoModelForImageClassification, TrainerCallback, TrainingArguments
 
     from sal_hf import SALConfig, SALForImageClassification, SALTrainer
-    from sal_hf.modeling_sal import SALAreaLinear
+    from sal_hf.areas import SALAreaLinear
 
     config = SALConfig(**(TINY_CONFIG if args.tiny else SCALE_CONFIG))
     total_expected, active = expected_parameters(config)
