@@ -136,7 +136,10 @@ class SALAreaLinear(nn.Module):
         """Area ``k`` applied to ``x``, through ``area_linear`` in a training forward when it is set."""
         if self.area_linear is not None and is_training_forward(self):
             if grad_scale is not None:
-                raise ValueError("A per-area gradient scale cannot be combined with an in-place area update.")
+                raise ValueError(
+                    "A per-area gradient scale (SALConfig.area_update_norm='area') cannot be combined with an in-place "
+                    "area update (SALTrainer(in_place_area_update=True)): use area_update_norm='batch' or drop it."
+                )
             return self.area_linear(x, getattr(self, f"weight_{k}"), getattr(self, f"bias_{k}"), k)
         return F.linear(x, *self._parameters_of(k, grad_scale))
 

@@ -9,12 +9,12 @@ from transformers import PreTrainedConfig
 
 from .activations import ACTIVATIONS
 from .areas import AREA_IMPLEMENTATIONS
+from .block_rule import ERROR_SOURCES
 from .configuration_sal import AREA_INITS, ROUTERS
 
 
 TRANSFORMER_RULES = ("sal", "dfa", "bp")
 FEEDBACK_POINTS = ("block", "micro")
-ERROR_SOURCES = ("hidden", "vocab")
 
 
 class SALTransformerConfig(PreTrainedConfig):

@@ -21,8 +21,10 @@ The update of the selected area's weights is ``grad W_l[k*] = sum_{i routed to k
 model applies to the area parameters alone, see ``areas.SALAreaLinear``'s ``grad_scale``), and the output layer
 gets the true gradient ``e^T h_L``. :func:`surrogate_loss` returns a scalar whose *value* is the ordinary
 loss and whose *gradient* is exactly that update: every ``a_l`` was computed from a detached input, each
-``delta_l`` is a constant, so autograd never leaves a layer. An area that no sample selected is not in the
-graph at all and gets no ``.grad`` (None, not zero), so optimizers leave it untouched.
+``delta_l`` is a constant, so autograd never leaves a layer. With the split area kernel an area that no sample
+selected is not in the graph at all and gets no ``.grad`` (None, not zero); the masked kernel (the default on CUDA
+for K <= 64) hands it a zero gradient, which ``optim.clear_unselected_area_grads`` removes before the step, so
+optimizers leave it untouched either way.
 """
 
 from __future__ import annotations
@@ -164,7 +166,6 @@ def surrogate_loss(
     pre_activations: Sequence[torch.Tensor],
     deltas: Sequence[torch.Tensor],
     *,
-    sample_weights: Sequence[torch.Tensor | None] | None = None,
     extra_terms: Sequence[torch.Tensor] = (),
 ) -> torch.Tensor:
     """A scalar equal to ``loss`` whose gradient is the local update.
@@ -175,17 +176,12 @@ def surrogate_loss(
         error: ``e`` for the output layer (true error).
         pre_activations: ``a_l``, each with a graph to layer l only.
         deltas: ``delta_l`` (constants).
-        sample_weights: optional per-layer (B, 1) weights of the signal, layers then output.
         extra_terms: further local objectives (the routers' own losses), added to the gradient only.
     """
-    weights = list(sample_weights) if sample_weights is not None else [None] * (len(deltas) + 1)
     signals = [*deltas, error]
     outputs = [*pre_activations, logits]
-    terms = []
-    for output, signal, weight in zip(outputs, signals, weights):
-        if weight is not None:
-            signal = signal * weight
-        terms.append(_InjectGradient.apply(output, signal.detach()))  # gradient of (output * signal).sum()
+    # Each term: the gradient of (output * signal).sum().
+    terms = [_InjectGradient.apply(output, signal.detach()) for output, signal in zip(outputs, signals)]
     local = torch.stack([*terms, *(term.float() for term in extra_terms)]).sum()
     # Value of `loss`, gradient of `local`.
     return loss.detach().float() + (local - local.detach())
@@ -238,7 +234,6 @@ class LocalLearningRule:
         logits: torch.Tensor,
         labels: torch.Tensor,
         pre_activations: Sequence[torch.Tensor],
-        areas: Sequence[torch.Tensor | None],
         feedback: Sequence[torch.Tensor],
         routing_losses: Sequence[torch.Tensor] = (),
     ) -> torch.Tensor:
@@ -264,14 +259,13 @@ class LocalLearningRule:
 
     def surrogate(self, outputs, labels: torch.Tensor, feedback: Sequence[torch.Tensor]) -> torch.Tensor:
         """The surrogate for a model's local forward: ``outputs`` carries ``loss``, ``logits``,
-        ``pre_activations``, ``areas`` (hidden layers, then the output layer) and ``routing_losses``, as
-        ``SALForImageClassification(..., local=True)`` returns them."""
+        ``pre_activations`` and ``routing_losses``, as ``SALForImageClassification(..., local=True)`` returns them
+        (the areas need no argument: an area's parameters are in the graph only for the samples it took)."""
         return self(
             loss=outputs.loss,
             logits=outputs.logits,
             labels=labels,
             pre_activations=outputs.pre_activations,
-            areas=outputs.areas,
             feedback=feedback,
             routing_losses=outputs.routing_losses,
         )

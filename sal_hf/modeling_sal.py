@@ -414,6 +414,11 @@ class SALForImageClassification(SALPreTrainedModel):
         """The ``B_l`` the local rule uses this step: the feedback matrices themselves (`fixed`, and the learnable
         ones of `kolen_pollack`), or for `feedback_alignment="sign"` their magnitudes with the signs of the
         forward matrix that reads each hidden layer's output (weight transport of signs; see feedback.py)."""
+        if self.feedback is None:
+            raise ValueError(
+                f"learning_rule={self.config.learning_rule!r} has no feedback matrices: they exist for the local rules "
+                "('sal', 'dfa', 'fa'). Load or build the model with one of those to train it locally."
+            )
         matrices = self.feedback.matrices()
         if self.config.feedback_alignment != "sign":
             return matrices

@@ -247,6 +247,20 @@ class SALTrainer(Trainer):
                 f"{self.args.world_size} processes would not equal one large batch. Use area_update_norm='batch', or "
                 "train with gradient_accumulation_steps=1 in one process."
             )
+        if self.args.world_size > 1:
+            # Under DDP (find_unused_parameters=True, Trainer's default for these models) both put a tensor of the
+            # forward pass into the graph after the forward: DDP raises during the backward.
+            if getattr(config, "feedback_alignment", "fixed") == "kolen_pollack":
+                raise ValueError(
+                    f"feedback_alignment='kolen_pollack' trains the feedback matrices outside the model's forward, "
+                    f"which DDP ({self.args.world_size} processes) does not allow. Train in one process, or use "
+                    "feedback_alignment='fixed' or 'sign'."
+                )
+            if getattr(config, "error_source", "hidden") == "vocab":
+                raise ValueError(
+                    f"error_source='vocab' differentiates the logits that DDP ({self.args.world_size} processes) "
+                    "re-wraps after the forward. Use error_source='hidden' (the default), or train in one process."
+                )
         self.prepare_areas_for_fsdp(core)
 
     def prepare_areas_for_fsdp(self, core: nn.Module) -> int:
@@ -302,7 +316,8 @@ class SALTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
-        user_optimizer = self.optimizer is not None
+        existing = getattr(self.optimizer, "optimizer", self.optimizer)  # None, the user's, or one made here before
+        made_here = existing is not None and existing is getattr(self, "_sal_optimizer", None)
         optimizer = super().create_optimizer(model)
         core = self.accelerator.unwrap_model(self.model)
         # Accelerate's wrapper (a second `train()` gets it back) keeps the torch optimizer in `.optimizer`.
@@ -318,8 +333,8 @@ class SALTrainer(Trainer):
             hook_unselected_area_grads(torch_optimizer, core)
             self._area_hook_optimizer = torch_optimizer
         scale = core.config.effective_area_lr_scale
-        if has_areas and scale != 1.0:
-            if user_optimizer:
+        if has_areas and scale != 1.0 and not made_here:  # one made here was scaled when it was made
+            if existing is not None:
                 logger.warning(
                     f"config.area_lr_scale={scale} is not applied: SALTrainer scales the areas' learning rate only in "
                     "the optimizer it creates, and you passed your own. Put the area parameters "
@@ -328,6 +343,7 @@ class SALTrainer(Trainer):
                 )
             else:
                 scale_area_learning_rates(torch_optimizer, core, scale)
+                self._sal_optimizer = torch_optimizer
         if self.in_place_area_update:
             self._check_in_place(torch_optimizer)
         return optimizer
@@ -345,6 +361,9 @@ class SALTrainer(Trainer):
             problems.append(f"{self.args.world_size} processes: train in one process")
         if self.args.fp16:
             problems.append("fp16=True (its loss scaling): use bf16 or fp32")
+        core = self.accelerator.unwrap_model(self.model)
+        if getattr(core.config, "area_update_norm", "batch") == "area":
+            problems.append("area_update_norm='area' (a per-area gradient scale): use area_update_norm='batch'")
         if self.args.torch_compile:
             problems.append("torch_compile=True (not supported with an update inside the backward): drop it")
         if problems:

@@ -229,3 +229,42 @@ def test_batch_size_one_logs_area_health_over_enough_samples_and_balances_exactl
     routed = torch.bincount(torch.tensor(steps), minlength=16).double()
     assert len(steps) == 70 and len(set(steps)) > 1
     torch.testing.assert_close(first.area_bias.double(), 1e-3 * (70 - 16 * routed), rtol=0, atol=1e-6)
+
+
+def test_refusals_that_would_fail_later_are_raised_up_front(tmp_path):
+    """Found in review: each of these passed SALTrainer's checks, then failed in the first step."""
+    from transformers.training_args import ParallelMode
+
+    from sal_hf import SALTransformerConfig, SALTransformerForCausalLM
+
+    model = SALForImageClassification(SALConfig(**DEFAULTS, area_update_norm="area"))
+    args = training_args(tmp_path, optim="sgd", max_grad_norm=0.0)
+    trainer = SALTrainer(model=model, args=args, in_place_area_update=True)
+    with pytest.raises(ValueError, match="area_update_norm='area'.*use area_update_norm='batch'"):
+        trainer.create_optimizer()
+    kolen_pollack = SALForImageClassification(
+        SALConfig(**DEFAULTS, feedback="layerwise", feedback_alignment="kolen_pollack")
+    )
+    vocab = SALTransformerForCausalLM(
+        SALTransformerConfig(
+            vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, error_source="vocab"
+        )
+    )
+    with (
+        mock.patch("transformers.TrainingArguments.world_size", 2),
+        mock.patch("transformers.TrainingArguments.parallel_mode", ParallelMode.DISTRIBUTED),
+    ):
+        for model, match in ((kolen_pollack, "feedback_alignment='kolen_pollack'"), (vocab, "error_source='vocab'")):
+            with pytest.raises(ValueError, match=match):
+                SALTrainer(model=model, args=training_args(tmp_path))
+
+
+def test_a_second_create_optimizer_neither_warns_nor_scales_twice(tmp_path, caplog):
+    model = SALForImageClassification(SALConfig(**DEFAULTS))
+    trainer = SALTrainer(model=model, args=training_args(tmp_path, learning_rate=1e-2))
+    first = trainer.create_optimizer()
+    with caplog.at_level("WARNING"):
+        again = trainer.create_optimizer()
+    assert again is first and "is not applied" not in caplog.text
+    # Trainer's decay / no-decay groups, each split once into shared and area parameters (not twice).
+    assert sorted(group["lr"] for group in first.param_groups) == [1e-2 / 16] * 2 + [1e-2] * 2

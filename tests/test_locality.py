@@ -89,7 +89,6 @@ def first_layer_update(model, x, y, error):
             logits=out.logits,
             labels=y,
             pre_activations=out.pre_activations,
-            areas=out.areas,
             feedback=model.feedback.matrices(),
             routing_losses=(),
         ).backward()
