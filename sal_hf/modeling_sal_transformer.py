@@ -122,18 +122,6 @@ class SALTransformerAttention(nn.Module):
         return self.o_proj(output.reshape(batch, length, -1))  # (B, T, d)
 
 
-def masked_routing_loss(
-    router: AreaRouter, routed: torch.Tensor, area: torch.Tensor, mask: torch.Tensor | None
-) -> torch.Tensor:
-    """The router's local objective (`AreaRouter.local_loss`, ``1 - cos(P x, C[k*])``) averaged over the tokens
-    that ``mask`` (N,) keeps, so padding does not pull the projection."""
-    if mask is None:
-        return router.local_loss(routed, area)
-    per_token = 1.0 - (routed * router.prototypes.float()[area]).sum(dim=-1)  # (N,)
-    mask = mask.to(per_token.dtype)
-    return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
-
-
 class SALTransformerMLP(nn.Module):
     """The SAL MLP of one block: each token routed to one of K areas on its own normalised hidden state (hard
     top-1, learned projection against frozen prototypes), ``y = W_down f(A_k x + S x)``. ``A_k`` is the area's
@@ -176,10 +164,10 @@ class SALTransformerMLP(nn.Module):
         flat = x.reshape(batch * length, size)  # (N, d)
         area, routing_loss = None, None
         if self.router is not None:
-            area, routed = self.router(flat)  # (N,), (N, d_r)
+            mask = token_mask.reshape(-1) if token_mask is not None else None  # padding moves no statistic or loss
+            area, routed = self.router(flat, mask)  # (N,), (N, d_r)
             if local and self.router.learned:
-                mask = token_mask.reshape(-1) if token_mask is not None else None
-                routing_loss = masked_routing_loss(self.router, routed, area, mask)
+                routing_loss = self.router.local_loss(routed, area, mask)
         a = self.up(flat, area)  # (N, inner)
         if self.shared_up is not None:
             a = a + self.shared_up(flat)
@@ -410,8 +398,8 @@ class SALTransformerModel(SALTransformerPreTrainedModel):
         position_embeddings = rotary_cos_sin(
             position_ids, self.config.head_dim, self.config.rope_theta, inputs_embeds.dtype
         )
-        token_mask = None
-        if local and attention_mask is not None and attention_mask.dim() == 2:
+        token_mask = None  # padding: no routing statistic, no routing loss
+        if attention_mask is not None and attention_mask.dim() == 2:
             token_mask = attention_mask[:, -length:]  # (B, T)
         micro = self.config.feedback_points == "micro"
 

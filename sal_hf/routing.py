@@ -143,12 +143,14 @@ class AreaRouter(nn.Module):
             centred = x.float() - self.input_mean.float()
             return F.normalize(F.linear(centred, self.projection.float()), dim=-1)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Route a batch.
 
         Args:
             x: (..., d_in) router input, one row per sample or token (a (B, T, d) batch of tokens routes each token
                 on its own hidden state). It is detached: routing never passes a gradient back.
+            mask: optional, the shape of ``x`` without its last dimension, bool: rows left out of the statistics
+                (padding tokens still get an area, but move no running mean, balancing bias or area health).
 
         Returns:
             ``(area, routed)``: area index per row, (...) long; routing vectors, (..., d_r) fp32, with a graph to
@@ -156,7 +158,7 @@ class AreaRouter(nn.Module):
         """
         if x.dim() != 2:
             lead = x.shape[:-1]
-            area, routed = self(x.reshape(-1, x.shape[-1]))
+            area, routed = self(x.reshape(-1, x.shape[-1]), mask.reshape(-1) if mask is not None else None)
             return area.view(lead), routed.view(*lead, -1)
         x = x.detach()
         training = is_training_forward(self)  # read before the no_grad block below
@@ -166,16 +168,26 @@ class AreaRouter(nn.Module):
             area = scores.argmax(dim=-1)
             if training:
                 self._statistics_on(x.device)
-                self.pending_input_sum += x.sum(dim=0, dtype=torch.float64)
-                load = area_counts(area, self.num_areas).double()
+                if mask is None:
+                    self.pending_input_sum += x.sum(dim=0, dtype=torch.float64)
+                    load = area_counts(area, self.num_areas).double()
+                else:  # weighted sums, not boolean indexing (no host sync)
+                    keep = mask.to(torch.float64).unsqueeze(-1)  # (B, 1)
+                    self.pending_input_sum += (x.double() * keep).sum(dim=0)
+                    load = ((area.unsqueeze(-1) == torch.arange(self.num_areas, device=area.device)) * keep).sum(0)
                 self.pending_load += load
                 self.logged_load += load
         return area, routed
 
-    def local_loss(self, routed: torch.Tensor, area: torch.Tensor) -> torch.Tensor:
-        """The router's own objective: ``mean_i (1 - cos(P x_i, C[k*_i]))``. Its gradient reaches
-        ``projection`` alone and pulls each routing vector towards the prototype it selected."""
-        return (1.0 - (routed * self.prototypes.float()[area]).sum(dim=-1)).mean()
+    def local_loss(self, routed: torch.Tensor, area: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The router's own objective: ``mean_i (1 - cos(P x_i, C[k*_i]))``, over the rows ``mask`` keeps (all when
+        None). Its gradient reaches ``projection`` alone and pulls each routing vector towards the prototype it
+        selected."""
+        per_row = 1.0 - (routed * self.prototypes.float()[area]).sum(dim=-1)
+        if mask is None:
+            return per_row.mean()
+        mask = mask.to(per_row.dtype)
+        return (per_row * mask).sum() / mask.sum().clamp(min=1.0)
 
     @torch.no_grad()
     def update_statistics(self) -> None:

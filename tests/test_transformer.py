@@ -489,3 +489,15 @@ def test_routers_gather_statistics_on_training_forwards_only():
     assert all(float(r.pending_load.sum()) == x.numel() for r in model.routers)
     health = model.area_health()
     assert set(health) >= {f"area/router_{i}/dead" for i in range(2)}
+
+
+def test_padding_moves_no_routing_statistic():
+    """Padded positions still get an area, but count in no running mean, balancing bias or area health."""
+    model = lm(num_areas=4).train()
+    ids = token_batch(3)
+    mask = torch.ones_like(ids)
+    mask[0, :5] = 0  # left padding of the first sequence
+    model(input_ids=ids, attention_mask=mask)
+    for router in model.routers:
+        assert float(router.pending_load.sum()) == float(mask.sum())
+        assert float(router.logged_load.sum()) == float(mask.sum())
