@@ -8,6 +8,7 @@ since the last log (forward hooks record the truth), and the logged area health 
 Exits non-zero (assertion) otherwise.
 """
 
+import gc
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -64,6 +65,10 @@ def main() -> None:
     assert check.checked == 2 and len(logged) == 2, (check.checked, logged)
     assert logged[-1]["area/router_1/max_share"] == check.expected["area/router_1/max_share"], (logged, check.expected)
     print(f"rank {rank}: counters matched what it routed at {check.checked} logs", flush=True)
+    # DDP must be gone before its process group: destroying the group first hung now and then (gloo), as in
+    # tests/ddp_selection_worker.py.
+    del trainer
+    gc.collect()
     dist.barrier()
     dist.destroy_process_group()
 
