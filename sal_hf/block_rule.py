@@ -32,7 +32,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .learning_rule import _InjectGradient
+from .learning_rule import injected_gradient
 
 
 BLOCK_RULES = ("sal", "dfa")
@@ -108,9 +108,7 @@ def block_local_surrogate(
     local objectives ``extra_terms`` (gradient only)."""
     if len(points) != len(deltas):
         raise ValueError(f"Got {len(deltas)} deltas for {len(points)} feedback points.")
-    terms = [_InjectGradient.apply(point, delta.detach()) for point, delta in zip(points, deltas)]
-    local = torch.stack([*terms, *(term.float() for term in extra_terms)]).sum() if terms or extra_terms else 0.0
-    return loss.float() + (local - local.detach() if torch.is_tensor(local) else 0.0)
+    return loss.float() + injected_gradient(points, deltas, extra_terms)
 
 
 class BlockLocalRule:

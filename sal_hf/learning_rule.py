@@ -178,13 +178,23 @@ def surrogate_loss(
         deltas: ``delta_l`` (constants).
         extra_terms: further local objectives (the routers' own losses), added to the gradient only.
     """
-    signals = [*deltas, error]
-    outputs = [*pre_activations, logits]
-    # Each term: the gradient of (output * signal).sum().
+    return loss.detach().float() + injected_gradient([*pre_activations, logits], [*deltas, error], extra_terms)
+
+
+def injected_gradient(
+    outputs: Sequence[torch.Tensor], signals: Sequence[torch.Tensor], extra_terms: Sequence[torch.Tensor] = ()
+) -> torch.Tensor | float:
+    """A scalar of value 0 whose gradient puts ``signals[i]`` (a constant) on ``outputs[i]`` (the gradient of
+    ``sum_i (outputs[i] * signals[i]).sum()``) and adds the gradients of ``extra_terms``: the local update that
+    every surrogate of this package (the MLP's, the transformer's) adds to its loss. ``0.0`` when there is nothing."""
+    if len(outputs) != len(signals):
+        raise ValueError(f"Got {len(signals)} signals for {len(outputs)} outputs.")
     terms = [_InjectGradient.apply(output, signal.detach()) for output, signal in zip(outputs, signals)]
-    local = torch.stack([*terms, *(term.float() for term in extra_terms)]).sum()
-    # Value of `loss`, gradient of `local`.
-    return loss.detach().float() + (local - local.detach())
+    terms += [term.float() for term in extra_terms]
+    if not terms:
+        return 0.0
+    local = torch.stack(terms).sum()
+    return local - local.detach()
 
 
 class LocalLearningRule:
