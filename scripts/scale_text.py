@@ -43,6 +43,7 @@ SCALE_CONFIG = {
     "max_position_embeddings": 64,
     "num_areas": 120,
     "area_down_proj": True,
+    "dual_path": True,  # the measured configuration (docs/TEXT.md); the transformer's default is areas only now
     "learning_rule": "sal",
 }
 TINY_CONFIG = {**SCALE_CONFIG, "vocab_size": 64, "hidden_size": 32, "num_attention_heads": 2}
