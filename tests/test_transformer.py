@@ -120,6 +120,7 @@ def test_derived_values_are_stored_unset_and_derived_on_read_after_overrides(tmp
     "overrides",
     [
         {},
+        {"num_areas": 16, "routing_dim": 32},  # the shipped K and routing space
         {"num_areas": 1},
         {"feedback_points": "micro"},
         {"area_down_proj": True},
