@@ -86,13 +86,17 @@ RULES = {
 # areas that start equal, area lr / K: chosen by the ablations). The foundation's SAL-16 (`sal`) is the
 # ablations' base row; its main-suite records from before the ablations are in git history.
 SAL_PLUS = {"dual_path": True, "area_init": "identical", "area_lr_scale": 1 / 16}
-MAIN_METHODS = {**RULES, "sal+": SAL_PLUS}
+# `sal+kp`: the same with learned Kolen-Pollack feedback (issue 12's candidate for "SAL as we recommend"; with one
+# hidden layer direct and layer-wise feedback are the same path, and the feedback matrix tracks the output layer).
+SAL_KP = {**SAL_PLUS, "feedback_alignment": "kolen_pollack"}
+MAIN_METHODS = {**RULES, "sal+": SAL_PLUS, "sal+kp": SAL_KP}
 PUBLISHED = {"bp": "bp", "sal+": "sal"}  # our method -> its column in PAPER
 METHOD_LABELS = {
     "bp": "BP",
     "fa": "FA",
     "dfa": "DFA",
     "sal+": "SAL-16 (SALConfig defaults: dual path, identical init, area lr / 16)",
+    "sal+kp": "SAL-16 + Kolen-Pollack (the defaults with feedback_alignment=kolen_pollack)",
 }
 # Ablations of SAL-16 (fair protocol). Per-layer vs shared routing and the feedback path only differ with two or
 # more hidden layers, so the ablation net is input-256-256-labels; `base` is SALConfig's defaults.
@@ -654,7 +658,7 @@ def targets(table: dict, dataset: str, epochs: int, max_train, max_test) -> list
     get = lambda protocol, method: table.get(("main", dataset, protocol, method, epochs, max_train, max_test))  # noqa: E731
     out = []
     bp_p, dfa_f, bp_f = get("paper", "bp"), get("fair", "dfa"), get("fair", "bp")
-    for method in ("sal+",):
+    for method in ("sal+", "sal+kp"):
         name = METHOD_LABELS[method]
         sal_p, sal_f = get("paper", method), get("fair", method)
         if sal_p and bp_p:
@@ -754,7 +758,7 @@ def plot_main(table: dict, docs: Path, hw: str) -> None:
     import matplotlib.pyplot as plt
 
     by = _keys_by_dataset(table)
-    colors = {"bp": "tab:blue", "fa": "tab:orange", "dfa": "tab:green", "sal+": "tab:red"}
+    colors = {"bp": "tab:blue", "fa": "tab:orange", "dfa": "tab:green", "sal+": "tab:red", "sal+kp": "tab:purple"}
     fig, axes = plt.subplots(len(by), 2, figsize=(11, 3.2 * len(by)), squeeze=False)
     for row, ((dataset, epochs, mt, me), keys) in enumerate(by.items()):
         for col, protocol in enumerate(["paper", "fair"]):
