@@ -496,13 +496,14 @@ def dataset_label(name: str, sizes: dict, epochs: int, reduced: bool) -> str:
 
 
 def load_records(results: Path) -> list[dict]:
-    """Every run record: from `runs/` when present (after `run`), else from the committed per-suite JSON."""
-    runs = sorted((results / "runs").glob("*.json"))
-    if runs:
-        return [json.loads(p.read_text()) for p in runs]
+    """Every run record: the committed per-suite JSON, with the records in `runs/` (after `run`) added and
+    replacing a committed record of the same run, so that a clone that re-runs or adds a few runs keeps the rest."""
     # Only this script's suites: docs/results/ also holds other scripts' tables (text_*.json of benchmark_text.py).
     suites = [p for p in sorted(results.glob("*.json")) if p.name.split("_", 1)[0] in SUITES]
-    return [r for p in suites for r in json.loads(p.read_text())["runs"]]
+    records = {Job(**r["job"]).name: r for p in suites for r in json.loads(p.read_text())["runs"]}
+    for path in sorted((results / "runs").glob("*.json")):
+        records[path.stem] = json.loads(path.read_text())
+    return list(records.values())
 
 
 def summarise(records: list[dict]) -> dict:
@@ -649,7 +650,15 @@ def results_markdown(table: dict, hw: str, args: argparse.Namespace) -> str:
     lines += [
         f"- {text}. Paper: {PAPER.get(name, {})}; not run, never substituted." for name, text in UNAVAILABLE.items()
     ]
-    lines += ["", "## Plots", "", "![learning curves](learning_curves.png)", "", "![accuracy](accuracy_bars.png)", ""]
+    lines += [
+        "",
+        "## Plots",
+        "",
+        "![learning curves](learning_curves.png)",
+        "",
+        "![accuracy gaps](accuracy_gaps.png)",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -751,6 +760,11 @@ def ablations_markdown(table: dict, hw: str, args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+# One colour per main-suite method, the same in every plot; the gap plot adds one marker per method.
+METHOD_COLORS = {"bp": "tab:blue", "fa": "tab:orange", "dfa": "tab:green", "sal+": "tab:red", "sal+kp": "tab:purple"}
+METHOD_MARKERS = {"bp": "D", "fa": "v", "dfa": "^", "sal+": "o", "sal+kp": "s"}
+
+
 def plot_main(table: dict, docs: Path, hw: str) -> None:
     import matplotlib
 
@@ -758,7 +772,7 @@ def plot_main(table: dict, docs: Path, hw: str) -> None:
     import matplotlib.pyplot as plt
 
     by = _keys_by_dataset(table)
-    colors = {"bp": "tab:blue", "fa": "tab:orange", "dfa": "tab:green", "sal+": "tab:red", "sal+kp": "tab:purple"}
+    colors = METHOD_COLORS
     fig, axes = plt.subplots(len(by), 2, figsize=(11, 3.2 * len(by)), squeeze=False)
     for row, ((dataset, epochs, mt, me), keys) in enumerate(by.items()):
         for col, protocol in enumerate(["paper", "fair"]):
@@ -787,40 +801,171 @@ def plot_main(table: dict, docs: Path, hw: str) -> None:
     fig.savefig(docs / "learning_curves.png", dpi=80)
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, len(by), figsize=(3.6 * len(by), 3.8), squeeze=False)
-    for i, ((dataset, epochs, mt, me), keys) in enumerate(by.items()):
-        ax = axes[0][i]
-        labels, width = list(MAIN_METHODS), 0.27
-        for j, protocol in enumerate(["paper", "fair"]):
-            entries = [table.get(("main", dataset, protocol, m, epochs, mt, me)) for m in labels]
-            ax.bar(
-                [x + (j - 1) * width for x in range(len(labels))],
-                [e["mean"] if e else 0 for e in entries],
-                width,
-                yerr=[e["std"] if e else 0 for e in entries],
-                label=f"ours, {protocol}",
-                color=["tab:gray", "tab:blue"][j],
-            )
-        if dataset in PAPER:
-            published = [PAPER[dataset].get(PUBLISHED.get(m, "")) for m in labels]
-            ax.bar(
-                [x + width for x in range(len(labels))],
-                [p or 0 for p in published],
-                width,
-                label="published (paper)",
-                color="white",
-                edgecolor="tab:red",
-                hatch="//",
-            )
-        ax.set_xticks(range(len(labels)), labels)
-        some = table[keys[0]]
-        ax.set_title(dataset_label(dataset, some["sizes"], epochs, some["reduced"]).replace(" (", "\n("), fontsize=7)
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_ylim(0, 100)
-        ax.legend(fontsize=6, loc="lower right")
-    fig.suptitle(f"Test accuracy, mean ± std over seeds 0-2 (ours) vs the paper's Table 2. {hw}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(docs / "accuracy_bars.png", dpi=80)
+    plot_gaps(table, docs, hw)
+
+
+def gap_to(entry: dict, ref: dict) -> tuple[float, float | None, bool]:
+    """`entry`'s mean test accuracy minus `ref`'s (points) and the spread of that difference: the sample std of the
+    per-seed differences when both ran the same seeds (paired), else sqrt(s1^2 + s2^2); None with one seed each."""
+    import numpy as np
+
+    gap = entry["mean"] - ref["mean"]
+    paired = entry["seeds"] == ref["seeds"]
+    if max(len(entry["seeds"]), len(ref["seeds"])) < 2:
+        return gap, None, paired
+    if paired:
+        return gap, float(np.subtract(entry["accuracies"], ref["accuracies"]).std(ddof=1)), True
+    return gap, math.hypot(entry["std"], ref["std"]), False
+
+
+# The gap plot's panels: (reference, protocol) -> (the methods compared with it, SAL's target: the lowest gap that
+# meets it, in words; None: no target). FA vs DFA is left out (the same rule with one hidden layer).
+GAP_PANELS = {
+    ("bp", "paper"): (["fa", "dfa", "sal+", "sal+kp"], (0.0, "SAL > BP")),
+    ("bp", "fair"): (["fa", "dfa", "sal+", "sal+kp"], (-1.0, "SAL ≥ BP − 1.0")),
+    ("dfa", "paper"): (["sal+", "sal+kp"], None),
+    ("dfa", "fair"): (["sal+", "sal+kp"], (0.0, "SAL ≥ DFA")),
+}
+GAP_LABELS = {"bp": "BP", "fa": "FA", "dfa": "DFA", "sal+": "SAL-16 (defaults)", "sal+kp": "SAL-16 + Kolen-Pollack"}
+
+
+def plot_gaps(table: dict, docs: Path, hw: str) -> None:
+    """accuracy_gaps.png: per dataset, each method's mean test accuracy minus BP's (top) and DFA's (bottom), one
+    column per protocol, with the spread of the per-seed difference and the paper's published SAL - BP."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    by = _keys_by_dataset(table)
+    rows = list(by)
+    labels = []
+    for row, keys in by.items():
+        name, sizes = dataset_label(row[0], table[keys[0]]["sizes"], row[1], table[keys[0]]["reduced"]).rsplit(" (", 1)
+        labels.append(f"{name}\n({sizes}")
+    get = lambda row, protocol, method: table.get(("main", row[0], protocol, method, *row[1:]))  # noqa: E731
+    published = {
+        i: PAPER[row[0]]["sal"] - PAPER[row[0]]["bp"]
+        for i, row in enumerate(rows)
+        if {"sal", "bp"} <= set(PAPER.get(row[0], {}))
+    }
+    # Every gap first, so that each protocol's column shares one x range (top and bottom panels alike).
+    points: dict = {}
+    for (ref, protocol), (methods, _) in GAP_PANELS.items():
+        for i, row in enumerate(rows):
+            base = get(row, protocol, ref)
+            for method in methods:
+                e = get(row, protocol, method)
+                if base and e:
+                    points[(ref, protocol, i, method)] = (*gap_to(e, base), min(len(e["seeds"]), len(base["seeds"])))
+    spans = {}
+    for protocol in ("paper", "fair"):
+        xs = [-1.5, 1.5, *(published.values() if protocol == "paper" else [])]
+        xs += [g + s * (err or 0) for (_, p, _, _), (g, err, _, _) in points.items() if p == protocol for s in (-1, 1)]
+        pad = 0.06 * (max(xs) - min(xs))
+        spans[protocol] = (min(xs) - pad, max(xs) + 2.5 * pad)  # room on the right for the numbers
+
+    panel = 0.4 * len(rows) + 0.45  # inches per panel; two rows of panels, plus title, legend and caption
+    top, bottom, between = 0.8, 0.95, 0.55
+    height = 2 * panel + top + bottom + between
+    fig, axes = plt.subplots(2, 2, figsize=(11, height), sharey=True, squeeze=False)
+    fig.subplots_adjust(
+        left=0.255, right=0.99, top=1 - top / height, bottom=bottom / height, hspace=between / panel, wspace=0.04
+    )
+    for (ref, protocol), (methods, target) in GAP_PANELS.items():
+        ax = axes[0 if ref == "bp" else 1][0 if protocol == "paper" else 1]
+        slots = methods + (["published"] if ref == "bp" and protocol == "paper" and published else [])
+        offsets = {m: -0.3 + 0.6 * k / max(1, len(slots) - 1) for k, m in enumerate(slots)}
+        lo, hi = spans[protocol]
+        ax.set_xlim(lo, hi)
+        if target:
+            ax.axvspan(target[0], hi, color="tab:green", alpha=0.1, lw=0)
+        ax.axvline(0, color="black", lw=0.8)
+        for i, row in enumerate(rows):
+            if i % 2:
+                ax.axhspan(i - 0.5, i + 0.5, color="0.93", lw=0, zorder=0)
+            drawn = [m for m in methods if (ref, protocol, i, m) in points]
+            for method in drawn:
+                gap, err, paired, n = points[(ref, protocol, i, method)]
+                y, color = i + offsets[method], METHOD_COLORS[method]
+                bars = ax.errorbar(gap, y, xerr=err, fmt=METHOD_MARKERS[method], color=color, ms=5, capsize=2, lw=1)
+                if err is not None and not paired:
+                    bars[2][0].set_linestyle("--")
+                if method.startswith("sal"):  # the numbers the targets are about
+                    text = f"{gap:+.1f}" + (" (n=1)" if n < 2 else "")
+                    ax.annotate(
+                        text,
+                        (gap + (err or 0), y),
+                        xytext=(4, 0),
+                        textcoords="offset points",
+                        va="center",
+                        fontsize=6.5,
+                        color=color,
+                    )
+            if "published" in offsets and i in published:
+                y = i + offsets["published"]
+                ax.plot(published[i], y, "*", color="black", ms=8)
+                ax.annotate(
+                    f"{published[i]:+.1f}",
+                    (published[i], y),
+                    xytext=(6, 0),
+                    textcoords="offset points",
+                    va="center",
+                    fontsize=6.5,
+                )
+            if not drawn:
+                some = any(get(row, protocol, m) for m in methods)
+                ax.text(
+                    0.5,
+                    i,
+                    f"no {ref.upper()} run" if some else "not run",
+                    transform=ax.get_yaxis_transform(),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="0.4",
+                    style="italic",
+                )
+        ax.set_title(
+            f"{protocol} protocol: method − {ref.upper()}" + (f"   (green: target {target[1]})" if target else ""),
+            fontsize=8.5,
+        )
+        ax.set_xlabel(f"test accuracy minus {ref.upper()}'s, points", fontsize=7.5, labelpad=1)
+        ax.tick_params(labelsize=7.5)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(range(len(rows)), labels, fontsize=7.5)
+    axes[0][0].set_ylim(len(rows) - 0.5, -0.5)
+    handles = [
+        Line2D([], [], marker=METHOD_MARKERS[m], color=METHOD_COLORS[m], ls="", label=GAP_LABELS[m])
+        for m in MAIN_METHODS
+        if any(k[3] == m for k in points)
+    ]
+    if published:
+        label = "published SAL-16 − BP (paper's Table 2, not ours)"
+        handles.append(Line2D([], [], marker="*", color="black", ls="", ms=8, label=label))
+    handles.append(Patch(color="tab:green", alpha=0.2, label="SAL's target met"))
+    fig.legend(
+        handles=handles,
+        loc="lower center",
+        ncol=len(handles),
+        fontsize=7.5,
+        frameon=False,
+        bbox_to_anchor=(0.5, 0.3 / height),
+    )
+    seeds = sorted({s for e in table.values() for s in e["seeds"]})
+    fig.suptitle(
+        f"Accuracy gap to BP (top) and to DFA (bottom), ours, mean over seeds {', '.join(map(str, seeds))}"
+        f" (n=1 where marked)\n{hw}",
+        fontsize=8.5,
+    )
+    fig.text(
+        0.5,
+        0.08 / height,
+        "Marker: difference of the mean test accuracies; bar: sample std of the per-seed difference (paired by"
+        " seed); dashed bar: seeds differ, sqrt(s1² + s2²); no bar: one seed. FA = DFA with one hidden layer.",
+        ha="center",
+        fontsize=7,
+    )
+    fig.savefig(docs / "accuracy_gaps.png", dpi=90)
     plt.close(fig)
 
 
