@@ -110,6 +110,10 @@ def run(rule: str, depth: int, data, args) -> dict:
         dual_path=False,
         area_init="independent",
         area_lr_scale=1.0,
+        # --feedback applies to SAL (FA is layer-wise and DFA direct by definition); --feedback-alignment to every
+        # local rule (docs/FEEDBACK.md).
+        **({"feedback": args.feedback} if rule == "sal" else {}),
+        **({"feedback_alignment": args.feedback_alignment} if rule != "bp" else {}),
     )
     model = SALForImageClassification(config)
     with tempfile.TemporaryDirectory() as tmp:
@@ -255,7 +259,8 @@ def write_report(results: list[dict], args, out: Path, command: str) -> None:
         "# Depth: 2 to 128 layers",
         "",
         f"Dataset `{args.dataset}`{sizes(results[0])}; residual pre-norm ({args.norm}) blocks of width {args.width}; SAL with "
-        f"K={args.areas} areas, DFA and BP with K=1; AdamW lr {args.lr}, batch {args.batch_size}, "
+        f"K={args.areas} areas ({args.feedback} feedback), DFA and BP with K=1; feedback matrices "
+        f"`{args.feedback_alignment}`; AdamW lr {args.lr}, batch {args.batch_size}, "
         f"{args.epochs} epochs; the same budget for every depth, rule and seed. Machine: "
         f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}.",
         "",
@@ -279,7 +284,7 @@ def write_report(results: list[dict], args, out: Path, command: str) -> None:
             f"{fmt(r['cos_to_bp'])} | {r['seconds']:.0f} |"
         )
     lines += ["", f"![accuracy and norms against depth]({args.name.lower()}.png)", ""]
-    if args.dataset == "digits":  # the design notes and the reading of the committed Digits run
+    if args.name == "DEPTH":  # the design notes and the reading of the committed Digits run
         lines += [
             "The same study on Fashion-MNIST (a class-balanced training subset): "
             "[DEPTH_fashion_mnist.md](DEPTH_fashion_mnist.md).",
@@ -290,6 +295,16 @@ def write_report(results: list[dict], args, out: Path, command: str) -> None:
         lines += ["The Digits study, with the design notes and the residual-scale sweep: [DEPTH.md](DEPTH.md).", ""]
     for seed in sorted({r.get("seed", 0) for r in results}):
         sal = {r["depth"]: r for r in results if r["rule"] == "sal" and r.get("seed", 0) == seed}
+        deeper = [r for depth, r in sal.items() if depth >= 8]
+        if 2 in sal and deeper:
+            best = max(deeper, key=lambda r: r["accuracy"])
+            gain = 100 * (best["accuracy"] - sal[2]["accuracy"])
+            lines += [
+                f"Depth that helps, seed {seed} (a SAL net of 8 or more layers beats its own 2-layer accuracy): "
+                f"{'met' if gain > 0 else 'NOT met'}: best deep SAL {100 * best['accuracy']:.1f}% at "
+                f"{best['depth']} layers vs {100 * sal[2]['accuracy']:.1f}% at 2 ({gain:+.1f} points).",
+                "",
+            ]
         if not (sal and min(sal) == 2 and max(sal) >= 128):
             continue
         deep, shallow = sal[max(sal)], sal[2]
@@ -314,6 +329,13 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--areas", type=int, default=4)
     parser.add_argument("--norm", default="layernorm", choices=["layernorm", "rmsnorm"])
+    parser.add_argument("--feedback", default="direct", choices=["direct", "layerwise"], help="SAL's feedback path")
+    parser.add_argument(
+        "--feedback-alignment",
+        default="fixed",
+        choices=["fixed", "kolen_pollack", "sign"],
+        help="how the local rules' feedback matrices are made (docs/FEEDBACK.md)",
+    )
     parser.add_argument("--residual-scale", type=float, default=None, help="default: SALConfig's 1/blocks")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
