@@ -157,6 +157,7 @@ def run(rule: str, depth: int, data, args) -> dict:
     finite = finite and all(math.isfinite(v) for v in [*norms, *update])
     return {
         "rule": rule,
+        "feedback": "-" if rule == "bp" else f"{config.feedback}, {config.feedback_alignment}",
         "depth": depth,
         "seed": args.seed,
         "accuracy": accuracy,
@@ -222,20 +223,27 @@ def fmt(values: list[float], digits: int = 2) -> str:
     return " / ".join(f"{v:.{digits}g}" if abs(v) < 1e-2 or abs(v) >= 1e3 else f"{v:.{digits}f}" for v in values)
 
 
+def variant(result: dict) -> str:
+    """The rule, with its feedback where it is not the published one (direct, fixed): `sal (layerwise, ...)`."""
+    feedback = result.get("feedback", "direct, fixed")
+    plain = feedback in ("-", "direct, fixed") or (result["rule"] == "fa" and feedback == "layerwise, fixed")
+    return result["rule"] if plain else f"{result['rule']} ({feedback})"
+
+
 def write_report(results: list[dict], args, out: Path, command: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rules = list(dict.fromkeys(r["rule"] for r in results))
+    rules = list(dict.fromkeys(variant(r) for r in results))
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for rule in rules:
-        depths = sorted({r["depth"] for r in results if r["rule"] == rule})
+        depths = sorted({r["depth"] for r in results if variant(r) == rule})
 
         def mean(key, depth, index=None, rule=rule):  # over seeds
             values = [
-                r[key] if index is None else r[key][index] for r in results if (r["rule"], r["depth"]) == (rule, depth)
+                r[key] if index is None else r[key][index] for r in results if (variant(r), r["depth"]) == (rule, depth)
             ]
             return sum(values) / len(values)
 
@@ -259,8 +267,8 @@ def write_report(results: list[dict], args, out: Path, command: str) -> None:
         "# Depth: 2 to 128 layers",
         "",
         f"Dataset `{args.dataset}`{sizes(results[0])}; residual pre-norm ({args.norm}) blocks of width {args.width}; SAL with "
-        f"K={args.areas} areas ({args.feedback} feedback), DFA and BP with K=1; feedback matrices "
-        f"`{args.feedback_alignment}`; AdamW lr {args.lr}, batch {args.batch_size}, "
+        f"K={args.areas} areas, DFA and BP with K=1 (*feedback*: each local rule's feedback path and matrices, "
+        f"docs/FEEDBACK.md); AdamW lr {args.lr}, batch {args.batch_size}, "
         f"{args.epochs} epochs; the same budget for every depth, rule and seed. Machine: "
         f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}.",
         "",
@@ -272,13 +280,14 @@ def write_report(results: list[dict], args, out: Path, command: str) -> None:
         "that update and the true backprop gradient of the same parameters, at initialisation and after "
         "training (BP's is 1 by definition).",
         "",
-        "| layers | rule | seed | test acc % | NaN/Inf | act norm | update norm | cos to BP (init) | cos to BP (end) "
-        "| time s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| layers | rule | feedback | seed | test acc % | NaN/Inf | act norm | update norm | cos to BP (init) "
+        "| cos to BP (end) | time s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r['depth']} | {r['rule']} | {r.get('seed', 0)} | {100 * r['accuracy']:.1f} | "
+            f"| {r['depth']} | {r['rule']} | {r.get('feedback', 'direct, fixed')} | {r.get('seed', 0)} "
+            f"| {100 * r['accuracy']:.1f} | "
             f"{'yes' if r['nan_or_inf'] else 'no'} | "
             f"{fmt(r['activation_norm'])} | {fmt(r['update_norm'])} | {fmt(r['cos_to_bp_init'])} | "
             f"{fmt(r['cos_to_bp'])} | {r['seconds']:.0f} |"
@@ -293,14 +302,16 @@ def write_report(results: list[dict], args, out: Path, command: str) -> None:
         ]
     else:
         lines += ["The Digits study, with the design notes and the residual-scale sweep: [DEPTH.md](DEPTH.md).", ""]
-    for seed in sorted({r.get("seed", 0) for r in results}):
-        sal = {r["depth"]: r for r in results if r["rule"] == "sal" and r.get("seed", 0) == seed}
+    sals = [rule for rule in rules if rule.startswith("sal")]
+    for rule, seed in [(rule, seed) for rule in sals for seed in sorted({r.get("seed", 0) for r in results})]:
+        sal = {r["depth"]: r for r in results if variant(r) == rule and r.get("seed", 0) == seed}
+        name = "SAL" if rule == "sal" else rule.replace("sal", "SAL", 1)
         deeper = [r for depth, r in sal.items() if depth >= 8]
         if 2 in sal and deeper:
             best = max(deeper, key=lambda r: r["accuracy"])
             gain = 100 * (best["accuracy"] - sal[2]["accuracy"])
             lines += [
-                f"Depth that helps, seed {seed} (a SAL net of 8 or more layers beats its own 2-layer accuracy): "
+                f"Depth that helps, {name}, seed {seed} (8 or more layers beat its own 2-layer accuracy): "
                 f"{'met' if gain > 0 else 'NOT met'}: best deep SAL {100 * best['accuracy']:.1f}% at "
                 f"{best['depth']} layers vs {100 * sal[2]['accuracy']:.1f}% at 2 ({gain:+.1f} points).",
                 "",
@@ -311,7 +322,7 @@ def write_report(results: list[dict], args, out: Path, command: str) -> None:
         gap = 100 * (shallow["accuracy"] - deep["accuracy"])
         met = not deep["nan_or_inf"] and gap <= 2.0
         lines += [
-            f"Target, seed {seed} (SAL at {deep['depth']} layers: no NaN/Inf, within 2 points of its 2-layer "
+            f"Target, {name}, seed {seed} (at {deep['depth']} layers: no NaN/Inf, within 2 points of its 2-layer "
             f"accuracy): {'met' if met else 'NOT met'}: {100 * deep['accuracy']:.1f}% vs "
             f"{100 * shallow['accuracy']:.1f}% ({gap:+.1f} points lost), NaN/Inf "
             f"{'seen' if deep['nan_or_inf'] else 'none'}.",
@@ -366,7 +377,9 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         saved = [json.loads(path.read_text()) for path in args.from_json]
         results = [r for run in saved for r in run["results"]]
-        results.sort(key=lambda r: (r["depth"], ["sal", "dfa", "fa", "bp"].index(r["rule"]), r.get("seed", 0)))
+        results.sort(
+            key=lambda r: (r["depth"], ["sal", "dfa", "fa", "bp"].index(r["rule"]), variant(r), r.get("seed", 0))
+        )
         write_report(results, args, args.out, " and ".join(f"`{run['command']}`" for run in saved))
         return
     data = load(args.dataset, args.seed, args.max_train)
