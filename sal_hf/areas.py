@@ -73,6 +73,9 @@ class SALAreaLinear(nn.Module):
       ``selected_areas`` (device-side, OR-ed over the forwards of one optimizer step), and
       ``optim.clear_unselected_area_grads`` sets ``.grad = None`` on the others before the optimizer step.
 
+    Rows a ``mask`` drops (padding tokens) go through no area in either implementation: their output is zero and
+    they select nothing, so an area that only such rows were routed to takes no optimizer step.
+
     ``area_linear`` is a runtime hook for the optimizer side: when set, training forwards take the split path and
     call ``area_linear(x, weight_k, bias_k, k)`` in place of ``F.linear`` (``optim.in_place_area_sgd`` installs
     one that applies plain SGD inside the backward pass; the layer knows nothing of optimizers).
@@ -144,7 +147,11 @@ class SALAreaLinear(nn.Module):
         return F.linear(x, *self._parameters_of(k, grad_scale))
 
     def forward(
-        self, x: torch.Tensor, area: torch.Tensor | None, grad_scale: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        area: torch.Tensor | None,
+        grad_scale: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Apply each row's area.
 
@@ -154,6 +161,10 @@ class SALAreaLinear(nn.Module):
             grad_scale: optional (K,) constants: area k's weight and bias receive their gradient multiplied by
                 ``grad_scale[k]``; the gradient of ``x`` is unchanged (e.g. an update averaged over each area's own
                 rows: ``rows / n_k``).
+            mask: optional (...) bool (or 0/1), the shape of ``area``: rows where it is False (padding tokens) go
+                through no area. Their output is zero and they select nothing: an area only such rows were routed
+                to is not in the graph (``split``) nor recorded as selected (``masked``), so it gets no gradient and
+                no optimizer step. Ignored when K = 1.
 
         Returns:
             (..., out).
@@ -162,31 +173,49 @@ class SALAreaLinear(nn.Module):
             return self._linear(x, 0, grad_scale)
         if x.dim() != 2:
             lead = x.shape[:-1]
-            return self(x.reshape(-1, x.shape[-1]), area.reshape(-1), grad_scale).view(*lead, -1)
+            mask = mask.reshape(-1) if mask is not None else None
+            return self(x.reshape(-1, x.shape[-1]), area.reshape(-1), grad_scale, mask).view(*lead, -1)
+        if mask is not None:
+            mask = mask.to(device=area.device, dtype=torch.bool)
         if self.area_linear is None and self.uses_masked(x.device):
-            return self._forward_masked(x, area, grad_scale)
+            return self._forward_masked(x, area, grad_scale, mask)
         batch = x.shape[0]
+        buckets = self.num_areas
+        if mask is not None:
+            # Masked rows form a bucket K of their own, sorted last and computed through no area.
+            area = torch.where(mask, area, self.num_areas)
+            buckets += 1
         # Group samples by area: one matmul per non-empty area, never a loop over samples.
         order = torch.argsort(area, stable=True)  # (B,)
-        counts = torch.bincount(area, minlength=self.num_areas).tolist()
+        counts = torch.bincount(area, minlength=buckets).tolist()
         chunks = x[order].split(counts)
-        y = torch.cat(
-            [self._linear(chunk, k, grad_scale) for k, chunk in enumerate(chunks) if counts[k]]
-        )  # (B, block), sorted
+        outputs = [self._linear(chunks[k], k, grad_scale) for k in range(self.num_areas) if counts[k]]
+        if not outputs:  # every row masked
+            return x.new_zeros(batch, self.out_features)
+        y = torch.cat(outputs)  # (kept, block), sorted; the masked rows, if any, are the last batch - kept
+        kept = y.shape[0]
         if self.partition:
             full = y.new_zeros(batch, self.num_areas, self.block)  # (B, K, out/K), sorted
-            full[torch.arange(batch, device=x.device), area[order]] = y
+            full[torch.arange(kept, device=x.device), area[order][:kept]] = y
             y = full.view(batch, self.out_features)
+        elif kept < batch:
+            y = torch.cat([y, y.new_zeros(batch - kept, self.block)])  # (B, out), sorted
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(batch, device=order.device)
         return y[inverse]  # (B, out), original order
 
-    def _forward_masked(self, x: torch.Tensor, area: torch.Tensor, grad_scale: torch.Tensor | None) -> torch.Tensor:
+    def _forward_masked(
+        self, x: torch.Tensor, area: torch.Tensor, grad_scale: torch.Tensor | None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         batch = x.shape[0]
         if is_training_forward(self):
             if self.selected_areas is None or self.selected_areas.device != area.device:
                 self.selected_areas = torch.zeros(self.num_areas, dtype=torch.bool, device=area.device)
-            self.selected_areas.index_fill_(0, area, True)  # no host sync
+            if mask is None:
+                self.selected_areas.index_fill_(0, area, True)  # no host sync
+            else:  # the areas of the rows the mask keeps, still without a host sync
+                hits = (area.unsqueeze(-1) == torch.arange(self.num_areas, device=area.device)) & mask.unsqueeze(-1)
+                self.selected_areas |= hits.any(0)
         # Rows [k*block, (k+1)*block) of the concatenation are area k's: one GEMM gives every area's output.
         weight, bias = zip(*(self._parameters_of(k, grad_scale) for k in range(self.num_areas)))
         weight = torch.cat(weight)  # (K*block, in)
@@ -196,9 +225,13 @@ class SALAreaLinear(nn.Module):
             # Keep the sample's own block, zero the others; `where` (not a 0/1 product) so that an overflow in an
             # unselected block cannot turn into NaN. Its backward passes a zero gradient to unselected blocks.
             keep = torch.arange(self.num_areas, device=area.device) == area.unsqueeze(-1)  # (B, K)
+            if mask is not None:
+                keep = keep & mask.unsqueeze(-1)  # a masked row keeps no block
             return torch.where(keep.unsqueeze(-1), y, 0.0).view(batch, self.out_features)  # (B, out)
         index = area.view(batch, 1, 1).expand(batch, 1, self.block)  # (B, 1, out)
-        return y.gather(1, index).squeeze(1)  # (B, out); backward scatters into zeros: other areas get 0
+        y = y.gather(1, index).squeeze(1)  # (B, out); backward scatters into zeros: other areas get 0
+        # A masked row outputs zero (`where`: a zero gradient to every area, which then counts as unselected).
+        return torch.where(mask.unsqueeze(-1), y, 0.0) if mask is not None else y
 
 
 __all__ = ["SALAreaLinear", "make_norm"]

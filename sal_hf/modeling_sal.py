@@ -169,22 +169,72 @@ class SALModelOutput(ModelOutput):
 @dataclass
 class SALImageClassifierOutput(ImageClassifierOutput):
     """[`ImageClassifierOutput`] plus what SAL records: `areas` (hidden layers, then the output layer),
-    and with `local=True` the hidden `pre_activations` and the `routing_losses`."""
+    and with `local=True` the hidden `pre_activations`, the `routing_losses` and the `feedback` matrices the local
+    rule uses this step."""
 
     areas: tuple[torch.Tensor | None, ...] | None = None
     pre_activations: tuple[torch.Tensor, ...] | None = None
     routing_losses: tuple[torch.Tensor, ...] | None = None
+    feedback: tuple[torch.Tensor, ...] | None = None
 
 
 class SALRoutingMixin:
     """What every SAL model (the MLP, the transformer) offers its trainer: the routers, their once-per-step
-    statistics and area health, and a `from_pretrained` whose tensors sit in aligned memory (`align_tensors`)."""
+    statistics and area health, and a checked `from_pretrained` whose tensors sit in aligned memory
+    (`align_tensors`)."""
+
+    # Weights a checkpoint may lack because the config regenerates them: the fixed feedback matrices (from
+    # `feedback_seed`), e.g. when a `bp` checkpoint is loaded with `learning_rule="sal"`.
+    _sal_regenerated_prefixes: tuple[str, ...] = ("feedback.",)
+    # A task head that a checkpoint saved by another architecture lacks and that loading draws fresh (a language
+    # model loaded for sequence classification: the usual start of fine-tuning). Checked against the checkpoint's
+    # `config.architectures`, so a checkpoint of this very class that lacks its head still raises.
+    _sal_new_head_prefixes: tuple[str, ...] = ()
 
     @classmethod
-    def from_pretrained(cls, *args: Any, **kwargs: Any):
-        loaded = super().from_pretrained(*args, **kwargs)
-        align_tensors(loaded[0] if isinstance(loaded, tuple) else loaded)
-        return loaded
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args, **kwargs):
+        """[`PreTrainedModel.from_pretrained`] with SAL's checks: an unreadable weights file raises an `OSError`
+        naming it, and weights missing from the checkpoint, or shaped for another config, raise a `ValueError`
+        naming the checkpoint instead of being silently drawn at random (only the feedback matrices may be missing:
+        they are regenerated from `feedback_seed`; and a task head this class adds to another architecture's
+        checkpoint, see `_sal_new_head_prefixes`)."""
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        source = str(pretrained_model_name_or_path)
+        try:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+            )
+        except RuntimeError as error:
+            if "ignore_mismatched_sizes" not in str(error):
+                raise
+            raise ValueError(
+                f"The weights in {source} do not fit its config.json (shapes differ; num_areas, hidden sizes or "
+                f"routing_dim changed?). Re-save the model, fix the config, or pass ignore_mismatched_sizes=True to "
+                f"re-initialise the mismatched weights. ({error})"
+            ) from error
+        except SafetensorError as error:
+            weights = os.path.join(source, "model.safetensors") if os.path.isdir(source) else source
+            raise OSError(
+                f"Cannot read the SAL weights in {weights}: {error}. The file is truncated or corrupted; restore it "
+                "from another copy or load an earlier checkpoint."
+            ) from error
+        missing = sorted(key for key in info["missing_keys"] if not cls._may_be_missing(key, model.config))
+        if missing:
+            raise ValueError(
+                f"The checkpoint {source} lacks {len(missing)} weights this SAL model needs, e.g. {missing[:3]}. Its "
+                "weights do not match its config.json (num_areas, hidden sizes, ...) or a tensor was deleted; re-save "
+                "the model or fix the config."
+            )
+        align_tensors(model)
+        return (model, info) if output_loading_info else model
+
+    @classmethod
+    def _may_be_missing(cls, key: str, config: Any) -> bool:
+        """Whether a checkpoint may lack weight ``key`` (see `_sal_regenerated_prefixes`, `_sal_new_head_prefixes`)."""
+        if key.startswith(cls._sal_regenerated_prefixes):
+            return True
+        saved_by_this_class = cls.__name__ in (getattr(config, "architectures", None) or [])
+        return not saved_by_this_class and key.startswith(cls._sal_new_head_prefixes)
 
     @property
     def routers(self) -> list[AreaRouter]:
@@ -242,40 +292,6 @@ class SALPreTrainedModel(SALRoutingMixin, PreTrainedModel):
         elif isinstance(module, (AreaRouter, FeedbackMatrices)):
             for name, value in module.initial_values().items():
                 init.copy_(getattr(module, name), value)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args, **kwargs):
-        """[`PreTrainedModel.from_pretrained`] with SAL's checks: an unreadable weights file raises an `OSError`
-        naming it, and weights missing from the checkpoint raise a `ValueError` instead of being silently drawn
-        at random (only the feedback matrices may be missing: they are regenerated from `feedback_seed`, e.g.
-        when a `bp` checkpoint is loaded with `learning_rule="sal"`)."""
-        output_loading_info = kwargs.pop("output_loading_info", False)
-        source = str(pretrained_model_name_or_path)
-        try:
-            model, info = super().from_pretrained(
-                pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
-            )
-        except RuntimeError as error:
-            if "ignore_mismatched_sizes" not in str(error):
-                raise
-            raise ValueError(
-                f"The weights in {source} do not fit its config.json (shapes differ; num_areas, hidden_sizes or "
-                f"routing_dim changed?). Re-save the model, fix the config, or pass ignore_mismatched_sizes=True to "
-                f"re-initialise the mismatched weights. ({error})"
-            ) from error
-        except SafetensorError as error:
-            weights = os.path.join(source, "model.safetensors") if os.path.isdir(source) else source
-            raise OSError(
-                f"Cannot read the SAL weights in {weights}: {error}. The file is truncated or corrupted; restore it "
-                "from another copy or load an earlier checkpoint."
-            ) from error
-        missing = sorted(key for key in info["missing_keys"] if not key.startswith("feedback."))
-        if missing:
-            raise ValueError(
-                f"The checkpoint {source} lacks {len(missing)} weights this SAL model needs, e.g. {missing[:3]}. Its "
-                "weights do not match its config.json (num_areas, hidden_sizes, ...); re-save the model or fix the config."
-            )
-        return (model, info) if output_loading_info else model
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
         # transformers writes only the saved class's own auto class to `auto_map`; the copied modeling file
@@ -475,9 +491,14 @@ class SALForImageClassification(SALPreTrainedModel):
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.float(), labels)
-        routing_losses = None
+        routing_losses = feedback = None
         if local:
             routing_losses = outputs.routing_losses + ((routing_loss,) if routing_loss is not None else ())
+            if self.feedback is not None:
+                # Views of the matrices, so that learned (Kolen-Pollack) ones are part of the forward's graph: DDP
+                # (find_unused_parameters=True) otherwise marks them unused after the forward and then raises when
+                # the local rule's backward reaches them (tests/test_distributed.py).
+                feedback = tuple(matrix.view_as(matrix) for matrix in self.feedback_matrices())
         output = SALImageClassifierOutput(
             loss=loss,
             logits=logits,
@@ -485,6 +506,7 @@ class SALForImageClassification(SALPreTrainedModel):
             areas=(*outputs.areas, area),
             pre_activations=outputs.pre_activations,
             routing_losses=routing_losses,
+            feedback=feedback,
         )
         return output if return_dict else output.to_tuple()
 

@@ -159,20 +159,22 @@ class SALTransformerMLP(nn.Module):
         self, x: torch.Tensor, local: bool = False, token_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """``x`` (B, T, d), ``token_mask`` (B, T) or None. Returns ``(y, area, routing_loss)``: (B, T, d), the
-        area of every token (B, T) long or None (K = 1), and the router's local loss with ``local``."""
+        area of every token (B, T) long or None (K = 1), and the router's local loss with ``local``. Padding
+        (``token_mask`` 0) moves no routing statistic or loss and goes through no area (the shared path only), so an
+        area that only padding was routed to gets no gradient and no optimizer step."""
         batch, length, size = x.shape
         flat = x.reshape(batch * length, size)  # (N, d)
         area, routing_loss = None, None
+        mask = token_mask.reshape(-1).bool() if token_mask is not None else None  # (N,)
         if self.router is not None:
-            mask = token_mask.reshape(-1) if token_mask is not None else None  # padding moves no statistic or loss
             area, routed = self.router(flat, mask)  # (N,), (N, d_r)
             if local and self.router.learned:
                 routing_loss = self.router.local_loss(routed, area, mask)
-        a = self.up(flat, area)  # (N, inner)
+        a = self.up(flat, area, mask=mask)  # (N, inner)
         if self.shared_up is not None:
             a = a + self.shared_up(flat)
         h = self.activation(a)
-        y = self.down(h, area) if isinstance(self.down, SALAreaLinear) else self.down(h)  # (N, d)
+        y = self.down(h, area, mask=mask) if isinstance(self.down, SALAreaLinear) else self.down(h)  # (N, d)
         if self.shared_down is not None:
             y = y + self.shared_down(h)
         return y.view(batch, length, size), (area.view(batch, length) if area is not None else None), routing_loss
@@ -313,18 +315,20 @@ class SALTransformerPreTrainedModel(SALRoutingMixin, PreTrainedModel):
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     def feedback_matrices(self) -> list[torch.Tensor]:
-        """The fixed ``B_l`` of every feedback point, in point order (what `SALTrainer` hands the rule)."""
+        """The ``B_l`` of every feedback point, in point order (what `SALTrainer` hands the rule)."""
         if getattr(self, "feedback", None) is None:
             raise ValueError(f"learning_rule={self.config.learning_rule!r} has no feedback matrices.")
         return self.feedback.matrices()
 
     def _make_feedback(self, error_size: int) -> FeedbackMatrices | None:
-        """The fixed random ``B_l`` of every feedback point, (error_size, d) each; None under `bp`."""
+        """The random ``B_l`` of every feedback point, (error_size, d) each: frozen buffers, or parameters starting
+        from the same draw with `feedback_alignment="kolen_pollack"`; None under `bp`."""
         config = self.config
         if config.learning_rule == "bp":
             return None
         sizes = [config.hidden_size] * config.num_feedback_points
-        return FeedbackMatrices(sizes, error_size, mode="direct", seed=config.feedback_seed)
+        learned = config.feedback_alignment == "kolen_pollack"
+        return FeedbackMatrices(sizes, error_size, mode="direct", seed=config.feedback_seed, learned=learned)
 
 
 class SALTransformerModel(SALTransformerPreTrainedModel):
@@ -549,6 +553,9 @@ class SALTransformerForSequenceClassification(SALTransformerPreTrainedModel):
     # The loss is a per-batch mean (Trainer's `num_items_in_batch` is not used): Trainer scales it for gradient
     # accumulation itself.
     accepts_loss_kwargs = False
+    # A causal LM's checkpoint has no `score` head: loading one here draws it fresh (the start of fine-tuning). A
+    # checkpoint of this class without it raises, like any missing weight (`SALRoutingMixin.from_pretrained`).
+    _sal_new_head_prefixes = ("score.",)
 
     def __init__(self, config: SALTransformerConfig) -> None:
         super().__init__(config)

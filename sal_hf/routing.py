@@ -61,7 +61,8 @@ class AreaRouter(nn.Module):
         center_momentum: momentum of the running mean of the input.
 
     Buffers (all persistent, so checkpoints and resumes route identically): ``prototypes`` (K, d_r),
-    ``input_mean`` (d_in), ``area_bias`` (K), ``num_updates`` (). Accumulators (plain tensors, not buffers)
+    ``input_mean`` (d_in), ``area_bias`` (K), ``num_updates`` (); the floating ones stay fp32 when the model is
+    cast or loaded in a lower precision (``model.to(torch.bfloat16)``, ``from_pretrained(..., dtype=...)``). Accumulators (plain tensors, not buffers)
     gather what the training forwards (training mode with autograd on) of the current optimizer step saw until
     :meth:`update_statistics` applies it, so gradient accumulation over micro-batches routes exactly like one big
     batch.
@@ -87,14 +88,17 @@ class AreaRouter(nn.Module):
         self.balance_rate = balance_rate
         self.center_momentum = center_momentum
 
-        projection = torch.empty(routing_dim, in_features)
+        # The buffers are fp32 whatever the default dtype (transformers builds a model loaded with `dtype=` under it,
+        # and then keeps the dtype of each tensor it loads into) and whatever cast follows (see `_apply`): a
+        # balancing step of 1e-3 on a bias near 1 rounds away in bf16. The learned projection is a weight like the
+        # others and follows the model's dtype; routing computes in fp32 anyway (see `project`).
         if learned:
-            self.projection = nn.Parameter(projection)
+            self.projection = nn.Parameter(torch.empty(routing_dim, in_features))
         else:
-            self.register_buffer("projection", projection)
-        self.register_buffer("prototypes", torch.empty(num_areas, routing_dim))
-        self.register_buffer("input_mean", torch.empty(in_features))
-        self.register_buffer("area_bias", torch.empty(num_areas))
+            self.register_buffer("projection", torch.empty(routing_dim, in_features, dtype=torch.float32))
+        self.register_buffer("prototypes", torch.empty(num_areas, routing_dim, dtype=torch.float32))
+        self.register_buffer("input_mean", torch.empty(in_features, dtype=torch.float32))
+        self.register_buffer("area_bias", torch.empty(num_areas, dtype=torch.float32))
         self.register_buffer("num_updates", torch.empty((), dtype=torch.long))
         # Statistics, not model state, so plain attributes and not buffers: DDP (`broadcast_buffers=True`) copies
         # rank 0's buffers to every rank before each forward, which would overwrite each rank's own counts. They
@@ -124,6 +128,20 @@ class AreaRouter(nn.Module):
             getattr(self, name).copy_(value)
         for name in ("pending_input_sum", "pending_load", "logged_load"):
             getattr(self, name).zero_()
+
+    def _apply(self, fn, recurse: bool = True):
+        """``Module.to``, ``.half()``, ``.bfloat16()``, ...: the buffers follow the device but never drop below
+        fp32. A cast to a lower precision keeps their fp32 values (the original tensor moved, not the rounded one)."""
+        before = dict(self._buffers)
+        super()._apply(fn, recurse)
+        for name, buffer in self._buffers.items():
+            if buffer is None or not buffer.is_floating_point() or torch.finfo(buffer.dtype).bits >= 32:
+                continue
+            original = before[name]
+            if torch.finfo(original.dtype).bits < 32:
+                original = original.float()
+            self._buffers[name] = original.to(buffer.device)
+        return self
 
     def _statistics_on(self, device: torch.device) -> None:
         """Move the statistics to ``device`` (they are not buffers, so ``Module.to`` does not)."""

@@ -1,0 +1,246 @@
+"""Three defects found in a close read, each with the test that failed before its fix (docs/RELIABILITY.md):
+padding selected areas, router statistics followed a bf16 cast, and the transformer's `from_pretrained` loaded a
+checkpoint that lacks weights."""
+
+import copy
+import json
+
+import pytest
+import torch
+from conftest import tiny_config, training_args
+from safetensors.torch import load_file, save_file
+from test_transformer import lm, one_thread, tiny, token_batch  # noqa: F401 (one_thread: autouse fixture)
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from sal_hf import SALForImageClassification, SALTrainer, SALTransformerForSequenceClassification
+from sal_hf.areas import SALAreaLinear
+
+
+# One sequence of 6 real tokens and 10 padding tokens. With these seeds (the models' 0, the tokens' 0) and this pad
+# id, padding routes to an area no real token selects in every area layer, padded on either side (the tests assert
+# it: the precondition, so that they cannot pass vacuously).
+LENGTH, REAL, PAD = 16, 6, 2
+
+
+def padded(side: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` of one sequence, (1, LENGTH): REAL tokens, padded on ``side`` with PAD."""
+    real = token_batch(1, length=REAL, seed=seed)
+    pad = torch.full((1, LENGTH - REAL), PAD, dtype=torch.long)
+    ids = torch.cat([real, pad] if side == "right" else [pad, real], dim=1)
+    mask = torch.zeros_like(ids)
+    if side == "right":
+        mask[:, :REAL] = 1
+    else:
+        mask[:, -REAL:] = 1
+    return ids, mask
+
+
+def padded_lm(**overrides):
+    return lm(pad_token_id=PAD, **overrides)
+
+
+def classifier(**overrides) -> SALTransformerForSequenceClassification:
+    torch.manual_seed(0)
+    return SALTransformerForSequenceClassification(tiny(num_labels=2, pad_token_id=PAD, **overrides))
+
+
+# ---------------------------------------------------------------------------------- 1. padding selects no area
+
+
+@pytest.mark.parametrize(
+    "head, side, implementation",
+    [
+        ("lm", "right", "split"),
+        ("lm", "left", "masked"),
+        ("classifier", "left", "split"),
+        ("classifier", "right", "masked"),
+    ],
+)
+def test_an_area_only_padding_selects_stays_bit_identical_under_adamw(head, side, implementation, tmp_path):
+    """Mirrors `test_transformer.py::test_unselected_areas_stay_bit_identical_under_adamw` with a padded batch: an
+    area that only padding tokens route to gets no gradient (None), so AdamW's weight decay cannot move it."""
+    overrides = {"num_areas": 16, "area_down_proj": True, "area_implementation": implementation}
+    model = padded_lm(**overrides) if head == "lm" else classifier(**overrides)
+    ids, mask = padded(side)
+    keep = mask.view(-1).bool()
+    labels = ids[0].masked_fill(~mask[0].bool(), -100) if head == "lm" else 1
+    before = copy.deepcopy(model.state_dict())
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, SALAreaLinear)}
+    routed: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    for name, layer in layers.items():
+        layer.register_forward_hook(
+            lambda module, inputs, output, name=name: (
+                routed[name].append(inputs[1].clone()) if module.training else None
+            )
+        )
+    args = training_args(tmp_path, per_device_train_batch_size=1, max_steps=1, weight_decay=0.1, learning_rate=1e-2)
+    data = [{"input_ids": ids[0], "attention_mask": mask[0], "labels": labels}]
+    SALTrainer(model=model, args=args, train_dataset=data).train()
+    state = model.state_dict()
+    for name in layers:
+        (area,) = routed[name]  # one training forward
+        real, pads = set(area[keep].tolist()), set(area[~keep].tolist())
+        only_padding = pads - real
+        assert only_padding, (name, real, pads)  # the precondition: some area is selected by padding alone
+        for k in range(16):
+            for part in ("weight", "bias"):
+                key = f"{name}.{part}_{k}"
+                if k not in real:
+                    assert torch.equal(state[key], before[key]), (key, k in only_padding)
+                elif part == "weight":  # a real token's area takes the step (weight decay at least)
+                    assert not torch.equal(state[key], before[key]), key
+
+
+@pytest.mark.parametrize("implementation", ["split", "masked"])
+@pytest.mark.parametrize("partition", [False, True])
+def test_a_masked_row_goes_through_no_area(implementation, partition):
+    """`SALAreaLinear(..., mask=...)`: a row the mask drops gives a zero output and puts no area in the graph (split)
+    or in the selection record (masked); kept rows are computed exactly as without the mask."""
+    torch.manual_seed(0)
+    layer = SALAreaLinear(8, 8, 4, partition=partition, implementation=implementation)
+    for param in layer.parameters():  # `torch.empty` until a model initialises them
+        torch.nn.init.normal_(param)
+    x = torch.randn(6, 8)
+    area = torch.tensor([0, 1, 1, 2, 3, 3])
+    mask = torch.tensor([True, True, True, False, True, False])  # area 2 is selected by a dropped row only
+    with torch.no_grad():  # not a training forward: records nothing
+        unmasked = layer(x, area)
+    y = layer(x, area, mask=mask)
+    assert torch.equal(y[~mask], torch.zeros(2, 8))
+    assert torch.allclose(y[mask], unmasked[mask], atol=1e-6)
+    y.sum().backward()
+    grads = [w.grad for w in layer.weights]
+    if implementation == "split":
+        assert grads[2] is None and all(grads[k] is not None for k in (0, 1, 3))
+    else:
+        assert layer.selected_areas.tolist() == [True, True, False, True]
+
+
+def test_padding_changes_no_logit_at_a_real_position():
+    """Whatever the padding holds, and on either side, the real positions' outputs are those of the sequence alone
+    (left padding shifts the absolute positions; rotary attention depends on relative ones, up to rounding)."""
+    model = padded_lm(num_areas=16, area_down_proj=True).eval()
+    alone = token_batch(1, length=REAL, seed=0)
+    with torch.no_grad():
+        expected = model(input_ids=alone).logits[0]
+        for side in ("right", "left"):
+            ids, mask = padded(side)
+            real = mask[0].bool()
+            other = ids.masked_fill(mask == 0, 0)  # other padding content
+            a = model(input_ids=ids, attention_mask=mask).logits[0]
+            b = model(input_ids=other, attention_mask=mask).logits[0]
+            assert torch.allclose(a[real], expected, atol=1e-5), side
+            assert torch.allclose(a[real], b[real], atol=1e-6), side
+        scorer = classifier(num_areas=16, area_down_proj=True).eval()
+        pooled = scorer(input_ids=alone).logits
+        for side in ("right", "left"):
+            ids, mask = padded(side)
+            assert torch.allclose(scorer(input_ids=ids, attention_mask=mask).logits, pooled, atol=1e-5), side
+
+
+# ----------------------------------------------------------------------------- 2. router statistics stay fp32
+
+
+def models_to_cast():
+    torch.manual_seed(0)
+    return [SALForImageClassification(tiny_config()), lm(num_areas=4)]
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["mlp", "transformer"])
+def test_router_statistics_stay_fp32_when_the_model_is_cast_to_bf16(index):
+    model = models_to_cast()[index].to(torch.bfloat16)
+    assert next(p for n, p in model.named_parameters() if "router" not in n).dtype == torch.bfloat16
+    for router in model.routers:
+        for name in ("input_mean", "area_bias", "prototypes"):
+            assert getattr(router, name).dtype == torch.float32, name
+        # A balancing step of 1e-3 on a bias of 1.0: bf16 (spacing 2^-7 at 1.0) would round it away.
+        router.area_bias.fill_(1.0)
+        router.pending_load.zero_()
+        router.pending_load[0] = 8.0  # area 0 took every sample: the others get cheaper by balance_rate
+        router.update_statistics()
+        assert float(router.area_bias[1]) == pytest.approx(1.0 + router.balance_rate, rel=1e-6)
+    # A bf16 forward (training mode: statistics gathered in fp32) runs and routes.
+    model.train()
+    if index == 0:
+        out = model(pixel_values=torch.randn(8, 16, dtype=torch.bfloat16), labels=torch.arange(8) % 5)
+    else:
+        x = token_batch(2)
+        out = model(input_ids=x, labels=x)
+    assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.loss)
+    model.update_routing_statistics()  # the second step: the running mean moves to the bf16 inputs' mean, in fp32
+    for router in model.routers:
+        assert int(router.num_updates) == 2 and router.input_mean.dtype == torch.float32
+        assert router.input_mean.abs().sum() > 0
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["mlp", "transformer"])
+def test_router_statistics_stay_fp32_when_loaded_in_bf16(index, tmp_path):
+    model = models_to_cast()[index]
+    for router in model.routers:
+        router.area_bias.fill_(1.0 + 1e-3)  # not representable in bf16
+    model.save_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert loaded.dtype == torch.bfloat16
+    for a, b in zip(model.routers, loaded.routers):
+        for name in ("input_mean", "area_bias", "prototypes"):
+            assert getattr(b, name).dtype == torch.float32, name
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+# ------------------------------------------------------------------ 3. the transformer's missing-weights check
+
+
+@pytest.fixture
+def saved_lm(tmp_path):
+    model = lm(num_areas=4).eval()
+    model.save_pretrained(tmp_path / "lm")
+    return model, tmp_path / "lm"
+
+
+def test_a_transformer_checkpoint_with_a_deleted_tensor_raises_naming_it(saved_lm):
+    _, path = saved_lm
+    weights = load_file(path / "model.safetensors")
+    del weights["model.layers.1.mlp.up.weight_2"]
+    save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"(?s)lacks 1 weights.*model\.layers\.1\.mlp\.up\.weight_2.*re-save"):
+        AutoModelForCausalLM.from_pretrained(path)
+
+
+@pytest.mark.parametrize("num_areas", [8, 2])
+def test_a_transformer_checkpoint_saved_with_other_num_areas_raises(saved_lm, num_areas):
+    _, path = saved_lm
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "num_areas": num_areas}))
+    with pytest.raises(ValueError, match=f"(?s){path}.*num_areas"):
+        AutoModelForCausalLM.from_pretrained(path)
+
+
+def test_a_classifier_checkpoint_without_its_head_raises_but_an_lm_body_loads(saved_lm, tmp_path):
+    model, path = saved_lm
+    scorer = classifier(num_areas=4)
+    scorer.save_pretrained(tmp_path / "classifier")
+    weights = load_file(tmp_path / "classifier" / "model.safetensors")
+    del weights["score.weight"]
+    save_file(weights, tmp_path / "classifier" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"score\.weight"):
+        AutoModelForSequenceClassification.from_pretrained(tmp_path / "classifier")
+    # A language model's checkpoint has no `score` head: fine-tuning starts it fresh (test_transformer_hub.py).
+    started = AutoModelForSequenceClassification.from_pretrained(path, num_labels=3)
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.model.state_dict().values(), started.model.state_dict().values())
+    )
+
+
+def test_a_transformer_round_trip_still_loads_with_identical_logits(saved_lm):
+    model, path = saved_lm
+    loaded, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True)
+    assert not info["missing_keys"]
+    x = token_batch(2)
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=x).logits, loaded.eval()(input_ids=x).logits)
+
+
+def test_a_bp_transformer_checkpoint_loads_for_sal_with_regenerated_feedback(tmp_path):
+    lm(learning_rule="bp").save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, learning_rule="sal")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.feedback_matrices(), lm().feedback_matrices()))
