@@ -30,6 +30,10 @@ class ModelArguments:
     learning_rule: str = field(default="sal", metadata={"help": "sal, dfa, fa or bp"})
     num_areas: int = field(default=16, metadata={"help": "areas K per layer"})
     hidden_sizes: list[int] = field(default_factory=lambda: [256], metadata={"help": "hidden units per layer"})
+    feedback: str = field(default="direct", metadata={"help": "direct (DFA-style) or layerwise (FA-style)"})
+    feedback_alignment: str = field(
+        default="fixed", metadata={"help": "fixed, kolen_pollack or sign (docs/FEEDBACK.md)"}
+    )
 
 
 @dataclass
@@ -66,6 +70,8 @@ def main() -> None:
         num_labels=len(names),
         num_areas=model_args.num_areas,
         learning_rule=model_args.learning_rule,
+        feedback=model_args.feedback,
+        feedback_alignment=model_args.feedback_alignment,
         id2label=dict(enumerate(names)),
         label2id={name: i for i, name in enumerate(names)},
     )

@@ -14,8 +14,10 @@ arguments that carry them:
     o_l     the output of feedback point l (a block output, or also the
             attention sublayer's with ``feedback_points="micro"``), with a
             graph inside its block only                                    -> ``points[l]``, (B, T, d)
-    B_l     the fixed random feedback matrix of point l, (d_e, d)           -> ``feedback[l]``
+    B_l     the random feedback matrix of point l, (d_e, d): fixed, or
+            learned by direct Kolen-Pollack (``feedback_alignment``)      -> ``feedback[l]``
     delta_l = e_t B_l, per token                                           -> :func:`point_deltas`
+    grad B_l = sum_t e_t^T o_l,t + lambda B_l (Kolen-Pollack only)         -> :func:`kolen_pollack_terms`
 
 Positions whose label is -100 (and padding, which the collator labels -100) are absent from ``L``, so their
 ``e_t`` and every ``delta_l`` there are exactly zero. The surrogate's *value* is ``L``; its *gradient* is the
@@ -23,6 +25,12 @@ true gradient of the head and final norm (from ``L``'s own graph, which starts a
 every point, the gradient of ``sum_t <o_l,t, delta_l,t>``: inside a block, autograd carries ``delta_l`` to the
 attention, norms, the selected areas and the shared path; nothing crosses a block boundary because each block
 read a detached input (block 0 reads the embedding, which therefore learns from block 0's signal).
+
+With ``feedback_alignment="kolen_pollack"`` (direct Kolen-Pollack, Webster et al. 2020, "Learning the connections in
+direct feedback alignment") the surrogate also gives every learnable ``B_l`` the gradient
+``sum_t e_t^T o_l,t + lambda B_l``: the outer product of the signal it carries and the activity it carries it to,
+summed over the tokens (``e`` already holds the ``1/N`` of the mean loss, and is zero where nothing counts). Local
+signals only: no forward weight is read.
 """
 
 from __future__ import annotations
@@ -32,11 +40,14 @@ from collections.abc import Sequence
 
 import torch
 
+from .feedback import kolen_pollack_gradient
 from .learning_rule import injected_gradient
 
 
 BLOCK_RULES = ("sal", "dfa")
 ERROR_SOURCES = ("hidden", "vocab")
+# `feedback.FEEDBACK_ALIGNMENTS` less `sign`, which needs layer-wise feedback (the transformer's is direct).
+BLOCK_FEEDBACK_ALIGNMENTS = ("fixed", "kolen_pollack")
 
 
 def final_error(
@@ -96,6 +107,57 @@ def point_deltas(
     return deltas
 
 
+def token_errors(
+    error: torch.Tensor, *, sequence_length: int | None = None, pooled_positions: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``e_t`` of every token, (B, T, d_e) fp32, no graph: ``error`` itself, or a classifier's pooled (B, d_e)
+    error placed at ``pooled_positions`` (zeros elsewhere), as :func:`point_deltas` places its deltas."""
+    with torch.no_grad():
+        if error.dim() == 3:
+            return error
+        if pooled_positions is None or sequence_length is None:
+            raise ValueError("A pooled (B, d_e) error needs pooled_positions and sequence_length.")
+        full = error.new_zeros(error.shape[0], sequence_length, error.shape[1])  # (B, T, d_e)
+        full[torch.arange(error.shape[0], device=error.device), pooled_positions] = error
+        return full
+
+
+def kolen_pollack_terms(
+    error: torch.Tensor,
+    points: Sequence[torch.Tensor],
+    feedback: Sequence[torch.Tensor],
+    *,
+    decay: float,
+    pooled_positions: torch.Tensor | None = None,
+) -> torch.Tensor | float:
+    """Direct Kolen-Pollack: a zero-valued term whose gradient w.r.t. every learnable ``B_l`` is
+    ``sum_t e_t^T o_l,t + decay * B_l`` (``feedback.kolen_pollack_gradient`` with the tokens as rows).
+
+    Args:
+        error: ``e``, (B, T, d_e), or (B, d_e) for a classifier's pooled error.
+        points: ``o_l``, (B, T, d) each (only their values are read).
+        feedback: ``B_l``, (d_e, d) each, parameters.
+        decay: ``lambda``.
+        pooled_positions: (B,) the position each pooled error belongs to.
+
+    Local quantities only: the error, each point's own output and ``B_l``; no forward weight is read.
+    """
+    if len(points) != len(feedback):
+        raise ValueError(f"Got {len(feedback)} feedback matrices for {len(points)} feedback points.")
+    rows = token_errors(error, sequence_length=points[0].shape[1], pooled_positions=pooled_positions)
+    rows = rows.reshape(-1, rows.shape[-1])  # (N, d_e): padding and ignored tokens are zero rows
+    updates = []
+    for point, matrix in zip(points, feedback):
+        if not matrix.requires_grad:
+            raise ValueError(
+                "Kolen-Pollack feedback needs learnable feedback matrices; got a tensor without requires_grad. Build "
+                "the model with feedback_alignment='kolen_pollack'."
+            )
+        activity = point.detach().reshape(-1, point.shape[-1])  # (N, d)
+        updates.append(kolen_pollack_gradient(rows, activity, matrix, decay))
+    return injected_gradient(list(feedback), updates)
+
+
 def block_local_surrogate(
     loss: torch.Tensor,
     points: Sequence[torch.Tensor],
@@ -118,16 +180,33 @@ class BlockLocalRule:
         rule: ``"sal"`` or ``"dfa"`` (the same update; the names tell areas from a dense baseline).
         error_source: ``"hidden"`` or ``"vocab"``.
         routing_loss_weight: weight of the routers' local objectives.
+        feedback_alignment: ``"fixed"`` or ``"kolen_pollack"`` (the rule also supplies the feedback matrices'
+            gradient, :func:`kolen_pollack_terms`).
+        feedback_decay: ``lambda`` of the Kolen-Pollack update.
     """
 
-    def __init__(self, rule: str, *, error_source: str = "hidden", routing_loss_weight: float = 1.0) -> None:
+    def __init__(
+        self,
+        rule: str,
+        *,
+        error_source: str = "hidden",
+        routing_loss_weight: float = 1.0,
+        feedback_alignment: str = "fixed",
+        feedback_decay: float = 0.0,
+    ) -> None:
         if rule not in BLOCK_RULES:
             raise ValueError(f"Got rule={rule!r}; a block-local rule is one of {BLOCK_RULES} ('bp' uses autograd).")
         if error_source not in ERROR_SOURCES:
             raise ValueError(f"Got error_source={error_source!r}; expected one of {ERROR_SOURCES}.")
+        if feedback_alignment not in BLOCK_FEEDBACK_ALIGNMENTS:
+            raise ValueError(
+                f"Got feedback_alignment={feedback_alignment!r}; expected one of {BLOCK_FEEDBACK_ALIGNMENTS}."
+            )
         self.rule = rule
         self.error_source = error_source
         self.routing_loss_weight = routing_loss_weight
+        self.feedback_alignment = feedback_alignment
+        self.feedback_decay = feedback_decay
 
     def error(self, outputs) -> torch.Tensor:
         """``e`` for a model's local forward (see :func:`final_error`)."""
@@ -140,13 +219,16 @@ class BlockLocalRule:
         if outputs.loss is None:
             raise ValueError("The local rule needs the loss: call the model with labels and local=True.")
         points = outputs.feedback_outputs
-        deltas = point_deltas(
-            self.error(outputs),
-            feedback,
-            sequence_length=points[0].shape[1],
-            pooled_positions=getattr(outputs, "pooled_positions", None),
-        )
+        error = self.error(outputs)
+        pooled_positions = getattr(outputs, "pooled_positions", None)
+        deltas = point_deltas(error, feedback, sequence_length=points[0].shape[1], pooled_positions=pooled_positions)
         extra = [self.routing_loss_weight * term for term in (outputs.routing_losses or ())]
+        if self.feedback_alignment == "kolen_pollack":
+            extra.append(
+                kolen_pollack_terms(
+                    error, points, feedback, decay=self.feedback_decay, pooled_positions=pooled_positions
+                )
+            )
         return block_local_surrogate(outputs.loss, points, deltas, extra_terms=extra)
 
 
@@ -189,4 +271,12 @@ def block_alignment_angles(
     return angles
 
 
-__all__ = ["BlockLocalRule", "block_alignment_angles", "block_local_surrogate", "final_error", "point_deltas"]
+__all__ = [
+    "BlockLocalRule",
+    "block_alignment_angles",
+    "block_local_surrogate",
+    "final_error",
+    "kolen_pollack_terms",
+    "point_deltas",
+    "token_errors",
+]

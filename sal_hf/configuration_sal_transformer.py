@@ -9,7 +9,7 @@ from transformers import PreTrainedConfig
 
 from .activations import ACTIVATIONS
 from .areas import AREA_IMPLEMENTATIONS
-from .block_rule import ERROR_SOURCES
+from .block_rule import BLOCK_FEEDBACK_ALIGNMENTS, ERROR_SOURCES
 from .configuration_sal import AREA_INITS, ROUTERS
 
 
@@ -73,6 +73,14 @@ class SALTransformerConfig(PreTrainedConfig):
             gradient of the loss at the final hidden state (true backprop through the final norm and the head
             only, Launay et al. 2020); `vocab`, the error at the logits through a fixed random (V x d) matrix
             per point ((num_labels x d) for classification).
+        feedback_alignment (`str`, defaults to `"fixed"`): how the feedback matrices `B_l` are made. `fixed`: a
+            frozen random draw (direct feedback alignment as published). `kolen_pollack`: learnable matrices starting
+            from the same draw, each receiving the gradient `sum_t e_t^T o_l,t + feedback_decay * B_l` from the
+            error and its own point's output (direct Kolen-Pollack, Webster et al. 2020); local signals only, no
+            weight transport. (`sign`, offered by [`SALConfig`], needs layer-wise feedback: not for the
+            transformer.)
+        feedback_decay (`float`, defaults to 0.0): `lambda` of the Kolen-Pollack update (only with
+            `feedback_alignment="kolen_pollack"`).
         routing_seed (`int`, defaults to 0): seed of prototypes and initial routing projections (block l uses
             `routing_seed + 2 l`).
         feedback_seed (`int`, defaults to 1000): seed of the fixed feedback matrices (point i uses
@@ -127,6 +135,8 @@ class SALTransformerConfig(PreTrainedConfig):
     learning_rule: str = "sal"
     feedback_points: str = "block"
     error_source: str = "hidden"
+    feedback_alignment: str = "fixed"
+    feedback_decay: float = 0.0
     routing_seed: int = 0
     feedback_seed: int = 1000
     area_implementation: str = "auto"
@@ -176,7 +186,30 @@ class SALTransformerConfig(PreTrainedConfig):
             if value not in allowed:
                 fix = " (layerwise feedback is not implemented for the transformer)" if value == "fa" else ""
                 raise ValueError(f"{name}.{field} must be one of {allowed}; got {field}={value!r}{fix}.")
-        for field in ("routing_balance_rate", "routing_loss_weight", "attention_dropout", "initializer_range"):
+        if self.feedback_alignment not in BLOCK_FEEDBACK_ALIGNMENTS:
+            fix = (
+                " ('sign' copies the signs of the next layer's forward weights, which only layer-wise feedback has: "
+                "the transformer's feedback is direct)"
+                if self.feedback_alignment == "sign"
+                else ""
+            )
+            raise ValueError(
+                f"{name}.feedback_alignment must be one of {BLOCK_FEEDBACK_ALIGNMENTS}; got "
+                f"feedback_alignment={self.feedback_alignment!r}{fix}. Use 'fixed' (the default) or 'kolen_pollack'."
+            )
+        if self.learning_rule == "bp" and self.feedback_alignment != "fixed":
+            raise ValueError(
+                f"feedback_alignment={self.feedback_alignment!r} refines the feedback of a local rule; "
+                "learning_rule='bp' has no feedback matrices. Use learning_rule='sal' or 'dfa', or "
+                "feedback_alignment='fixed'."
+            )
+        for field in (
+            "routing_balance_rate",
+            "routing_loss_weight",
+            "attention_dropout",
+            "initializer_range",
+            "feedback_decay",
+        ):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"{name}.{field} must be a number >= 0; got {field}={value!r}.")

@@ -113,7 +113,11 @@ def local_learning_rule(config: SALConfig | SALTransformerConfig) -> LocalLearni
     """The local rule a (non-`bp`) config trains with: what `SALTrainer` and hand-written loops call."""
     if isinstance(config, SALTransformerConfig):
         return BlockLocalRule(
-            config.learning_rule, error_source=config.error_source, routing_loss_weight=config.routing_loss_weight
+            config.learning_rule,
+            error_source=config.error_source,
+            routing_loss_weight=config.routing_loss_weight,
+            feedback_alignment=config.feedback_alignment,
+            feedback_decay=config.feedback_decay,
         )
     return LocalLearningRule(
         config.learning_rule,
@@ -248,14 +252,17 @@ class SALTrainer(Trainer):
                 "train with gradient_accumulation_steps=1 in one process."
             )
         if self.args.world_size > 1:
-            # Under DDP (find_unused_parameters=True, Trainer's default for these models) both put a tensor of the
-            # forward pass into the graph after the forward: DDP raises during the backward.
-            if getattr(config, "feedback_alignment", "fixed") == "kolen_pollack":
+            # The MLP returns views of its learned feedback matrices from the forward, so DDP reduces their gradient
+            # (tests/test_distributed.py: 2 processes = 1); the transformer does not yet, so it is refused.
+            if getattr(config, "feedback_alignment", "fixed") == "kolen_pollack" and isinstance(
+                config, SALTransformerConfig
+            ):
                 raise ValueError(
-                    f"feedback_alignment='kolen_pollack' trains the feedback matrices outside the model's forward, "
-                    f"which DDP ({self.args.world_size} processes) does not allow. Train in one process, or use "
-                    "feedback_alignment='fixed' or 'sign'."
+                    f"The SAL transformer's feedback_alignment='kolen_pollack' is not supported under DDP "
+                    f"({self.args.world_size} processes) yet. Train in one process, or use feedback_alignment='fixed'."
                 )
+            # error_source='vocab' differentiates the logits, a tensor of the forward pass, after the forward: DDP
+            # (find_unused_parameters=True, Trainer's default for these models) raises during the backward.
             if getattr(config, "error_source", "hidden") == "vocab":
                 raise ValueError(
                     f"error_source='vocab' differentiates the logits that DDP ({self.args.world_size} processes) "
@@ -306,7 +313,9 @@ class SALTrainer(Trainer):
         else:
             outputs = model(**inputs, local=True)
             core = self.accelerator.unwrap_model(model)
-            loss = self.learning_rule.surrogate(outputs, inputs["labels"], core.feedback_matrices())
+            # The model's own views of its feedback matrices where it returns them (DDP then counts learned ones used).
+            feedback = getattr(outputs, "feedback", None) or core.feedback_matrices()
+            loss = self.learning_rule.surrogate(outputs, inputs["labels"], feedback)
         if model.training and not torch.isfinite(loss.detach()).all():
             raise FloatingPointError(
                 f"Training loss is {loss.item()} at step {self.state.global_step} (epoch {self.state.epoch}); "

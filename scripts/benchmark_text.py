@@ -67,6 +67,11 @@ ABLATIONS = {
     "shared": ({"dual_path": True}, "adds the shared dense path beside the areas (the previous default)"),
     "shared+micro": ({"dual_path": True, "feedback_points": "micro"}, "both `shared` and `micro`"),
     "shared+vocab": ({"dual_path": True, "error_source": "vocab"}, "both `shared` and `vocab`"),
+    "kp": (
+        {"feedback_alignment": "kolen_pollack"},
+        "learns the feedback matrices by direct Kolen-Pollack (each gets the outer product of the error and its "
+        "point's output; local signals only, no weight transport) instead of keeping them fixed",
+    ),
 }
 DEFAULT_ABLATIONS = ["micro", "vocab", "shared"]
 # Records made before a record stored its model's effective `dual_path` (see `record_dual_path`).

@@ -242,8 +242,15 @@ def test_refusals_that_would_fail_later_are_raised_up_front(tmp_path):
     trainer = SALTrainer(model=model, args=args, in_place_area_update=True)
     with pytest.raises(ValueError, match="area_update_norm='area'.*use area_update_norm='batch'"):
         trainer.create_optimizer()
-    kolen_pollack = SALForImageClassification(
-        SALConfig(**DEFAULTS, feedback="layerwise", feedback_alignment="kolen_pollack")
+    # The MLP's Kolen-Pollack feedback works under DDP (tests/test_distributed.py); the transformer's is refused.
+    kolen_pollack = SALTransformerForCausalLM(
+        SALTransformerConfig(
+            vocab_size=32,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            feedback_alignment="kolen_pollack",
+        )
     )
     vocab = SALTransformerForCausalLM(
         SALTransformerConfig(

@@ -11,7 +11,7 @@ import torch
 from conftest import as_dataset, tiny_batch, tiny_config, training_args
 from safetensors.torch import load_file
 
-from sal_hf import SALForImageClassification, SALTrainer
+from sal_hf import SALConfig, SALForImageClassification, SALTrainer
 from sal_hf.areas import SALAreaLinear
 from sal_hf.routing import AreaRouter
 
@@ -41,6 +41,21 @@ def free_port() -> int:
         pytest.param(["--num_areas", "4", "--hidden_sizes", "32", "32"], id="k4"),
         # The script's defaults are SALConfig's: K = 16, hidden [256], dual path, identical areas, area lr / 16.
         pytest.param([], id="defaults"),
+        # Learned feedback matrices: the model returns views of them, so DDP reduces their Kolen-Pollack gradient.
+        pytest.param(
+            [
+                "--num_areas",
+                "4",
+                "--hidden_sizes",
+                "32",
+                "32",
+                "--feedback",
+                "layerwise",
+                "--feedback_alignment",
+                "kolen_pollack",
+            ],
+            id="kp",
+        ),
     ],
 )
 def test_two_processes_end_with_the_weights_of_one(model_flags, tmp_path):
@@ -74,6 +89,9 @@ def test_two_processes_end_with_the_weights_of_one(model_flags, tmp_path):
     one, two = (load_file(tmp_path / name / "model.safetensors") for name in ("one", "two"))
     assert one.keys() == two.keys()
     assert int(one["sal.layers.0.router.num_updates"]) == 4
+    if "kolen_pollack" in model_flags:  # the learned matrices moved, identically in both runs (checked below)
+        fresh = SALForImageClassification(SALConfig(input_size=64, hidden_sizes=[32, 32], num_labels=10))
+        assert not torch.equal(one["feedback.layer_0"], fresh.feedback.layer_0)
     areas = sum(key.startswith("sal.layers.0.areas.weight_") for key in one)
     assert areas == (4 if model_flags else 16) and "sal.layers.0.shared.weight" in one  # the dual path (K > 1)
     for key in one:

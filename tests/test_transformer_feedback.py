@@ -1,0 +1,266 @@
+"""Learned (Kolen-Pollack) feedback for the SAL transformer (`SALTransformerConfig.feedback_alignment`).
+
+Early validation, the hand-computed update of every ``B_l``, locality (no forward weight read, nothing crosses a
+block), training through SALTrainer and checkpoints."""
+
+from unittest import mock
+
+import pytest
+import torch
+from conftest import reachable_leaves, training_args
+from safetensors import safe_open
+
+from sal_hf import SALTrainer, SALTransformerConfig, SALTransformerForCausalLM, SALTransformerForSequenceClassification
+from sal_hf.block_rule import BlockLocalRule, kolen_pollack_terms
+from sal_hf.trainer import local_learning_rule
+
+
+TINY = {
+    "vocab_size": 64,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "max_position_embeddings": 16,
+    "num_areas": 4,
+    "routing_dim": 8,
+    "pad_token_id": 0,
+}
+KP = {"feedback_alignment": "kolen_pollack"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def lm(base=None, seed: int = 0, **overrides) -> SALTransformerForCausalLM:
+    torch.manual_seed(seed)
+    return SALTransformerForCausalLM(SALTransformerConfig(**{**(TINY if base is None else base), **overrides}))
+
+
+def tokens(n: int = 3, length: int = 8, seed: int = 0, vocab: int = TINY["vocab_size"]) -> torch.Tensor:
+    return torch.randint(1, vocab, (n, length), generator=torch.Generator().manual_seed(seed))
+
+
+def local_grads(model, inputs: dict, error: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Every parameter's gradient after one local update as SALTrainer computes it; with `error`, the rule's error
+    is replaced by that constant (so only what the rule itself reads can change the result)."""
+    model.train().zero_grad(set_to_none=True)
+    for router in model.routers:
+        router.reset_parameters()
+    rule = local_learning_rule(model.config)
+    if error is not None:
+        rule.error = lambda outputs: error
+    out = model(**inputs, local=True)
+    rule.surrogate(out, inputs["labels"], model.feedback_matrices()).backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+# ----------------------------------------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"feedback_alignment": "kp"}, r"feedback_alignment must be one of .*got feedback_alignment='kp'.*Use 'fixed'"),
+        ({"feedback_alignment": "sign"}, r"feedback_alignment='sign'.*layer-wise feedback.*direct"),
+        ({**KP, "learning_rule": "bp"}, r"feedback_alignment='kolen_pollack'.*learning_rule='bp'.*'fixed'"),
+        ({**KP, "feedback_decay": -1.0}, r"feedback_decay must be a number >= 0; got feedback_decay=-1.0"),
+        ({**KP, "feedback_decay": True}, r"feedback_decay"),
+    ],
+)
+def test_invalid_feedback_settings_fail_early_naming_field_value_and_fix(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        SALTransformerConfig(**{**TINY, **overrides})
+
+
+def test_fixed_stays_the_default_and_kolen_pollack_starts_from_the_same_draw(tmp_path):
+    assert SALTransformerConfig().feedback_alignment == "fixed" and SALTransformerConfig().feedback_decay == 0.0
+    fixed, learned = lm(), lm(**KP, feedback_decay=0.01)
+    assert not [n for n, _ in fixed.named_parameters() if n.startswith("feedback")]
+    names = [n for n, _ in learned.named_parameters() if n.startswith("feedback")]
+    assert names == ["feedback.layer_0", "feedback.layer_1"]
+    assert not [n for n, _ in learned.named_buffers() if n.startswith("feedback")]
+    for a, b in zip(fixed.feedback_matrices(), learned.feedback_matrices()):
+        assert torch.equal(a, b) and b.requires_grad and not a.requires_grad
+    learned.config.save_pretrained(tmp_path)
+    again = SALTransformerConfig.from_pretrained(tmp_path)
+    assert (again.feedback_alignment, again.feedback_decay) == ("kolen_pollack", 0.01)
+
+
+def test_kolen_pollack_refuses_frozen_matrices():
+    model = lm()  # fixed: buffers
+    x = tokens()
+    out = model(input_ids=x, labels=x, local=True)
+    rule = BlockLocalRule("sal", feedback_alignment="kolen_pollack")
+    with pytest.raises(ValueError, match="learnable feedback"):
+        rule.surrogate(out, x, model.feedback_matrices())
+    with pytest.raises(ValueError, match="feedback_alignment='sign'"):
+        BlockLocalRule("sal", feedback_alignment="sign")
+
+
+# ------------------------------------------------------------------------------------------------- the KP update
+
+
+@pytest.mark.parametrize(
+    "base",
+    [
+        pytest.param(TINY, id="tiny"),
+        pytest.param({"vocab_size": 512, "max_position_embeddings": 16, "pad_token_id": 0}, id="defaults"),
+        pytest.param({**TINY, "feedback_points": "micro", "error_source": "vocab"}, id="micro-vocab"),
+    ],
+)
+def test_kolen_pollack_update_of_a_causal_lm_matches_a_hand_computation(base):
+    """grad B_l = sum over counted tokens of e_t^T o_l,t + lambda B_l, with e_t the gradient of the mean loss
+    (zero at ignored positions); every other parameter gets exactly the update of fixed feedback with the same B."""
+    decay = 0.05
+    model = lm(base, **KP, feedback_decay=decay)
+    fixed = lm(base)
+    x = tokens(2, vocab=model.config.vocab_size)
+    labels = x.clone()
+    labels[0, 5:] = -100
+    inputs = {"input_ids": x, "labels": labels}
+    grads = local_grads(model, inputs)
+
+    out = model(**inputs, local=True)
+    target = out.head_input if model.config.error_source == "hidden" else out.logits
+    (error,) = torch.autograd.grad(out.loss, target)  # (B, T, d_e): already divided by the counted tokens
+    assert error[0, 4:].abs().max() == 0  # positions predicting an ignored label carry no error
+    for index, (point, matrix) in enumerate(zip(out.feedback_outputs, model.feedback_matrices())):
+        expected = torch.einsum("btc,btd->cd", error, point.detach()) + decay * matrix.detach()
+        torch.testing.assert_close(grads[f"feedback.layer_{index}"], expected, rtol=1e-5, atol=1e-6)
+    reference = local_grads(fixed, inputs)
+    assert reference.keys() == {n for n in grads if not n.startswith("feedback.")}
+    for name, grad in reference.items():
+        assert torch.equal(grads[name], grad), name
+
+
+@pytest.mark.parametrize("error_source", ["hidden", "vocab"])
+def test_kolen_pollack_update_of_a_classifier_reads_the_pooled_token_only(error_source):
+    torch.manual_seed(0)
+    config = SALTransformerConfig(**TINY, **KP, num_labels=3, error_source=error_source)
+    model = SALTransformerForSequenceClassification(config)
+    x = tokens(4)
+    mask = torch.ones_like(x)
+    mask[::2, 5:] = 0
+    x = x.masked_fill(mask == 0, 0)
+    labels = torch.tensor([0, 1, 2, 1])
+    inputs = {"input_ids": x, "attention_mask": mask, "labels": labels}
+    grads = local_grads(model, inputs)
+    out = model(**inputs, local=True)
+    rows = torch.arange(4)
+    assert out.pooled_positions.tolist() == [4, 7, 4, 7]
+    if error_source == "hidden":
+        (error,) = torch.autograd.grad(out.loss, out.head_input)
+        error = error[rows, out.pooled_positions]  # (B, d): zero at every other token
+    else:
+        error = (out.logits.detach().softmax(-1) - torch.nn.functional.one_hot(labels, 3)) / 4  # (B, C)
+    for index, point in enumerate(out.feedback_outputs):
+        expected = error.T @ point.detach()[rows, out.pooled_positions]
+        torch.testing.assert_close(grads[f"feedback.layer_{index}"], expected, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------- locality
+
+
+def test_kolen_pollack_never_reads_a_forward_weight():
+    """With the error held fixed, changing the weights that read a point's output (the head, the final norm, a later
+    block) leaves every B_l's update unchanged where its own point's output is unchanged, and block 0's update
+    unchanged. (B_1's own activity is block 1's output: changing block 1 may change it, the head may not.)"""
+    model = lm(**KP, feedback_decay=0.01)
+    x = tokens()
+    inputs = {"input_ids": x, "labels": x}
+    error = torch.randn(3, 8, TINY["hidden_size"], generator=torch.Generator().manual_seed(5)) / 24
+    before = local_grads(model, inputs, error)
+    with torch.no_grad():
+        for p in [*model.lm_head.parameters(), *model.model.norm.parameters()]:
+            p.mul_(-3.0).add_(0.1)
+    after_head = local_grads(model, inputs, error)
+    with torch.no_grad():
+        for p in model.model.layers[1].parameters():
+            p.mul_(-3.0).add_(0.1)
+    after_block = local_grads(model, inputs, error)
+    for name in ("feedback.layer_0", "feedback.layer_1"):
+        assert torch.equal(before[name], after_head[name]), name
+    assert torch.equal(before["feedback.layer_0"], after_block["feedback.layer_0"])
+    assert not torch.equal(before["feedback.layer_1"], after_block["feedback.layer_1"])  # its own activity changed
+    block0 = [n for n in before if n.startswith(("model.layers.0.", "model.embed_tokens."))]
+    assert block0
+    for name in block0:
+        assert torch.equal(before[name], after_head[name]) and torch.equal(before[name], after_block[name]), name
+
+
+def test_no_gradient_crosses_a_block_with_kolen_pollack_on():
+    """The Kolen-Pollack term reaches the feedback matrices and nothing else; every feedback point still reaches
+    only its own block (and block 0 the embedding)."""
+    model = lm(**KP, feedback_points="micro").train()
+    x = tokens()
+    out = model(input_ids=x, labels=x, local=True)
+    matrices = model.feedback_matrices()
+    error = BlockLocalRule("sal").error(out)
+    term = kolen_pollack_terms(error, out.feedback_outputs, matrices, decay=0.1)
+    assert reachable_leaves(term) == {id(m) for m in matrices}
+    assert all(grad.abs().sum() > 0 for grad in torch.autograd.grad(term, matrices))
+    blocks = list(model.model.layers)
+    for index, point in enumerate(out.feedback_outputs):
+        block = blocks[index // 2]
+        own = {id(p) for p in block.parameters()}
+        own |= {id(p) for p in model.model.embed_tokens.parameters()} if index < 2 else set()
+        reached = reachable_leaves((point * torch.randn_like(point)).sum())
+        assert reached and reached <= own, f"feedback point {index} reaches another block"
+
+
+# -------------------------------------------------------------------------------------------------- SALTrainer
+
+
+@pytest.mark.parametrize("alignment", ["fixed", "kolen_pollack"])
+def test_sal_trainer_steps_learned_feedback_and_leaves_fixed_buffers(alignment, tmp_path):
+    model = lm(feedback_alignment=alignment)
+    initial = [m.detach().clone() for m in model.feedback_matrices()]
+    x = tokens(8, seed=1)
+    data = [{"input_ids": row, "labels": row} for row in x]
+    args = training_args(tmp_path, per_device_train_batch_size=4, max_steps=2, learning_rate=1e-2)
+    trainer = SALTrainer(model=model, args=args, train_dataset=data)
+    trainer.train()
+    stepped = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    for matrix, start in zip(model.feedback_matrices(), initial):
+        assert (id(matrix) in stepped) == (alignment == "kolen_pollack")
+        assert torch.equal(matrix, start) == (alignment == "fixed")
+
+
+def test_kolen_pollack_is_refused_under_ddp(tmp_path):
+    from transformers.training_args import ParallelMode
+
+    with (
+        mock.patch("transformers.TrainingArguments.world_size", 2),
+        mock.patch("transformers.TrainingArguments.parallel_mode", ParallelMode.DISTRIBUTED),
+    ):
+        with pytest.raises(
+            ValueError, match=r"feedback_alignment='kolen_pollack'.*DDP.*use feedback_alignment='fixed'\."
+        ):
+            SALTrainer(model=lm(**KP), args=training_args(tmp_path))
+
+
+def test_learned_feedback_survives_save_and_load(tmp_path):
+    model = lm(**KP, feedback_decay=0.01)
+    x = tokens(8, seed=2)
+    data = [{"input_ids": row, "labels": row} for row in x]
+    args = training_args(tmp_path, per_device_train_batch_size=4, max_steps=2, learning_rate=1e-2)
+    SALTrainer(model=model, args=args, train_dataset=data).train()
+    draw = lm().feedback_matrices()
+    assert all(not torch.equal(m, d) for m, d in zip(model.feedback_matrices(), draw))  # learned, not redrawn
+    model.save_pretrained(tmp_path / "kp")
+    with safe_open(str(tmp_path / "kp" / "model.safetensors"), "pt") as file:
+        assert {"feedback.layer_0", "feedback.layer_1"} <= set(file.keys())
+    loaded = SALTransformerForCausalLM.from_pretrained(tmp_path / "kp")
+    assert (loaded.config.feedback_alignment, loaded.config.feedback_decay) == ("kolen_pollack", 0.01)
+    for a, b in zip(model.feedback_matrices(), loaded.feedback_matrices()):
+        assert isinstance(b, torch.nn.Parameter) and torch.equal(a, b)
+    for (name, p), q in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(p, q), name
+    model.eval(), loaded.eval()
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=x).logits, loaded(input_ids=x).logits)
