@@ -87,7 +87,7 @@ class SALConfig(PreTrainedConfig):
         feedback (`str`, *optional*):
             `direct` (DFA-style) or `layerwise` (FA-style). When unset, `learning_rule` decides (see
             `feedback_mode`): `sal` and `dfa` use `direct`, `fa` uses `layerwise`; only `sal` may choose.
-        feedback_alignment (`str`, defaults to `"fixed"`):
+        feedback_alignment (`str`, *optional*):
             How the feedback matrices are refined (docs/FEEDBACK.md). `fixed`: frozen random matrices (feedback
             alignment as published; local signals only). `kolen_pollack`: learnable matrices that receive the
             outer product of the signal they carry and the activity they carry it to, plus `feedback_decay`
@@ -95,6 +95,9 @@ class SALConfig(PreTrainedConfig):
             with `direct`); local signals only, no weight transport. `sign`: fixed random magnitudes with the
             signs of the forward matrix that reads the layer's output (sign-concordant feedback, Liao et al. 2016,
             BioTorch's frSF); it TRANSPORTS THE SIGNS of the forward weights, and needs `layerwise` feedback.
+            When unset (see `effective_feedback_alignment`): `kolen_pollack` for `sal` with direct feedback ("SAL
+            as we recommend", measured better in docs/RESULTS.md), `fixed` otherwise (`dfa` and `fa` name the
+            published algorithms; "SAL as published" is `feedback_alignment="fixed"`).
         feedback_decay (`float`, defaults to 1e-3):
             `lambda` of the Kolen-Pollack update of the feedback matrices, `grad B = s^T h + lambda B` (only with
             `feedback_alignment="kolen_pollack"`).
@@ -153,7 +156,7 @@ class SALConfig(PreTrainedConfig):
     norm: str = "none"
     learning_rule: str = "sal"
     feedback: str | None = None
-    feedback_alignment: str = "fixed"
+    feedback_alignment: str | None = None
     feedback_decay: float = 1e-3
     area_update_norm: str = "batch"
     area_lr_scale: float | None = None
@@ -252,18 +255,18 @@ class SALConfig(PreTrainedConfig):
                 f"learning_rule={self.learning_rule!r} implies feedback={expected!r}; got feedback={self.feedback!r}. "
                 "Leave feedback unset, or use learning_rule='sal' to choose the feedback."
             )
-        if self.feedback_alignment not in FEEDBACK_ALIGNMENTS:
+        if self.feedback_alignment is not None and self.feedback_alignment not in FEEDBACK_ALIGNMENTS:
             raise ValueError(
-                f"SALConfig.feedback_alignment must be one of {FEEDBACK_ALIGNMENTS}; got "
+                f"SALConfig.feedback_alignment must be one of {FEEDBACK_ALIGNMENTS} (or unset); got "
                 f"feedback_alignment={self.feedback_alignment!r}."
             )
-        if self.learning_rule == "bp" and self.feedback_alignment != "fixed":
+        if self.learning_rule == "bp" and self.feedback_alignment not in (None, "fixed"):
             raise ValueError(
                 f"feedback_alignment={self.feedback_alignment!r} refines the feedback of a local rule; "
                 "learning_rule='bp' has no feedback matrices. Use learning_rule='sal', 'dfa' or 'fa', or "
                 "feedback_alignment='fixed'."
             )
-        if self.feedback_alignment == "sign" and self.feedback_mode != "layerwise":
+        if self.effective_feedback_alignment == "sign" and self.feedback_mode != "layerwise":
             raise ValueError(
                 f"feedback_alignment='sign' copies the signs of the forward matrix that reads each layer's output, "
                 f"which only layer-wise feedback has; got feedback={self.feedback!r} with "
@@ -338,6 +341,15 @@ class SALConfig(PreTrainedConfig):
         """The feedback in use: `feedback` when set, else the one `learning_rule` implies (None for `bp`). Derived
         on read, not stored, so a checkpoint loaded with another `learning_rule` gets that rule's feedback."""
         return self.feedback if self.feedback is not None else RULE_FEEDBACK[self.learning_rule]
+
+    @property
+    def effective_feedback_alignment(self) -> str:
+        """`feedback_alignment`, or when unset: `kolen_pollack` for `learning_rule="sal"` with direct feedback (the
+        learned feedback measured better than fixed, docs/RESULTS.md), else `fixed` (`dfa` and `fa` stay the
+        published algorithms; layer-wise Kolen-Pollack trained deep residual stacks worse, docs/DEPTH_FEEDBACK.md)."""
+        if self.feedback_alignment is not None:
+            return self.feedback_alignment
+        return "kolen_pollack" if self.learning_rule == "sal" and self.feedback_mode == "direct" else "fixed"
 
     @property
     def effective_dual_path(self) -> bool:

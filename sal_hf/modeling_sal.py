@@ -422,7 +422,7 @@ class SALForImageClassification(SALPreTrainedModel):
                 config.num_labels,
                 mode=config.feedback_mode,
                 seed=config.feedback_seed,
-                learned=config.feedback_alignment == "kolen_pollack",
+                learned=config.effective_feedback_alignment == "kolen_pollack",
             )
         self.post_init()
 
@@ -436,7 +436,7 @@ class SALForImageClassification(SALPreTrainedModel):
                 "('sal', 'dfa', 'fa'). Load or build the model with one of those to train it locally."
             )
         matrices = self.feedback.matrices()
-        if self.config.feedback_alignment != "sign":
+        if self.config.effective_feedback_alignment != "sign":
             return matrices
         readers = [*self.sal.layers[1:], self.classifier]  # layer l's output is read by layer l + 1
         return [sign_concordant(b, reader.mean_forward_weight()) for b, reader in zip(matrices, readers)]

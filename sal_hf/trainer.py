@@ -126,7 +126,7 @@ def local_learning_rule(config: SALConfig | SALTransformerConfig) -> LocalLearni
         routing_loss_weight=config.routing_loss_weight,
         residual=config.residual,
         residual_scale=config.effective_residual_scale,
-        feedback_alignment=config.feedback_alignment,
+        feedback_alignment=config.effective_feedback_alignment,
         feedback_decay=config.feedback_decay,
     )
 

@@ -235,8 +235,9 @@ def bench(arch: str, hidden: list[int], optimizer: str, args, dtype: torch.dtype
     from sal_hf import SALConfig
 
     # The area design these timings were measured with (SALConfig's defaults before docs/ABLATIONS.md).
+    # Fixed feedback, as before Kolen-Pollack became SAL's default (the step timings of docs/PERFORMANCE.md).
     common = {"input_size": args.input_size, "num_labels": 10, "dual_path": False, "area_init": "independent"}
-    common["area_lr_scale"] = 1.0
+    common.update(area_lr_scale=1.0, feedback_alignment="fixed")
     configs = {
         "bp": SALConfig(**common, hidden_sizes=hidden, num_areas=1, learning_rule="bp"),
         "dfa": SALConfig(**common, hidden_sizes=hidden, num_areas=1, learning_rule="dfa"),

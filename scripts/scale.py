@@ -44,6 +44,7 @@ SCALE_CONFIG = {
     "dual_path": False,
     "area_init": "independent",
     "area_lr_scale": 1.0,
+    "feedback_alignment": "fixed",  # fixed feedback, as before Kolen-Pollack became SAL's default
 }
 TINY_CONFIG = {**SCALE_CONFIG, "hidden_sizes": [64, 64], "num_areas": 4}
 
@@ -54,7 +55,9 @@ def expected_parameters(config) -> tuple[int, int]:
     Per layer with input ``d_in`` and output ``d_out``: K areas of ``d_in * b + b`` (``b = d_out`` in expert mode,
     ``d_out / K`` in partition mode), an optional shared path ``d_in * d_out + d_out``, a learned router
     ``routing_dim * d_in`` and an input norm (``2 d_in`` for LayerNorm, ``d_in`` for RMSNorm). A sample uses one
-    area per layer plus everything that is not an area.
+    area per layer plus everything that is not an area. Learned (Kolen-Pollack) feedback matrices are parameters
+    too, one per hidden layer shaped like the matrix it carries the error through; the forward never reads them,
+    so they count in the total, not in the active parameters.
     """
     sizes = [config.input_size, *config.hidden_sizes, config.num_labels]
     norm = {"none": 0, "layernorm": 2, "rmsnorm": 1}[config.norm]
@@ -69,6 +72,12 @@ def expected_parameters(config) -> tuple[int, int]:
         common += d_in * d_out + d_out if config.effective_dual_path and not output else 0
         total += areas * (d_in * block + block) + common
         active += d_in * block + block + common
+    if config.learning_rule != "bp" and config.effective_feedback_alignment == "kolen_pollack":
+        from sal_hf.feedback import feedback_shapes
+
+        total += sum(
+            rows * cols for rows, cols in feedback_shapes(config.hidden_sizes, config.num_labels, config.feedback_mode)
+        )
     return total, active
 
 

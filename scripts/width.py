@@ -4,7 +4,7 @@ A SAL layer with K areas holds K area matrices (plus the shared dense path) but 
 area: the compute per sample is that of a dense layer of the same width (two with the dual path), the
 parameters are about K + 1 times as many. This sweep trains input-W-10 MLPs on Fashion-MNIST for every width W:
 
-- `bp`, `dfa`, `sal` (SAL-16, SALConfig's defaults) at the same active width W;
+- `bp`, `dfa`, `sal` (SAL-16 with fixed feedback; `sal-kp` with SALConfig's default Kolen-Pollack) at the same active width W;
 - `bp@params`, `dfa@params`: a dense layer wide enough to hold as many parameters as SAL-16 at width W.
 
     python scripts/width.py run --widths 16 32 64 256 --methods bp dfa sal --seeds 0 --epochs 5
@@ -32,7 +32,8 @@ from report_page import write_generated
 METHODS = {
     "bp": {"learning_rule": "bp", "num_areas": 1},
     "dfa": {"learning_rule": "dfa", "num_areas": 1},
-    "sal": {"learning_rule": "sal", "num_areas": 16},
+    # Fixed feedback (SAL as published, the default when the sweep ran); `sal-kp` the default since 2026-11-29.
+    "sal": {"learning_rule": "sal", "num_areas": 16, "feedback_alignment": "fixed"},
     "sal-kp": {"learning_rule": "sal", "num_areas": 16, "feedback_alignment": "kolen_pollack"},
     "bp@params": {"learning_rule": "bp", "num_areas": 1},
     "dfa@params": {"learning_rule": "dfa", "num_areas": 1},
@@ -40,8 +41,8 @@ METHODS = {
 LABELS = {
     "bp": "BP",
     "dfa": "DFA",
-    "sal": "SAL-16 (defaults)",
-    "sal-kp": "SAL-16, Kolen-Pollack",
+    "sal": "SAL-16 (fixed feedback)",
+    "sal-kp": "SAL-16, Kolen-Pollack (the default)",
     "bp@params": "BP, SAL-16's parameters",
     "dfa@params": "DFA, SAL-16's parameters",
 }

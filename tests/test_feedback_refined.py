@@ -9,7 +9,7 @@ from conftest import tiny_batch, tiny_config, training_args
 from torch.nn import functional as F
 
 import sal_hf.learning_rule as learning_rule
-from sal_hf import SALForImageClassification, SALTrainer
+from sal_hf import SALConfig, SALForImageClassification, SALTrainer
 from sal_hf.feedback import kolen_pollack_gradient, sign_concordant
 from sal_hf.trainer import local_learning_rule
 
@@ -46,11 +46,27 @@ def test_invalid_settings_fail_early_naming_the_field(overrides, field):
         tiny_config(**overrides)
 
 
-def test_fixed_stays_the_default_and_keeps_frozen_buffers():
-    model = SALForImageClassification(tiny_config())
-    assert model.config.feedback_alignment == "fixed"
-    assert not [n for n, _ in model.named_parameters() if n.startswith("feedback")]
-    assert {n for n, _ in model.named_buffers() if n.startswith("feedback")} == {"feedback.layer_0", "feedback.layer_1"}
+@pytest.mark.parametrize(
+    "fields, derived",
+    [
+        ({}, "kolen_pollack"),  # SAL as we recommend: the default
+        ({"feedback": "layerwise"}, "fixed"),  # layer-wise KP trained deep residual stacks worse
+        ({"learning_rule": "dfa"}, "fixed"),  # DFA and FA stay the published algorithms
+        ({"learning_rule": "fa"}, "fixed"),
+        ({"feedback_alignment": "fixed"}, "fixed"),  # SAL as published: one flag
+    ],
+)
+def test_the_feedback_alignment_default_is_derived_and_stored_unset(fields, derived, tmp_path):
+    model = SALForImageClassification(tiny_config(**fields))
+    assert model.config.effective_feedback_alignment == derived
+    names = {"feedback.layer_0", "feedback.layer_1"}
+    learned = {n for n, _ in model.named_parameters() if n.startswith("feedback")}
+    frozen = {n for n, _ in model.named_buffers() if n.startswith("feedback")}
+    assert (learned, frozen) == ((names, set()) if derived == "kolen_pollack" else (set(), names))
+    # Stored as given (unset stays unset), so a checkpoint loaded with another learning rule derives its own.
+    model.config.save_pretrained(tmp_path)
+    assert SALConfig.from_pretrained(tmp_path).feedback_alignment == fields.get("feedback_alignment")
+    assert SALConfig.from_pretrained(tmp_path, learning_rule="bp").effective_feedback_alignment == "fixed"
 
 
 @pytest.mark.parametrize("feedback", ["direct", "layerwise"])
@@ -108,7 +124,7 @@ def test_kolen_pollack_terms_reach_only_their_feedback_matrix():
 
 
 def test_kolen_pollack_refuses_frozen_matrices():
-    model = SALForImageClassification(tiny_config())  # fixed: buffers
+    model = SALForImageClassification(tiny_config(feedback_alignment="fixed"))  # buffers
     x, y = tiny_batch(8)
     rule = local_learning_rule(tiny_config(feedback_alignment="kolen_pollack"))
     out = model(pixel_values=x, labels=y, local=True)

@@ -84,7 +84,8 @@ def test_bp_matches_plain_autograd(tmp_path):
 
 def test_sal_with_one_area_is_dfa(tmp_path):
     torch.manual_seed(0)
-    sal = SALForImageClassification(tiny_config(num_areas=1, learning_rule="sal"))
+    # With the same (fixed) feedback: unset, `sal` derives Kolen-Pollack and `dfa` keeps the published fixed matrices.
+    sal = SALForImageClassification(tiny_config(num_areas=1, learning_rule="sal", feedback_alignment="fixed"))
     dfa = SALForImageClassification(tiny_config(num_areas=1, learning_rule="dfa"))
     dfa.load_state_dict(sal.state_dict())
     x, y = tiny_batch(16)

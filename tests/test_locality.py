@@ -139,10 +139,17 @@ def test_with_backprop_the_same_change_does_change_the_earlier_update():
 @pytest.mark.parametrize("make_config", CONFIGS)
 @pytest.mark.parametrize("feedback_rule", ["sal", "fa"])
 def test_feedback_matrices_are_not_forward_weights(feedback_rule, make_config):
-    model = SALForImageClassification(make_config(learning_rule=feedback_rule))
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    """No feedback matrix shares memory with a forward weight. They are frozen buffers with `fixed` feedback (FA),
+    and their own parameters with the `sal` default's Kolen-Pollack feedback (learned from local signals only)."""
+    config = make_config(learning_rule=feedback_rule)
+    model = SALForImageClassification(config)
+    forward = {
+        p.untyped_storage().data_ptr() for name, p in model.named_parameters() if not name.startswith("feedback.")
+    }
+    learned = config.effective_feedback_alignment == "kolen_pollack"
+    assert learned == (feedback_rule == "sal")  # the derived defaults
     for matrix in model.feedback.matrices():
-        assert matrix.untyped_storage().data_ptr() not in params
-        assert not matrix.requires_grad
+        assert matrix.untyped_storage().data_ptr() not in forward
+        assert matrix.requires_grad == learned
     names = {name for name, _ in model.named_parameters()}
-    assert not any(name.startswith("feedback") for name in names)
+    assert any(name.startswith("feedback.") for name in names) == learned

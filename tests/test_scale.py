@@ -34,9 +34,13 @@ def meta_model(config: SALConfig) -> SALForImageClassification:
 def test_closed_form_parameter_count_matches_the_model(overrides):
     config = tiny_config(**overrides)
     total, active = expected_parameters(config)
-    assert meta_model(config).num_parameters() == total
+    model = meta_model(config)
+    assert model.num_parameters() == total
+    # The learned feedback matrices (SAL's default Kolen-Pollack) are parameters the forward never reads.
+    feedback = sum(p.numel() for name, p in model.named_parameters() if name.startswith("feedback."))
+    assert (feedback > 0) == (config.effective_feedback_alignment == "kolen_pollack")
     # One area per layer: with K areas everywhere the rest is shared, so active < total exactly when K > 1.
-    assert (active < total) == (config.num_areas > 1)
+    assert (active < total - feedback) == (config.num_areas > 1)
 
 
 def test_scale_config_has_a_billion_parameters_and_a_small_active_set():
