@@ -30,9 +30,9 @@ class ModelArguments:
     learning_rule: str = field(default="sal", metadata={"help": "sal, dfa, fa or bp"})
     num_areas: int = field(default=16, metadata={"help": "areas K per layer"})
     hidden_sizes: list[int] = field(default_factory=lambda: [256], metadata={"help": "hidden units per layer"})
-    feedback: str = field(default="direct", metadata={"help": "direct (DFA-style) or layerwise (FA-style)"})
-    feedback_alignment: str = field(
-        default="fixed", metadata={"help": "fixed, kolen_pollack or sign (docs/FEEDBACK.md)"}
+    feedback: str | None = field(default=None, metadata={"help": "direct or layerwise (unset: the rule's own)"})
+    feedback_alignment: str | None = field(
+        default=None, metadata={"help": "fixed, kolen_pollack or sign (unset: SALConfig's default, docs/FEEDBACK.md)"}
     )
 
 

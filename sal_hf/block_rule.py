@@ -40,7 +40,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .feedback import kolen_pollack_gradient
+from .feedback import kolen_pollack_updates
 from .learning_rule import injected_gradient
 
 
@@ -146,16 +146,10 @@ def kolen_pollack_terms(
         raise ValueError(f"Got {len(feedback)} feedback matrices for {len(points)} feedback points.")
     rows = token_errors(error, sequence_length=points[0].shape[1], pooled_positions=pooled_positions)
     rows = rows.reshape(-1, rows.shape[-1])  # (N, d_e): padding and ignored tokens are zero rows
-    updates = []
-    for point, matrix in zip(points, feedback):
-        if not matrix.requires_grad:
-            raise ValueError(
-                "Kolen-Pollack feedback needs learnable feedback matrices; got a tensor without requires_grad. Build "
-                "the model with feedback_alignment='kolen_pollack'."
-            )
-        activity = point.detach().reshape(-1, point.shape[-1])  # (N, d)
-        updates.append(kolen_pollack_gradient(rows, activity, matrix, decay))
-    return injected_gradient(list(feedback), updates)
+    activities = [point.detach().reshape(-1, point.shape[-1]) for point in points]  # (N, d) each
+    return injected_gradient(
+        list(feedback), kolen_pollack_updates([rows] * len(points), activities, list(feedback), decay)
+    )
 
 
 def block_local_surrogate(

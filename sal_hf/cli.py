@@ -264,7 +264,10 @@ def info(argv: list[str]) -> int:
         raise ValueError(f"{directory} has no config.json; pass a directory written by save_pretrained.")
     model = AutoModelForImageClassification.from_pretrained(directory).eval()
     config = model.config
-    print(f"{directory}: {type(model).__name__}, learning_rule={config.learning_rule}, feedback={config.feedback_mode}")
+    print(
+        f"{directory}: {type(model).__name__}, learning_rule={config.learning_rule}, feedback={config.feedback_mode}, "
+        f"feedback_alignment={config.effective_feedback_alignment if config.learning_rule != 'bp' else '-'}"
+    )
     keys = ["input_size", "image_size", "hidden_sizes", "hidden_act", "num_labels", "num_areas", "area_mode"]
     keys += ["area_init", "output_areas", "effective_dual_path", "routing_scope", "router", "routing_dim"]
     keys += ["area_update_norm", "effective_area_lr_scale", "routing_balance_rate", "routing_seed", "feedback_seed"]
@@ -272,9 +275,11 @@ def info(argv: list[str]) -> int:
         print(f"  {key.removeprefix('effective_'):22s} {getattr(config, key)}")
     total = model.num_parameters()
     per_area = sum(p.numel() for layer in model.sal.layers for p in (layer.areas.weight_0, layer.areas.bias_0))
-    buffers = sum(b.numel() for name, b in model.named_buffers() if name.startswith("feedback") or "prototypes" in name)
+    frozen = sum(b.numel() for name, b in model.named_buffers() if name.startswith("feedback") or "prototypes" in name)
+    learned = sum(p.numel() for name, p in model.named_parameters() if name.startswith("feedback."))
     print(
-        f"parameters: {total:,} (one area of every hidden layer: {per_area:,}; frozen prototypes + feedback: {buffers:,})"
+        f"parameters: {total:,} (one area of every hidden layer: {per_area:,}; learned feedback matrices: {learned:,}); "
+        f"frozen prototypes + fixed feedback: {frozen:,}"
     )
 
     print("routers:")

@@ -342,6 +342,15 @@ class SALConfig(PreTrainedConfig):
         on read, not stored, so a checkpoint loaded with another `learning_rule` gets that rule's feedback."""
         return self.feedback if self.feedback is not None else RULE_FEEDBACK[self.learning_rule]
 
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """[`PretrainedConfig.from_dict`], plus: a saved config without a `feedback_alignment` key was written before
+        the field existed (fixed feedback was the only kind then), so it loads as `"fixed"` and keeps training the
+        way it was trained. Configs saved since store the key (`null` when unset, which derives the default)."""
+        if "feedback_alignment" not in config_dict and "feedback_alignment" not in kwargs:
+            config_dict = {**config_dict, "feedback_alignment": "fixed"}
+        return super().from_dict(config_dict, **kwargs)
+
     @property
     def effective_feedback_alignment(self) -> str:
         """`feedback_alignment`, or when unset: `kolen_pollack` for `learning_rule="sal"` with direct feedback (the

@@ -77,6 +77,25 @@ def kolen_pollack_gradient(
         return update.to(matrix.dtype)
 
 
+def kolen_pollack_updates(
+    sources: list[torch.Tensor], activities: list[torch.Tensor], matrices: list[torch.Tensor], decay: float
+) -> list[torch.Tensor]:
+    """:func:`kolen_pollack_gradient` of every learnable feedback matrix (rows of ``sources[l]`` and
+    ``activities[l]`` pair up: samples, or tokens), for the MLP's rule and the transformer's alike. Refuses frozen
+    matrices: the update would be lost."""
+    if not (len(sources) == len(activities) == len(matrices)):
+        raise ValueError(f"Got {len(sources)} signals and {len(activities)} activities for {len(matrices)} matrices.")
+    updates = []
+    for source, activity, matrix in zip(sources, activities, matrices):
+        if not matrix.requires_grad:
+            raise ValueError(
+                "Kolen-Pollack feedback needs learnable feedback matrices; got a tensor without requires_grad. Build "
+                "the model with feedback_alignment='kolen_pollack'."
+            )
+        updates.append(kolen_pollack_gradient(source, activity, matrix, decay))
+    return updates
+
+
 def sign_concordant(magnitude: torch.Tensor, forward_weight: torch.Tensor) -> torch.Tensor:
     """``|magnitude| * sign(forward_weight)``, no graph: feedback that copies the forward weights' signs (frSF).
     Both (d_{l+1}, d_l). Reads (the signs of) the forward weights: this is weight transport of one bit per weight."""

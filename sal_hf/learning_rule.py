@@ -10,7 +10,8 @@ arguments that carry them:
            divided by B (gradient of mean CE)   -> :func:`output_error`
     a_l    pre-activation of hidden layer l     -> ``pre_activations[l]``, (B, d_l)
     f'     derivative of the activation         -> ``activations.activation_derivative``
-    B_l    fixed random feedback of layer l     -> ``feedback[l]`` (see feedback.py for shapes)
+    B_l    random feedback of layer l (fixed,
+           or learned by Kolen-Pollack)         -> ``feedback[l]`` (see feedback.py for shapes)
     delta_l = (g_l) * f'(a_l), with g_l = e @ B_l (direct) or delta_{l+1} @ B_l (layerwise)
            (a residual block h_l = h_{l-1} + s f(a_l) has dh_l/da_l = s f'(a_l), so delta_l gets the
            factor s; layerwise feedback also carries the skip path: g_l = delta_{l+1} @ B_l + g_{l+1})
@@ -35,7 +36,7 @@ import torch
 from torch.nn import functional as F
 
 from .activations import activation_derivative
-from .feedback import FEEDBACK_ALIGNMENTS, kolen_pollack_gradient
+from .feedback import FEEDBACK_ALIGNMENTS, kolen_pollack_updates
 
 
 LOCAL_RULES = ("sal", "dfa", "fa")
@@ -148,15 +149,8 @@ def feedback_terms(
     ``s_l^T h_l + decay * B_l`` (see ``feedback.kolen_pollack_gradient``), with ``s_l = e`` (direct) or
     ``delta_{l+1}`` (layer-wise; ``e`` for the last hidden layer). Local quantities only."""
     sources = [error] * len(deltas) if mode == "direct" else [*deltas[1:], error]
-    terms = []
-    for source, activity, matrix in zip(sources, activities, feedback):
-        if not matrix.requires_grad:
-            raise ValueError(
-                "Kolen-Pollack feedback needs learnable feedback matrices (FeedbackMatrices(learned=True)); got a "
-                "tensor without requires_grad. Build the model with feedback_alignment='kolen_pollack'."
-            )
-        terms.append(_InjectGradient.apply(matrix, kolen_pollack_gradient(source, activity, matrix, decay)))
-    return terms
+    updates = kolen_pollack_updates(sources, list(activities), list(feedback), decay)
+    return [_InjectGradient.apply(matrix, update) for matrix, update in zip(feedback, updates)]
 
 
 def surrogate_loss(

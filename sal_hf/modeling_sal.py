@@ -183,8 +183,8 @@ class SALRoutingMixin:
     statistics and area health, and a checked `from_pretrained` whose tensors sit in aligned memory
     (`align_tensors`)."""
 
-    # Weights a checkpoint may lack because the config regenerates them: the fixed feedback matrices (from
-    # `feedback_seed`), e.g. when a `bp` checkpoint is loaded with `learning_rule="sal"`.
+    # Weights a checkpoint may lack because the config regenerates them: the feedback matrices (from `feedback_seed`)
+    # when the checkpoint has none, e.g. a `bp` checkpoint loaded with `learning_rule="sal"`.
     _sal_regenerated_prefixes: tuple[str, ...] = ("feedback.",)
     # A task head that a checkpoint saved by another architecture lacks and that loading draws fresh (a language
     # model loaded for sequence classification: the usual start of fine-tuning). Checked against the checkpoint's
@@ -219,6 +219,11 @@ class SALRoutingMixin:
                 "from another copy or load an earlier checkpoint."
             ) from error
         missing = sorted(key for key in info["missing_keys"] if not cls._may_be_missing(key, model.config))
+        # Feedback matrices are regenerated only when the checkpoint has none (a `bp` checkpoint loaded for a local
+        # rule); some present and some missing means a tensor was deleted, e.g. a learned Kolen-Pollack matrix.
+        lost = [key for key in info["missing_keys"] if key.startswith(cls._sal_regenerated_prefixes)]
+        if lost and len(lost) < sum(key.startswith(cls._sal_regenerated_prefixes) for key in model.state_dict()):
+            missing = sorted(missing + lost)
         if missing:
             raise ValueError(
                 f"The checkpoint {source} lacks {len(missing)} weights this SAL model needs, e.g. {missing[:3]}. Its "

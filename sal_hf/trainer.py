@@ -277,6 +277,15 @@ class SALTrainer(Trainer):
         zero gradients of areas no rank selected)."""
         if not (getattr(self, "is_fsdp_enabled", False) and self.args.world_size > 1):
             return 0
+        config = core.config
+        if getattr(config, "effective_feedback_alignment", getattr(config, "feedback_alignment", "fixed")) == (
+            "kolen_pollack"
+        ):
+            raise ValueError(
+                f"FSDP with {self.args.world_size} processes and learned (Kolen-Pollack) feedback matrices is untested "
+                "(scripts/fsdp_check.py checks fixed feedback). Pass feedback_alignment='fixed' to the config, or "
+                "train with DDP, which is tested for both."
+            )
         switched = [layer for layer in area_layers(core) if layer.implementation != "masked"]
         for layer in switched:
             layer.implementation = "masked"

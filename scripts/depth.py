@@ -156,7 +156,7 @@ def run(rule: str, depth: int, data, args) -> dict:
     finite = finite and all(math.isfinite(v) for v in [*norms, *update])
     return {
         "rule": rule,
-        "feedback": "-" if rule == "bp" else f"{config.feedback_mode}, {config.feedback_alignment}",
+        "feedback": "-" if rule == "bp" else f"{config.feedback_mode}, {config.effective_feedback_alignment}",
         "areas": "-" if rule != "sal" else "defaults" if args.area_defaults else "foundation",
         "depth": depth,
         "seed": args.seed,

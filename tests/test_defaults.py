@@ -170,7 +170,14 @@ def test_several_gpus_in_one_process_are_refused(tmp_path):
 
 
 def test_fsdp_with_several_ranks_switches_the_areas_to_the_masked_kernel(tmp_path):
-    model = SALForImageClassification(SALConfig(**DEFAULTS))
+    # The defaults' learned (Kolen-Pollack) feedback is refused under FSDP (untested there): it names the fix.
+    learned = SALForImageClassification(SALConfig(**DEFAULTS))
+    trainer = SALTrainer(model=learned, args=training_args(tmp_path))
+    trainer.is_fsdp_enabled = True
+    with mock.patch("transformers.TrainingArguments.world_size", 2):
+        with pytest.raises(ValueError, match="FSDP.*feedback_alignment='fixed'"):
+            trainer.prepare_areas_for_fsdp(learned)
+    model = SALForImageClassification(SALConfig(**DEFAULTS, feedback_alignment="fixed"))
     trainer = SALTrainer(model=model, args=training_args(tmp_path))
     assert trainer.prepare_areas_for_fsdp(model) == 0  # not FSDP: nothing changes
     trainer.is_fsdp_enabled = True

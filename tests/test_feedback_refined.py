@@ -242,3 +242,36 @@ def test_sign_feedback_trains_through_sal_trainer(tmp_path):
     SALTrainer(model=model, args=training_args(tmp_path), train_dataset=data).train()
     assert not torch.equal(model.sal.layers[0].areas.weight_0, before)
     assert not [n for n, _ in model.named_parameters() if n.startswith("feedback")]
+
+
+def test_a_config_saved_before_learned_feedback_existed_loads_fixed(tmp_path):
+    """A config.json without the key predates the field (fixed feedback was the only kind): it keeps training that
+    way; a config saved now stores the key (null when unset) and derives the default."""
+    import json
+
+    SALConfig(
+        **{k: v for k, v in tiny_config().to_dict().items() if k in ("input_size", "hidden_sizes")}
+    ).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert "feedback_alignment" in saved and saved["feedback_alignment"] is None
+    assert SALConfig.from_pretrained(tmp_path).effective_feedback_alignment == "kolen_pollack"
+    del saved["feedback_alignment"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert SALConfig.from_pretrained(tmp_path).feedback_alignment == "fixed"
+    assert SALConfig.from_pretrained(tmp_path, feedback_alignment="kolen_pollack").feedback_alignment == "kolen_pollack"
+
+
+def test_a_deleted_learned_feedback_matrix_is_refused_but_a_bp_checkpoint_loads(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    SALForImageClassification(tiny_config()).save_pretrained(tmp_path / "kp")
+    weights = load_file(tmp_path / "kp" / "model.safetensors")
+    assert {"feedback.layer_0", "feedback.layer_1"} <= weights.keys()
+    del weights["feedback.layer_1"]
+    save_file(weights, tmp_path / "kp" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"lacks 1 weights.*feedback\.layer_1"):
+        SALForImageClassification.from_pretrained(tmp_path / "kp")
+    # A bp checkpoint has no feedback matrices at all: a local rule draws them from feedback_seed.
+    SALForImageClassification(tiny_config(learning_rule="bp")).save_pretrained(tmp_path / "bp")
+    model = SALForImageClassification.from_pretrained(tmp_path / "bp", learning_rule="sal")
+    torch.testing.assert_close(model.feedback.layer_0.detach(), model.feedback.initial_values()["layer_0"])
