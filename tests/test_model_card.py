@@ -66,6 +66,7 @@ def test_card_records_how_the_model_was_trained(trainer):
         "- tiny-random",
         "| learning_rule | `sal` |",
         "| feedback | `direct` |",
+        "| feedback_alignment | `kolen_pollack` |",  # unset: the derived default, as trained
         "| num_areas (K) | `4` |",
         "| routing_scope | `layer` |",
         "| routing_dim | `32` |",
