@@ -569,7 +569,12 @@ def write_report(args: argparse.Namespace) -> None:
     if not records:
         raise SystemExit(f"No run records under {results / 'runs'}; run `benchmark.py run` first.")
     table = summarise(records)
-    hw = args.hardware or "; ".join(sorted({r.get("hardware", "unknown") for r in records}))
+
+    def hardware_of(suites: tuple[str, ...]) -> str:  # of the records a page or file shows, not of every record
+        return args.hardware or "; ".join(
+            sorted({r.get("hardware", "unknown") for r in records if r["job"]["suite"] in suites})
+        )
+
     docs = Path(args.docs)
     docs.mkdir(parents=True, exist_ok=True)
     # Small raw JSON per suite and dataset (full curves included), committed next to the tables.
@@ -577,17 +582,20 @@ def write_report(args: argparse.Namespace) -> None:
     for r in records:
         per_file[f"{r['job']['suite']}_{r['job']['dataset']}"].append(r)
     for name, rs in per_file.items():
-        (results / f"{name}.json").write_text(json.dumps({"hardware": hw, "runs": rs}, indent=0))
+        (results / f"{name}.json").write_text(
+            json.dumps({"hardware": hardware_of((rs[0]["job"]["suite"],)), "runs": rs}, indent=0)
+        )
     main = {k: v for k, v in table.items() if k[0] == "main"}
     ablations = {k: v for k, v in table.items() if k[0] == "ablations"}
     variants = {k: v for k, v in table.items() if k[0] == "variants"}
     if main:
+        hw = hardware_of(("main", "variants"))
         write_generated(
             docs / "RESULTS.md", results_markdown(main, hw, args) + variants_markdown(variants, main), START
         )
         plot_main(main, docs, hw)
     if ablations:
-        write_generated(docs / "ABLATIONS.md", ablations_markdown(ablations, hw, args), START)
+        write_generated(docs / "ABLATIONS.md", ablations_markdown(ablations, hardware_of(("ablations",)), args), START)
     print(
         f"wrote {'RESULTS.md and plots, ' if main else ''}{'ABLATIONS.md, ' if ablations else ''}in {docs}; {len(per_file)} JSON files in {results}"
     )
@@ -896,7 +904,7 @@ def plot_gaps(table: dict, docs: Path, hw: str) -> None:
         spans[protocol] = (min(xs) - pad, max(xs) + 2.5 * pad)  # room on the right for the numbers
 
     panel = 0.4 * len(rows) + 0.45  # inches per panel; two rows of panels, plus title, legend and caption
-    top, bottom, between = 0.8, 0.95, 0.55
+    top, bottom, between = 0.8, 1.15, 0.55
     height = 2 * panel + top + bottom + between
     fig, axes = plt.subplots(2, 2, figsize=(11, height), sharey=True, squeeze=False)
     fig.subplots_adjust(
@@ -977,7 +985,7 @@ def plot_gaps(table: dict, docs: Path, hw: str) -> None:
     fig.legend(
         handles=handles,
         loc="lower center",
-        ncol=len(handles),
+        ncol=min(4, len(handles)),
         fontsize=7.5,
         frameon=False,
         bbox_to_anchor=(0.5, 0.3 / height),
