@@ -211,7 +211,9 @@ def mean_table(results: list[dict], rules: list[str]) -> list[str]:
 # written by `--from-json outputs/depth_fb*.json --quick --name DEPTH_FEEDBACK --out docs` from the runs above.
 FEEDBACK_NOTES = [
     "**Reading (hand-written).** Digits is small (360 test images: one image is 0.28 points) and the spread over "
-    "three seeds is 1-4 points, so only differences of a few points mean anything here.",
+    "three seeds is 1-4 points, so only differences of a few points mean anything here. The runs above wrote "
+    "`outputs/depth_fb*.json` (2026-11-29, 10:05-10:35 UTC, next to other jobs, so the times are rough); this page "
+    "is `python scripts/depth.py --quick --name DEPTH_FEEDBACK --out docs --from-json outputs/depth_fb*.json`.",
     "",
     "- **Depth helps SAL with today's area design** (`sal+`: shared dense path beside the areas, identical start, "
     "area lr / K): 8 layers beat 2 by +2.0 points with fixed feedback and +2.2 with Kolen-Pollack (3 seeds each), "
