@@ -42,6 +42,7 @@ SAL = {"learning_rule": "sal", "feedback_alignment": "fixed"}
 METHODS = {
     "bp": {"learning_rule": "bp", "num_areas": 1},
     "dfa": {"learning_rule": "dfa", "num_areas": 1},
+    "dfa-kp": {"learning_rule": "dfa", "num_areas": 1, "feedback_alignment": "kolen_pollack"},
     "sal": {**SAL, "num_areas": 16},
     "sal-kp": {**SAL, "num_areas": 16, "feedback_alignment": "kolen_pollack"},
     "sal-64": {**SAL, "num_areas": 64},
@@ -52,6 +53,7 @@ METHODS = {
 LABELS = {
     "bp": "BP",
     "dfa": "DFA",
+    "dfa-kp": "DFA, Kolen-Pollack feedback",
     "sal": "SAL-16 (fixed feedback)",
     "sal-kp": "SAL-16, Kolen-Pollack feedback (the default)",
     "sal-64": "SAL-64 (fixed feedback)",
