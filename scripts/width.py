@@ -32,6 +32,7 @@ from report_page import write_generated
 METHODS = {
     "bp": {"learning_rule": "bp", "num_areas": 1},
     "dfa": {"learning_rule": "dfa", "num_areas": 1},
+    "dfa-kp": {"learning_rule": "dfa", "num_areas": 1, "feedback_alignment": "kolen_pollack"},
     # Fixed feedback (SAL as published, the default when the sweep ran); `sal-kp` the default since 2026-11-29.
     "sal": {"learning_rule": "sal", "num_areas": 16, "feedback_alignment": "fixed"},
     "sal-kp": {"learning_rule": "sal", "num_areas": 16, "feedback_alignment": "kolen_pollack"},
@@ -41,6 +42,7 @@ METHODS = {
 LABELS = {
     "bp": "BP",
     "dfa": "DFA",
+    "dfa-kp": "DFA, Kolen-Pollack",
     "sal": "SAL-16 (fixed feedback)",
     "sal-kp": "SAL-16, Kolen-Pollack (the default)",
     "bp@params": "BP, SAL-16's parameters",
