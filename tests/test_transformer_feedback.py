@@ -9,31 +9,14 @@ import pytest
 import torch
 from conftest import reachable_leaves, training_args
 from safetensors import safe_open
+from test_transformer import TINY, one_thread, token_batch  # noqa: F401 (one_thread: autouse fixture)
 
 from sal_hf import SALTrainer, SALTransformerConfig, SALTransformerForCausalLM, SALTransformerForSequenceClassification
 from sal_hf.block_rule import BlockLocalRule, kolen_pollack_terms
 from sal_hf.trainer import local_learning_rule
 
 
-TINY = {
-    "vocab_size": 64,
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "max_position_embeddings": 16,
-    "num_areas": 4,
-    "routing_dim": 8,
-    "pad_token_id": 0,
-}
 KP = {"feedback_alignment": "kolen_pollack"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def lm(base=None, seed: int = 0, **overrides) -> SALTransformerForCausalLM:
@@ -42,7 +25,7 @@ def lm(base=None, seed: int = 0, **overrides) -> SALTransformerForCausalLM:
 
 
 def tokens(n: int = 3, length: int = 8, seed: int = 0, vocab: int = TINY["vocab_size"]) -> torch.Tensor:
-    return torch.randint(1, vocab, (n, length), generator=torch.Generator().manual_seed(seed))
+    return token_batch(n, length, seed, vocab)
 
 
 def local_grads(model, inputs: dict, error: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
