@@ -190,6 +190,19 @@ class SALRoutingMixin:
     # model loaded for sequence classification: the usual start of fine-tuning). Checked against the checkpoint's
     # `config.architectures`, so a checkpoint of this very class that lacks its head still raises.
     _sal_new_head_prefixes: tuple[str, ...] = ()
+    # Auto class -> class name of the copied modeling file, written to `auto_map` for remote code (see save_pretrained).
+    _sal_remote_classes: dict[str, str] = {}
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        # transformers writes only the saved class's own auto class to `auto_map`; the copied modeling file defines
+        # every class, so let the other auto classes (`_sal_remote_classes`) load the checkpoint as remote code too.
+        if self._auto_class is not None:
+            module = type(self).__module__.split(".")[-1]
+            self.config.auto_map = {
+                **{auto: f"{module}.{name}" for auto, name in self._sal_remote_classes.items()},
+                **(getattr(self.config, "auto_map", None) or {}),
+            }
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args, **kwargs):
@@ -298,13 +311,8 @@ class SALPreTrainedModel(SALRoutingMixin, PreTrainedModel):
             for name, value in module.initial_values().items():
                 init.copy_(getattr(module, name), value)
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
-        # transformers writes only the saved class's own auto class to `auto_map`; the copied modeling file
-        # defines every SAL class, so let `AutoModel` load the body of any SAL checkpoint as remote code too.
-        if self._auto_class is not None:
-            module = type(self).__module__.split(".")[-1]
-            self.config.auto_map = {"AutoModel": f"{module}.SALModel", **(getattr(self.config, "auto_map", None) or {})}
-        return super().save_pretrained(save_directory, *args, **kwargs)
+    # `AutoModel` loads the body of any SAL checkpoint as remote code too (`SALRoutingMixin.save_pretrained`).
+    _sal_remote_classes = {"AutoModel": "SALModel"}
 
     def get_input_embeddings(self) -> None:
         # SAL reads pixel values directly: no embedding layer (FSDP and resizing utilities ask for one).

@@ -9,7 +9,6 @@ outputs of the feedback points, the areas and the routers' own losses. The rule 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -298,21 +297,12 @@ class SALTransformerPreTrainedModel(SALRoutingMixin, PreTrainedModel):
             for name, value in module.initial_values().items():
                 init.copy_(getattr(module, name), value)
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
-        # transformers writes only the saved class's own auto class to `auto_map`; the copied modeling file
-        # defines every class, so let each auto class load any SAL transformer checkpoint as remote code.
-        if self._auto_class is not None:
-            module = type(self).__module__.split(".")[-1]
-            classes = {
-                "AutoModel": "SALTransformerModel",
-                "AutoModelForCausalLM": "SALTransformerForCausalLM",
-                "AutoModelForSequenceClassification": "SALTransformerForSequenceClassification",
-            }
-            self.config.auto_map = {
-                **{auto: f"{module}.{name}" for auto, name in classes.items()},
-                **(getattr(self.config, "auto_map", None) or {}),
-            }
-        return super().save_pretrained(save_directory, *args, **kwargs)
+    # Each auto class loads any SAL transformer checkpoint as remote code (`SALRoutingMixin.save_pretrained`).
+    _sal_remote_classes = {
+        "AutoModel": "SALTransformerModel",
+        "AutoModelForCausalLM": "SALTransformerForCausalLM",
+        "AutoModelForSequenceClassification": "SALTransformerForSequenceClassification",
+    }
 
     def feedback_matrices(self) -> list[torch.Tensor]:
         """The ``B_l`` of every feedback point, in point order (what `SALTrainer` hands the rule)."""
