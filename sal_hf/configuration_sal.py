@@ -9,7 +9,7 @@ from transformers import PreTrainedConfig
 
 from .activations import ACTIVATIONS
 from .areas import AREA_IMPLEMENTATIONS, AREA_MODES, NORMS
-from .feedback import FEEDBACK_ALIGNMENTS, FEEDBACK_MODES
+from .feedback import FEEDBACK_ALIGNMENTS, FEEDBACK_MODES, FEEDBACK_SCOPES
 
 
 LEARNING_RULES = ("sal", "dfa", "fa", "bp")
@@ -101,6 +101,12 @@ class SALConfig(PreTrainedConfig):
         feedback_decay (`float`, defaults to 1e-3):
             `lambda` of the Kolen-Pollack update of the feedback matrices, `grad B = s^T h + lambda B` (only with
             `feedback_alignment="kolen_pollack"`).
+        feedback_scope (`str`, defaults to `"shared"`):
+            `shared`: one feedback matrix per hidden layer, used by all its areas. `area`: every area of a layer has
+            its own direct feedback matrix `B_l[k]` (K, C, d_l), and a sample's signal uses the matrix of the area
+            it selected at that layer (Kolen-Pollack then learns `B_l[k]` from area k's samples alone). Local
+            signals only, no weight transport. Only for `learning_rule="sal"` with direct feedback and
+            `num_areas > 1`.
         area_update_norm (`str`, defaults to `"batch"`):
             `batch`: an area's update is averaged over the whole batch (the gradient of a mean loss). `area`:
             over the samples routed to it. Only for `sal`.
@@ -158,6 +164,7 @@ class SALConfig(PreTrainedConfig):
     feedback: str | None = None
     feedback_alignment: str | None = None
     feedback_decay: float = 1e-3
+    feedback_scope: str = "shared"
     area_update_norm: str = "batch"
     area_lr_scale: float | None = None
     routing_seed: int = 0
@@ -219,6 +226,7 @@ class SALConfig(PreTrainedConfig):
             "area_update_norm": AREA_NORMS,
             "norm": NORMS,
             "area_implementation": AREA_IMPLEMENTATIONS,
+            "feedback_scope": FEEDBACK_SCOPES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -280,6 +288,14 @@ class SALConfig(PreTrainedConfig):
         ):
             raise ValueError(
                 f"SALConfig.feedback_decay must be a number >= 0; got feedback_decay={self.feedback_decay!r}."
+            )
+        if self.feedback_scope == "area" and (
+            self.learning_rule != "sal" or self.feedback_mode != "direct" or self.num_areas < 2
+        ):
+            raise ValueError(
+                "feedback_scope='area' gives each area its own direct feedback matrix; it needs learning_rule='sal', "
+                f"direct feedback and num_areas >= 2; got learning_rule={self.learning_rule!r}, "
+                f"feedback_mode={self.feedback_mode!r}, num_areas={self.num_areas}. Use feedback_scope='shared'."
             )
         if self.area_update_norm != "batch" and self.learning_rule != "sal":
             raise ValueError(

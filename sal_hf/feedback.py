@@ -10,8 +10,10 @@ d_l), so the feedback signal has the scale of a backpropagated one:
 
 The stored matrices are never derived from forward weights: they come from their own seeded generator, which
 also makes them identical across devices and processes (only ``sign`` below reads the forward weights' signs,
-when the matrices are used). One matrix per layer is shared by all areas (per-area
-feedback measured 2.5-8 points worse, see the method notes).
+when the matrices are used). By default one matrix per layer is shared by all areas (the method notes' prototype
+measured per-area feedback 2.5-8 points worse). ``SALConfig.feedback_scope="area"`` gives each area of layer l
+its own direct ``B_l[k]`` (shape (K, C, d_l)): a sample's signal ``g_l = e @ B_l[k_l]`` uses the matrix of the
+area it selected at that layer, and Kolen-Pollack updates ``B_l[k]`` from that area's samples alone.
 
 How ``B_l`` is refined (``SALConfig.feedback_alignment``; see docs/FEEDBACK.md):
 
@@ -37,26 +39,48 @@ from torch import nn
 
 FEEDBACK_MODES = ("direct", "layerwise")
 FEEDBACK_ALIGNMENTS = ("fixed", "kolen_pollack", "sign")
+FEEDBACK_SCOPES = ("shared", "area")
 
 
-def feedback_shapes(hidden_sizes: list[int], num_labels: int, mode: str) -> list[tuple[int, int]]:
-    """Shape of ``B_l`` for every hidden layer."""
+def feedback_shapes(hidden_sizes: list[int], num_labels: int, mode: str, num_areas: int = 1) -> list[tuple[int, ...]]:
+    """Shape of ``B_l`` for every hidden layer; with ``num_areas > 1`` (per-area direct feedback) a leading K."""
     if mode == "direct":
-        return [(num_labels, d) for d in hidden_sizes]
-    if mode == "layerwise":
-        return [(d_next, d) for d, d_next in zip(hidden_sizes, [*hidden_sizes[1:], num_labels])]
-    raise ValueError(f"Unknown feedback mode {mode!r}; expected one of {FEEDBACK_MODES}.")
+        shapes = [(num_labels, d) for d in hidden_sizes]
+    elif mode == "layerwise":
+        if num_areas > 1:
+            raise ValueError("Per-area feedback matrices exist for direct feedback only.")
+        shapes = [(d_next, d) for d, d_next in zip(hidden_sizes, [*hidden_sizes[1:], num_labels])]
+    else:
+        raise ValueError(f"Unknown feedback mode {mode!r}; expected one of {FEEDBACK_MODES}.")
+    return [(num_areas, *shape) if num_areas > 1 else shape for shape in shapes]
 
 
-def make_feedback_matrix(shape: tuple[int, int], seed: int) -> torch.Tensor:
-    """Kaiming-uniform (ReLU gain, fan-in ``shape[1]``) draw from its own generator."""
-    bound = math.sqrt(6.0 / shape[1])
+def make_feedback_matrix(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """Kaiming-uniform (ReLU gain, fan-in ``shape[-1]``) draw from its own generator. A (K, C, d) stack of per-area
+    matrices is one draw from the same stream, so its area 0 is the shared matrix of the same seed."""
+    bound = math.sqrt(6.0 / shape[-1])
     generator = torch.Generator(device="cpu").manual_seed(seed)
     return torch.empty(shape, device="cpu").uniform_(-bound, bound, generator=generator)
 
 
+def feedback_signal(source: torch.Tensor, matrix: torch.Tensor, area: torch.Tensor | None = None) -> torch.Tensor:
+    """``g = source @ B``, (B, d) in ``source``'s dtype, no graph. For a per-area stack ``B`` (K, C, d) each row uses
+    the matrix of its own area: ``g_i = source_i @ B[area_i]``."""
+    with torch.no_grad():
+        matrix = matrix.to(source.dtype)
+        if matrix.dim() == 2:
+            return source @ matrix
+        if area is None:
+            raise ValueError("Per-area feedback matrices need the area each sample selected; got area=None.")
+        return torch.einsum("bc,bcd->bd", source, matrix[area])
+
+
 def kolen_pollack_gradient(
-    source: torch.Tensor, activity: torch.Tensor, matrix: torch.Tensor, decay: float
+    source: torch.Tensor,
+    activity: torch.Tensor,
+    matrix: torch.Tensor,
+    decay: float,
+    area: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The Kolen-Pollack update of one feedback matrix: ``source^T activity + decay * matrix``.
 
@@ -64,35 +88,48 @@ def kolen_pollack_gradient(
         source: the signal ``B_l`` carries, (B, C) for direct feedback (the output error ``e``, already a batch
             mean) or (B, d_{l+1}) for layer-wise feedback (``delta_{l+1}``).
         activity: ``h_l``, the output of hidden layer l, (B, d_l).
-        matrix: ``B_l`` itself (for the decay), shaped (source size, d_l).
+        matrix: ``B_l`` itself (for the decay), shaped (source size, d_l), or (K, C, d_l) per area.
         decay: ``lambda``.
+        area: (B,) long, the area of each row; only for a per-area stack, whose ``B_l[k]`` gets the outer product
+            of area k's rows alone (and the decay; the optimizer thus also moves areas no row selected).
 
     Returns:
-        (source size, d_l) fp32, no graph. Only local quantities: no forward weight is read.
+        ``matrix``'s shape, fp32, no graph. Only local quantities: no forward weight is read.
     """
     with torch.no_grad():
-        update = source.float().t() @ activity.float()  # (C or d_{l+1}, d_l)
+        if matrix.dim() == 3:
+            if area is None:
+                raise ValueError("Per-area feedback matrices need the area each sample selected; got area=None.")
+            routed = torch.nn.functional.one_hot(area, matrix.shape[0]).float()  # (B, K)
+            update = torch.einsum("bk,bc,bd->kcd", routed, source.float(), activity.float())
+        else:
+            update = source.float().t() @ activity.float()  # (C or d_{l+1}, d_l)
         if decay:
             update = update + decay * matrix.float()
         return update.to(matrix.dtype)
 
 
 def kolen_pollack_updates(
-    sources: list[torch.Tensor], activities: list[torch.Tensor], matrices: list[torch.Tensor], decay: float
+    sources: list[torch.Tensor],
+    activities: list[torch.Tensor],
+    matrices: list[torch.Tensor],
+    decay: float,
+    areas: list[torch.Tensor | None] | None = None,
 ) -> list[torch.Tensor]:
     """:func:`kolen_pollack_gradient` of every learnable feedback matrix (rows of ``sources[l]`` and
-    ``activities[l]`` pair up: samples, or tokens), for the MLP's rule and the transformer's alike. Refuses frozen
-    matrices: the update would be lost."""
+    ``activities[l]`` pair up: samples, or tokens; ``areas[l]`` the rows' areas, for per-area matrices), for the
+    MLP's rule and the transformer's alike. Refuses frozen matrices: the update would be lost."""
     if not (len(sources) == len(activities) == len(matrices)):
         raise ValueError(f"Got {len(sources)} signals and {len(activities)} activities for {len(matrices)} matrices.")
+    areas = [None] * len(matrices) if areas is None else areas
     updates = []
-    for source, activity, matrix in zip(sources, activities, matrices):
+    for source, activity, matrix, area in zip(sources, activities, matrices, areas):
         if not matrix.requires_grad:
             raise ValueError(
                 "Kolen-Pollack feedback needs learnable feedback matrices; got a tensor without requires_grad. Build "
                 "the model with feedback_alignment='kolen_pollack'."
             )
-        updates.append(kolen_pollack_gradient(source, activity, matrix, decay))
+        updates.append(kolen_pollack_gradient(source, activity, matrix, decay, area))
     return updates
 
 
@@ -114,16 +151,24 @@ class FeedbackMatrices(nn.Module):
         mode: ``"direct"`` or ``"layerwise"``.
         seed: base seed; layer l uses ``seed + l``.
         learned: register the matrices as ``nn.Parameter`` (starting from the same random draw).
+        num_areas: 1 (one matrix per layer, shared by its areas) or K (per-area direct feedback: (K, C, d_l)).
     """
 
     def __init__(
-        self, hidden_sizes: list[int], num_labels: int, mode: str = "direct", seed: int = 1, learned: bool = False
+        self,
+        hidden_sizes: list[int],
+        num_labels: int,
+        mode: str = "direct",
+        seed: int = 1,
+        learned: bool = False,
+        num_areas: int = 1,
     ) -> None:
         super().__init__()
         self.mode = mode
         self.seed = seed
         self.learned = learned
-        self.shapes = feedback_shapes(hidden_sizes, num_labels, mode)
+        self.num_areas = num_areas
+        self.shapes = feedback_shapes(hidden_sizes, num_labels, mode, num_areas)
         for index, shape in enumerate(self.shapes):
             if learned:
                 self.register_parameter(f"layer_{index}", nn.Parameter(torch.empty(shape)))

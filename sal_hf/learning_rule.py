@@ -36,7 +36,7 @@ import torch
 from torch.nn import functional as F
 
 from .activations import activation_derivative
-from .feedback import FEEDBACK_ALIGNMENTS, kolen_pollack_updates
+from .feedback import FEEDBACK_ALIGNMENTS, feedback_signal, kolen_pollack_updates
 
 
 LOCAL_RULES = ("sal", "dfa", "fa")
@@ -84,18 +84,21 @@ def local_deltas(
     activation: Callable[[torch.Tensor], torch.Tensor],
     residual: bool = False,
     residual_scale: float = 1.0,
+    areas: Sequence[torch.Tensor | None] | None = None,
 ) -> list[torch.Tensor]:
     """Local error ``delta_l`` of every hidden layer, (B, d_l) fp32, no graph.
 
     Args:
         error: ``e``, (B, C).
         pre_activations: ``a_l`` per hidden layer.
-        feedback: ``B_l`` per hidden layer: (C, d_l) for ``direct``, (d_{l+1}, d_l) for ``layerwise``.
+        feedback: ``B_l`` per hidden layer: (C, d_l) for ``direct``, (d_{l+1}, d_l) for ``layerwise``; or per-area
+            direct matrices (K, C, d_l), each sample using its area's (``areas``).
         mode: ``"direct"`` (DFA) or ``"layerwise"`` (FA).
         activation: the hidden activation ``f``.
         residual: hidden layers after the first are residual blocks (only changes ``layerwise``: the signal at
             a block's input is the signal at its output plus the feedback of its own delta).
         residual_scale: ``s`` of the residual blocks, ``h_l = h_{l-1} + s f(a_l)``.
+        areas: the area each sample selected at each hidden layer, (B,) long (only read for per-area matrices).
     """
     if len(feedback) != len(pre_activations):
         raise ValueError(f"Got {len(feedback)} feedback matrices for {len(pre_activations)} hidden layers.")
@@ -105,8 +108,7 @@ def local_deltas(
     with torch.no_grad():
         for index in reversed(range(len(pre_activations))):
             source = error if mode == "direct" else signal
-            matrix = feedback[index].to(source.dtype)
-            g = source @ matrix  # (B, d_l)
+            g = feedback_signal(source, feedback[index], areas[index] if areas is not None else None)  # (B, d_l)
             if carried is not None:
                 g = g + carried
             scale = residual_scale if residual and index >= 1 else 1.0
@@ -144,12 +146,16 @@ def feedback_terms(
     *,
     mode: str,
     decay: float,
+    areas: Sequence[torch.Tensor | None] | None = None,
 ) -> list[torch.Tensor]:
     """Kolen-Pollack: one zero-valued term per learnable ``B_l`` whose gradient w.r.t. ``B_l`` is
     ``s_l^T h_l + decay * B_l`` (see ``feedback.kolen_pollack_gradient``), with ``s_l = e`` (direct) or
-    ``delta_{l+1}`` (layer-wise; ``e`` for the last hidden layer). Local quantities only."""
+    ``delta_{l+1}`` (layer-wise; ``e`` for the last hidden layer); per-area matrices sum over their area's samples
+    (``areas``). Local quantities only."""
     sources = [error] * len(deltas) if mode == "direct" else [*deltas[1:], error]
-    updates = kolen_pollack_updates(sources, list(activities), list(feedback), decay)
+    updates = kolen_pollack_updates(
+        sources, list(activities), list(feedback), decay, list(areas) if areas is not None else None
+    )
     return [_InjectGradient.apply(matrix, update) for matrix, update in zip(feedback, updates)]
 
 
@@ -240,6 +246,7 @@ class LocalLearningRule:
         pre_activations: Sequence[torch.Tensor],
         feedback: Sequence[torch.Tensor],
         routing_losses: Sequence[torch.Tensor] = (),
+        areas: Sequence[torch.Tensor | None] | None = None,
     ) -> torch.Tensor:
         error = output_error(logits, labels)
         deltas = local_deltas(
@@ -250,6 +257,7 @@ class LocalLearningRule:
             activation=self.activation,
             residual=self.residual,
             residual_scale=self.residual_scale,
+            areas=areas,
         )
         extra = [self.routing_loss_weight * term for term in routing_losses]
         if self.feedback_alignment == "kolen_pollack":
@@ -257,14 +265,16 @@ class LocalLearningRule:
                 pre_activations, self.activation, residual=self.residual, residual_scale=self.residual_scale
             )
             extra += feedback_terms(
-                error, deltas, activities, feedback, mode=self.feedback_mode, decay=self.feedback_decay
+                error, deltas, activities, feedback, mode=self.feedback_mode, decay=self.feedback_decay, areas=areas
             )
         return surrogate_loss(loss, logits, error, pre_activations, deltas, extra_terms=extra)
 
     def surrogate(self, outputs, labels: torch.Tensor, feedback: Sequence[torch.Tensor]) -> torch.Tensor:
         """The surrogate for a model's local forward: ``outputs`` carries ``loss``, ``logits``,
-        ``pre_activations`` and ``routing_losses``, as ``SALForImageClassification(..., local=True)`` returns them
-        (the areas need no argument: an area's parameters are in the graph only for the samples it took)."""
+        ``pre_activations``, ``routing_losses`` and ``areas``, as ``SALForImageClassification(..., local=True)``
+        returns them (an area's parameters are in the graph only for the samples it took; the areas are read only by
+        per-area feedback matrices)."""
+        areas = getattr(outputs, "areas", None)
         return self(
             loss=outputs.loss,
             logits=outputs.logits,
@@ -272,4 +282,5 @@ class LocalLearningRule:
             pre_activations=outputs.pre_activations,
             feedback=feedback,
             routing_losses=outputs.routing_losses,
+            areas=areas[: len(outputs.pre_activations)] if areas is not None else None,
         )

@@ -436,6 +436,7 @@ class SALForImageClassification(SALPreTrainedModel):
                 mode=config.feedback_mode,
                 seed=config.feedback_seed,
                 learned=config.effective_feedback_alignment == "kolen_pollack",
+                num_areas=config.num_areas if config.feedback_scope == "area" else 1,
             )
         self.post_init()
 
