@@ -34,6 +34,7 @@ class ModelArguments:
     feedback_alignment: str | None = field(
         default=None, metadata={"help": "fixed, kolen_pollack or sign (unset: SALConfig's default, docs/FEEDBACK.md)"}
     )
+    feedback_scope: str = field(default="shared", metadata={"help": "shared, or area (each area its own feedback)"})
 
 
 @dataclass
@@ -72,6 +73,7 @@ def main() -> None:
         learning_rule=model_args.learning_rule,
         feedback=model_args.feedback,
         feedback_alignment=model_args.feedback_alignment,
+        feedback_scope=model_args.feedback_scope,
         id2label=dict(enumerate(names)),
         label2id={name: i for i, name in enumerate(names)},
     )

@@ -38,7 +38,8 @@ def free_port() -> int:
 @pytest.mark.parametrize(
     "model_flags",
     [
-        pytest.param(["--num_areas", "4", "--hidden_sizes", "32", "32"], id="k4"),
+        # K = 4 with per-area Kolen-Pollack feedback matrices (K, C, d_l), reduced like the shared ones.
+        pytest.param(["--num_areas", "4", "--hidden_sizes", "32", "32", "--feedback_scope", "area"], id="k4"),
         # The script's defaults are SALConfig's: K = 16, hidden [256], dual path, identical areas, area lr / 16,
         # direct feedback learned by Kolen-Pollack (the model returns views of the matrices, so DDP reduces them).
         pytest.param([], id="defaults"),
@@ -90,14 +91,16 @@ def test_two_processes_end_with_the_weights_of_one(model_flags, tmp_path):
     one, two = (load_file(tmp_path / name / "model.safetensors") for name in ("one", "two"))
     assert one.keys() == two.keys()
     assert int(one["sal.layers.0.router.num_updates"]) == 4
-    # The learned feedback matrices moved (identically in both runs, checked below): the default's and layer-wise KP.
+    # The learned feedback matrices moved (identically in both runs, checked below): the default's, layer-wise KP's
+    # and the per-area ones.
     learned = {"feedback_alignment": "kolen_pollack"}
     if "kolen_pollack" in model_flags:
         learned.update(hidden_sizes=[32, 32], feedback="layerwise")
-    if not model_flags or "kolen_pollack" in model_flags:
-        fresh = SALForImageClassification(SALConfig(input_size=64, num_labels=10, **learned))
-        assert fresh.feedback.layer_0.shape == one["feedback.layer_0"].shape
-        assert not torch.equal(one["feedback.layer_0"], fresh.feedback.layer_0)
+    if "area" in model_flags:
+        learned.update(hidden_sizes=[32, 32], num_areas=4, feedback_scope="area")
+    fresh = SALForImageClassification(SALConfig(input_size=64, num_labels=10, **learned))
+    assert fresh.feedback.layer_0.shape == one["feedback.layer_0"].shape
+    assert not torch.equal(one["feedback.layer_0"], fresh.feedback.layer_0)
     areas = sum(key.startswith("sal.layers.0.areas.weight_") for key in one)
     assert areas == (4 if model_flags else 16) and "sal.layers.0.shared.weight" in one  # the dual path (K > 1)
     for key in one:
