@@ -238,23 +238,27 @@ class SALTransformerModelOutput(BaseModelOutputWithPast):
 @dataclass
 class SALTransformerCausalLMOutput(CausalLMOutputWithPast):
     """[`CausalLMOutputWithPast`] plus `areas`, `feedback_outputs`, `head_input`, `routing_losses` (see
-    [`SALTransformerModelOutput`])."""
+    [`SALTransformerModelOutput`]) and, with `local=True` under a local rule, `feedback`: views of the feedback
+    matrices the rule uses (learned ones are then part of the forward's graph, which DDP needs)."""
 
     areas: tuple[torch.Tensor | None, ...] | None = None
     feedback_outputs: tuple[torch.Tensor, ...] | None = None
     head_input: torch.Tensor | None = None
     routing_losses: tuple[torch.Tensor, ...] | None = None
+    feedback: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass
 class SALTransformerSequenceClassifierOutput(SequenceClassifierOutputWithPast):
-    """[`SequenceClassifierOutputWithPast`] plus `areas`, `feedback_outputs`, `head_input`, `routing_losses` (see
-    [`SALTransformerModelOutput`]) and `pooled_positions`, the position each sequence is classified from, (batch,)."""
+    """[`SequenceClassifierOutputWithPast`] plus `areas`, `feedback_outputs`, `head_input`, `routing_losses`,
+    `feedback` (see [`SALTransformerModelOutput`], [`SALTransformerCausalLMOutput`]) and `pooled_positions`, the
+    position each sequence is classified from, (batch,)."""
 
     areas: tuple[torch.Tensor | None, ...] | None = None
     feedback_outputs: tuple[torch.Tensor, ...] | None = None
     head_input: torch.Tensor | None = None
     routing_losses: tuple[torch.Tensor, ...] | None = None
+    feedback: tuple[torch.Tensor, ...] | None = None
     pooled_positions: torch.Tensor | None = None
 
 
@@ -309,6 +313,14 @@ class SALTransformerPreTrainedModel(SALRoutingMixin, PreTrainedModel):
         if getattr(self, "feedback", None) is None:
             raise ValueError(f"learning_rule={self.config.learning_rule!r} has no feedback matrices.")
         return self.feedback.matrices()
+
+    def _feedback_views(self, local: bool) -> tuple[torch.Tensor, ...] | None:
+        """With `local=True` under a local rule: views of the feedback matrices, returned by the forward so that
+        learned (Kolen-Pollack) ones are part of its graph (DDP, `find_unused_parameters=True`, otherwise marks them
+        unused after the forward and raises when the rule's backward reaches them)."""
+        if not local or getattr(self, "feedback", None) is None:
+            return None
+        return tuple(matrix.view_as(matrix) for matrix in self.feedback_matrices())
 
     def _make_feedback(self, error_size: int) -> FeedbackMatrices | None:
         """The random ``B_l`` of every feedback point, (error_size, d) each: frozen buffers, or parameters starting
@@ -514,6 +526,7 @@ class SALTransformerForCausalLM(SALTransformerPreTrainedModel, GenerationMixin):
             feedback_outputs=outputs.feedback_outputs,
             head_input=outputs.head_input,
             routing_losses=outputs.routing_losses,
+            feedback=self._feedback_views(local),
         )
         return output if return_dict else output.to_tuple()
 
@@ -618,6 +631,7 @@ class SALTransformerForSequenceClassification(SALTransformerPreTrainedModel):
             head_input=outputs.head_input,
             routing_losses=outputs.routing_losses,
             pooled_positions=positions if local else None,
+            feedback=self._feedback_views(local),
         )
         return output if return_dict else output.to_tuple()
 

@@ -252,17 +252,10 @@ class SALTrainer(Trainer):
                 "train with gradient_accumulation_steps=1 in one process."
             )
         if self.args.world_size > 1:
-            # The MLP returns views of its learned feedback matrices from the forward, so DDP reduces their gradient
-            # (tests/test_distributed.py: 2 processes = 1); the transformer does not yet, so it is refused.
-            if getattr(config, "feedback_alignment", "fixed") == "kolen_pollack" and isinstance(
-                config, SALTransformerConfig
-            ):
-                raise ValueError(
-                    f"The SAL transformer's feedback_alignment='kolen_pollack' is not supported under DDP "
-                    f"({self.args.world_size} processes) yet. Train in one process, or use feedback_alignment='fixed'."
-                )
-            # error_source='vocab' differentiates the logits, a tensor of the forward pass, after the forward: DDP
-            # (find_unused_parameters=True, Trainer's default for these models) raises during the backward.
+            # Learned feedback trains under DDP: the models return views of their feedback matrices from the forward,
+            # so DDP reduces their gradient (tests/test_distributed.py, test_transformer_robustness.py: 2 processes
+            # = 1). error_source='vocab' differentiates the logits, a tensor of the forward pass, after the forward:
+            # DDP (find_unused_parameters=True, Trainer's default for these models) raises during the backward.
             if getattr(config, "error_source", "hidden") == "vocab":
                 raise ValueError(
                     f"error_source='vocab' differentiates the logits that DDP ({self.args.world_size} processes) "

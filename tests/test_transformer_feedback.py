@@ -3,8 +3,6 @@
 Early validation, the hand-computed update of every ``B_l``, locality (no forward weight read, nothing crosses a
 block), training through SALTrainer and checkpoints."""
 
-from unittest import mock
-
 import pytest
 import torch
 from conftest import reachable_leaves, training_args
@@ -212,19 +210,6 @@ def test_sal_trainer_steps_learned_feedback_and_leaves_fixed_buffers(alignment, 
     for matrix, start in zip(model.feedback_matrices(), initial):
         assert (id(matrix) in stepped) == (alignment == "kolen_pollack")
         assert torch.equal(matrix, start) == (alignment == "fixed")
-
-
-def test_kolen_pollack_is_refused_under_ddp(tmp_path):
-    from transformers.training_args import ParallelMode
-
-    with (
-        mock.patch("transformers.TrainingArguments.world_size", 2),
-        mock.patch("transformers.TrainingArguments.parallel_mode", ParallelMode.DISTRIBUTED),
-    ):
-        with pytest.raises(
-            ValueError, match=r"feedback_alignment='kolen_pollack'.*DDP.*use feedback_alignment='fixed'\."
-        ):
-            SALTrainer(model=lm(**KP), args=training_args(tmp_path))
 
 
 def test_learned_feedback_survives_save_and_load(tmp_path):

@@ -4,11 +4,17 @@ checkpoint that lacks weights."""
 
 import copy
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import tiny_config, training_args
+from ddp_transformer_worker import parse_fields
 from safetensors.torch import load_file, save_file
+from test_distributed import free_port
 from test_transformer import lm, one_thread, tiny, token_batch  # noqa: F401 (one_thread: autouse fixture)
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -244,3 +250,36 @@ def test_a_bp_transformer_checkpoint_loads_for_sal_with_regenerated_feedback(tmp
     lm(learning_rule="bp").save_pretrained(tmp_path)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path, learning_rule="sal")
     assert all(torch.equal(a, b) for a, b in zip(loaded.feedback_matrices(), lm().feedback_matrices()))
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param([], id="defaults"),  # fixed feedback, the transformer's default
+        # Learned feedback: the model returns views of its matrices from the forward, so DDP reduces their gradient.
+        pytest.param(["feedback_alignment=kolen_pollack", "feedback_decay=0.01"], id="kolen_pollack"),
+    ],
+)
+def test_two_processes_train_the_transformer_like_one(fields, tmp_path):
+    """2 CPU processes (gloo, DDP) x batch 4 end with the weights, routing state and feedback of 1 process x batch 8."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    worker = ["tests/ddp_transformer_worker.py"]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
+    runs = {
+        "two": [*launch, *worker, str(tmp_path / "two"), "4"],
+        "one": [sys.executable, *worker, str(tmp_path / "one"), "8"],
+    }
+    for name, command in runs.items():
+        done = subprocess.run([*command, *fields], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert f"processes={2 if name == 'two' else 1}" in done.stdout
+    one, two = (load_file(tmp_path / name / "model.safetensors") for name in ("one", "two"))
+    assert one.keys() == two.keys()
+    assert int(one["model.layers.0.mlp.router.num_updates"]) == 4
+    fresh = lm(**parse_fields(fields))
+    learned = "feedback_alignment=kolen_pollack" in fields
+    assert torch.equal(one["feedback.layer_0"], fresh.feedback.layer_0) != learned  # learned feedback moved
+    for key in one:
+        # Attention's reductions sum in another order over 4 and 8 sequences: float32 round-off, not a real change.
+        torch.testing.assert_close(two[key], one[key], rtol=0, atol=2e-5, msg=key)
