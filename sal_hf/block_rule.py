@@ -46,8 +46,9 @@ from .learning_rule import injected_gradient
 
 BLOCK_RULES = ("sal", "dfa")
 ERROR_SOURCES = ("hidden", "vocab")
-# `feedback.FEEDBACK_ALIGNMENTS` less `sign`, which needs layer-wise feedback (the transformer's is direct).
-BLOCK_FEEDBACK_ALIGNMENTS = ("fixed", "kolen_pollack")
+# `feedback.FEEDBACK_ALIGNMENTS` less `sign`, which needs layer-wise feedback (the transformer's is direct), plus
+# `identity`: every point receives the error at the final hidden state itself (B_l = I, `error_source="hidden"`).
+BLOCK_FEEDBACK_ALIGNMENTS = ("fixed", "kolen_pollack", "identity")
 
 
 def final_error(
@@ -174,8 +175,9 @@ class BlockLocalRule:
         rule: ``"sal"`` or ``"dfa"`` (the same update; the names tell areas from a dense baseline).
         error_source: ``"hidden"`` or ``"vocab"``.
         routing_loss_weight: weight of the routers' local objectives.
-        feedback_alignment: ``"fixed"`` or ``"kolen_pollack"`` (the rule also supplies the feedback matrices'
-            gradient, :func:`kolen_pollack_terms`).
+        feedback_alignment: ``"fixed"``, ``"kolen_pollack"`` (the rule also supplies the feedback matrices'
+            gradient, :func:`kolen_pollack_terms`) or ``"identity"`` (the model's matrices are identities; the rule
+            itself is unchanged).
         feedback_decay: ``lambda`` of the Kolen-Pollack update.
     """
 

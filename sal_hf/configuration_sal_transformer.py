@@ -77,8 +77,11 @@ class SALTransformerConfig(PreTrainedConfig):
             frozen random draw (direct feedback alignment as published). `kolen_pollack`: learnable matrices starting
             from the same draw, each receiving the gradient `sum_t e_t^T o_l,t + feedback_decay * B_l` from the
             error and its own point's output (direct Kolen-Pollack, Webster et al. 2020); local signals only, no
-            weight transport. (`sign`, offered by [`SALConfig`], needs layer-wise feedback: not for the
-            transformer.)
+            weight transport. `identity`: every point receives the error at the final hidden state itself
+            (`B_l = I`, frozen; needs `error_source="hidden"`): the exact gradient at the last block's output, and
+            for earlier blocks the gradient along the residual stream's skip path only (the later blocks' own
+            Jacobians are left out); it reads no forward weight. (`sign`, offered by [`SALConfig`], needs
+            layer-wise feedback: not for the transformer.)
         feedback_decay (`float`, defaults to 0.0): `lambda` of the Kolen-Pollack update (only with
             `feedback_alignment="kolen_pollack"`).
         routing_seed (`int`, defaults to 0): seed of prototypes and initial routing projections (block l uses
@@ -195,7 +198,14 @@ class SALTransformerConfig(PreTrainedConfig):
             )
             raise ValueError(
                 f"{name}.feedback_alignment must be one of {BLOCK_FEEDBACK_ALIGNMENTS}; got "
-                f"feedback_alignment={self.feedback_alignment!r}{fix}. Use 'fixed' (the default) or 'kolen_pollack'."
+                f"feedback_alignment={self.feedback_alignment!r}{fix}. Use 'fixed' (the default), 'kolen_pollack' or "
+                "'identity'."
+            )
+        if self.feedback_alignment == "identity" and self.error_source != "hidden":
+            raise ValueError(
+                f"feedback_alignment='identity' sends the error at the final hidden state (hidden_size values per "
+                f"token) to every block as it is; got error_source={self.error_source!r}, whose error has another "
+                "size. Use error_source='hidden' (the default) or feedback_alignment='fixed'."
             )
         if self.learning_rule == "bp" and self.feedback_alignment != "fixed":
             raise ValueError(

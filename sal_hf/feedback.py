@@ -152,6 +152,8 @@ class FeedbackMatrices(nn.Module):
         seed: base seed; layer l uses ``seed + l``.
         learned: register the matrices as ``nn.Parameter`` (starting from the same random draw).
         num_areas: 1 (one matrix per layer, shared by its areas) or K (per-area direct feedback: (K, C, d_l)).
+        identity: frozen identity matrices instead of the random draw (square shapes only: the SAL transformer's
+            ``feedback_alignment="identity"``, which sends the error at the final hidden state to every block as it is).
     """
 
     def __init__(
@@ -162,13 +164,17 @@ class FeedbackMatrices(nn.Module):
         seed: int = 1,
         learned: bool = False,
         num_areas: int = 1,
+        identity: bool = False,
     ) -> None:
         super().__init__()
         self.mode = mode
         self.seed = seed
         self.learned = learned
         self.num_areas = num_areas
+        self.identity = identity
         self.shapes = feedback_shapes(hidden_sizes, num_labels, mode, num_areas)
+        if identity and (learned or any(len(shape) != 2 or shape[0] != shape[1] for shape in self.shapes)):
+            raise ValueError(f"Identity feedback needs frozen square matrices; got shapes {self.shapes}.")
         for index, shape in enumerate(self.shapes):
             if learned:
                 self.register_parameter(f"layer_{index}", nn.Parameter(torch.empty(shape)))
@@ -177,9 +183,11 @@ class FeedbackMatrices(nn.Module):
         self.reset_parameters()
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode!r}, learned={self.learned}, shapes={self.shapes}"
+        return f"mode={self.mode!r}, learned={self.learned}, identity={self.identity}, shapes={self.shapes}"
 
     def initial_values(self) -> dict[str, torch.Tensor]:
+        if self.identity:
+            return {f"layer_{i}": torch.eye(shape[0], device="cpu") for i, shape in enumerate(self.shapes)}
         return {f"layer_{i}": make_feedback_matrix(shape, self.seed + i) for i, shape in enumerate(self.shapes)}
 
     @torch.no_grad()

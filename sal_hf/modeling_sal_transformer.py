@@ -324,13 +324,20 @@ class SALTransformerPreTrainedModel(SALRoutingMixin, PreTrainedModel):
 
     def _make_feedback(self, error_size: int) -> FeedbackMatrices | None:
         """The random ``B_l`` of every feedback point, (error_size, d) each: frozen buffers, or parameters starting
-        from the same draw with `feedback_alignment="kolen_pollack"`; None under `bp`."""
+        from the same draw with `feedback_alignment="kolen_pollack"`, or frozen identities with `"identity"`; None
+        under `bp`."""
         config = self.config
         if config.learning_rule == "bp":
             return None
         sizes = [config.hidden_size] * config.num_feedback_points
-        learned = config.feedback_alignment == "kolen_pollack"
-        return FeedbackMatrices(sizes, error_size, mode="direct", seed=config.feedback_seed, learned=learned)
+        return FeedbackMatrices(
+            sizes,
+            error_size,
+            mode="direct",
+            seed=config.feedback_seed,
+            learned=config.feedback_alignment == "kolen_pollack",
+            identity=config.feedback_alignment == "identity",
+        )
 
 
 class SALTransformerModel(SALTransformerPreTrainedModel):

@@ -72,6 +72,12 @@ ABLATIONS = {
         "learns the feedback matrices by direct Kolen-Pollack (each gets the outer product of the error and its "
         "point's output; local signals only, no weight transport) instead of keeping them fixed",
     ),
+    "identity": (
+        {"feedback_alignment": "identity"},
+        "sends the error at the final hidden state to every block unprojected (B_l = I: the true gradient at the last "
+        "block's output, the residual skip path's for earlier blocks; no forward weight read)",
+    ),
+    "identity+micro": ({"feedback_alignment": "identity", "feedback_points": "micro"}, "both `identity` and `micro`"),
 }
 DEFAULT_ABLATIONS = ["micro", "vocab", "shared"]
 # Records made before a record stored its model's effective `dual_path` (see `record_dual_path`).
@@ -495,7 +501,7 @@ def run(args: argparse.Namespace) -> None:
                 if record["seed"] == args.seeds[0] and key in best and better(record["task"], record, best[key]):
                     best[key] = record
         if phase == 1 and args.ablations and "lm" in args.tasks:
-            sal = [v for v in args.variants if VARIANTS[v][0] == "sal" and VARIANTS[v][1] > 1]
+            sal = [v for v in args.variants if v in VARIANTS and VARIANTS[v][0] == "sal" and VARIANTS[v][1] > 1]
             if sal:
                 base = min(sal, key=lambda v: best["lm", v]["validation"]["loss"])
                 tokenizer, data, extra = built["lm"]
@@ -543,7 +549,9 @@ def load_records(folder: Path) -> tuple[dict, list[dict]]:
 def previous_default_rows(meta: dict, records: list[dict]) -> list[str]:
     """`sal-K+shared` for every SAL variant of the table with such records: the shared path beside the areas, the
     default until 2026-11-29, shown under the variant in the main tables."""
-    shared = [f"{v}+shared" for v in meta["variants"] if VARIANTS[v][0] == "sal" and VARIANTS[v][1] > 1]
+    shared = [
+        f"{v}+shared" for v in meta["variants"] if v in VARIANTS and VARIANTS[v][0] == "sal" and VARIANTS[v][1] > 1
+    ]
     return [v for v in shared if any(r["variant"] == v for r in records)]
 
 
@@ -929,7 +937,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--curve-eval-blocks", type=int, default=128)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--lr-grid", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
-    parser.add_argument("--variants", nargs="+", default=[v for v in VARIANTS if v != "sal-1"], choices=list(VARIANTS))
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=[v for v in VARIANTS if v != "sal-1"],
+        # A variant with an ablation's switches (`sal-4+identity`) is tuned and seeded like any other variant.
+        choices=[*VARIANTS, *(f"{v}+{a}" for v in VARIANTS for a in ABLATIONS)],
+        metavar="VARIANT",
+        help=f"any of {list(VARIANTS)}, or one of them with an ablation's switches, e.g. sal-4+identity",
+    )
     parser.add_argument("--tasks", nargs="+", default=["lm", "cls"], choices=["lm", "cls"])
     parser.add_argument(
         "--ablations", nargs="*", default=DEFAULT_ABLATIONS, choices=list(ABLATIONS),

@@ -126,6 +126,7 @@ def test_derived_values_are_stored_unset_and_derived_on_read_after_overrides(tmp
         {"area_down_proj": True},
         {"dual_path": True, "area_down_proj": True},  # the shared up- and down-projections beside the areas
         {"error_source": "vocab", "area_implementation": "masked"},
+        {"feedback_alignment": "identity", "feedback_points": "micro"},
     ],
 )
 def test_each_feedback_point_reaches_only_its_own_block(overrides):
@@ -167,7 +168,7 @@ def first_block_update(model, x, error):
     return {n: p.grad.clone() for n, p in model.model.layers[0].named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("overrides", [{}, {"feedback_points": "micro"}])
+@pytest.mark.parametrize("overrides", [{}, {"feedback_points": "micro"}, {"feedback_alignment": "identity"}])
 def test_later_block_weights_do_not_change_an_earlier_update(overrides):
     model = lm(**overrides)
     x = token_batch()

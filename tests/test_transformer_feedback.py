@@ -1,4 +1,4 @@
-"""Learned (Kolen-Pollack) feedback for the SAL transformer (`SALTransformerConfig.feedback_alignment`).
+"""Learned (Kolen-Pollack) and identity feedback for the SAL transformer (`SALTransformerConfig.feedback_alignment`).
 
 Early validation, the hand-computed update of every ``B_l``, locality (no forward weight read, nothing crosses a
 block), training through SALTrainer and checkpoints."""
@@ -51,6 +51,11 @@ def local_grads(model, inputs: dict, error: torch.Tensor | None = None) -> dict[
         ({**KP, "learning_rule": "bp"}, r"feedback_alignment='kolen_pollack'.*learning_rule='bp'.*'fixed'"),
         ({**KP, "feedback_decay": -1.0}, r"feedback_decay must be a number >= 0; got feedback_decay=-1.0"),
         ({**KP, "feedback_decay": True}, r"feedback_decay"),
+        (
+            {"feedback_alignment": "identity", "error_source": "vocab"},
+            r"feedback_alignment='identity'.*got error_source='vocab'.*Use error_source='hidden'",
+        ),
+        ({"feedback_alignment": "identity", "learning_rule": "bp"}, r"feedback_alignment='identity'.*'bp'"),
     ],
 )
 def test_invalid_feedback_settings_fail_early_naming_field_value_and_fix(overrides, match):
@@ -232,3 +237,43 @@ def test_learned_feedback_survives_save_and_load(tmp_path):
     model.eval(), loaded.eval()
     with torch.no_grad():
         assert torch.equal(model(input_ids=x).logits, loaded(input_ids=x).logits)
+
+
+# --------------------------------------------------------------------------------------------------------- identity
+
+
+def test_identity_feedback_gives_the_last_block_exactly_the_backprop_gradient(tmp_path):
+    """`feedback_alignment="identity"`: frozen identity buffers (saved, reloaded), every point receives the error at
+    the final hidden state as it is, which for the last block is the true gradient: its update equals autograd's on
+    the same weights. The first block's does not (the later block's Jacobian is left out)."""
+    model = lm(feedback_alignment="identity", num_areas=1)
+    assert not [n for n, _ in model.named_parameters() if n.startswith("feedback")]
+    for matrix in model.feedback_matrices():
+        assert torch.equal(matrix, torch.eye(TINY["hidden_size"]))
+    x = tokens(4, seed=3)
+    local = local_grads(model, {"input_ids": x, "labels": x})
+    bp = lm(learning_rule="bp", num_areas=1)
+    bp.load_state_dict(model.state_dict(), strict=False)
+    bp.train().zero_grad(set_to_none=True)
+    bp(input_ids=x, labels=x).loss.backward()
+    exact = {name: p.grad for name, p in bp.named_parameters() if p.grad is not None}
+    last = [n for n in local if n.startswith("model.layers.1.")]
+    first = [n for n in local if n.startswith("model.layers.0.") and "router" not in n]
+    assert last and first
+    for name in last:
+        torch.testing.assert_close(local[name], exact[name], rtol=1e-5, atol=1e-7, msg=name)
+    assert any(not torch.allclose(local[n], exact[n], rtol=1e-3, atol=1e-6) for n in first)
+    model.save_pretrained(tmp_path / "identity")
+    loaded = SALTransformerForCausalLM.from_pretrained(tmp_path / "identity")
+    assert loaded.config.feedback_alignment == "identity"
+    assert all(torch.equal(m, torch.eye(TINY["hidden_size"])) for m in loaded.feedback_matrices())
+
+
+def test_identity_feedback_trains_through_sal_trainer(tmp_path):
+    model = lm(feedback_alignment="identity")
+    x = tokens(16, seed=4)
+    before = model.model.layers[0].self_attn.q_proj.weight.detach().clone()
+    args = training_args(tmp_path, per_device_train_batch_size=8, max_steps=2, learning_rate=1e-2)
+    SALTrainer(model=model, args=args, train_dataset=[{"input_ids": r, "labels": r} for r in x]).train()
+    assert not torch.equal(model.model.layers[0].self_attn.q_proj.weight, before)
+    assert all(torch.equal(m, torch.eye(TINY["hidden_size"])) for m in model.feedback_matrices())
