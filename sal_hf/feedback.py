@@ -13,7 +13,8 @@ also makes them identical across devices and processes (only ``sign`` below read
 when the matrices are used). By default one matrix per layer is shared by all areas (the method notes' prototype
 measured per-area feedback 2.5-8 points worse). ``SALConfig.feedback_scope="area"`` gives each area of layer l
 its own direct ``B_l[k]`` (shape (K, C, d_l)): a sample's signal ``g_l = e @ B_l[k_l]`` uses the matrix of the
-area it selected at that layer, and Kolen-Pollack updates ``B_l[k]`` from that area's samples alone.
+area it selected at that layer, and Kolen-Pollack updates ``B_l[k]`` from that area's samples alone (an area no sample
+selected gets no update, not even the decay; ``SALTrainer`` steps the matrices at the areas' lr, ``area_lr_scale``).
 
 How ``B_l`` is refined (``SALConfig.feedback_alignment``; see docs/FEEDBACK.md):
 
@@ -91,7 +92,8 @@ def kolen_pollack_gradient(
         matrix: ``B_l`` itself (for the decay), shaped (source size, d_l), or (K, C, d_l) per area.
         decay: ``lambda``.
         area: (B,) long, the area of each row; only for a per-area stack, whose ``B_l[k]`` gets the outer product
-            of area k's rows alone (and the decay; the optimizer thus also moves areas no row selected).
+            of area k's rows alone, and the decay only if some row selected k: an area no row selected gets an
+            exact zero.
 
     Returns:
         ``matrix``'s shape, fp32, no graph. Only local quantities: no forward weight is read.
@@ -102,10 +104,13 @@ def kolen_pollack_gradient(
                 raise ValueError("Per-area feedback matrices need the area each sample selected; got area=None.")
             routed = torch.nn.functional.one_hot(area, matrix.shape[0]).float()  # (B, K)
             update = torch.einsum("bk,bc,bd->kcd", routed, source.float(), activity.float())
+            if decay:
+                selected = (routed.sum(0) > 0).float()[:, None, None]  # (K, 1, 1), no host sync
+                update = update + decay * matrix.float() * selected
         else:
             update = source.float().t() @ activity.float()  # (C or d_{l+1}, d_l)
-        if decay:
-            update = update + decay * matrix.float()
+            if decay:
+                update = update + decay * matrix.float()
         return update.to(matrix.dtype)
 
 
