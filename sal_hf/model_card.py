@@ -84,7 +84,7 @@ def _describe(model: Any, model_name: str) -> tuple[str, str, str, list, list, l
             'classify("A quote to classify.")'
         )
         rule = [("learning_rule", config.learning_rule), ("feedback_points", config.feedback_points)]
-        rule += [("error_source", config.error_source), ("feedback_alignment", config.feedback_alignment)]
+        rule += [("error_source", config.error_source), ("feedback_alignment", config.effective_feedback_alignment)]
         rule += [("routing_loss_weight", config.routing_loss_weight)]
         architecture = [(name, getattr(config, name)) for name in ("vocab_size", "hidden_size", "num_hidden_layers")]
         architecture += [("num_attention_heads", config.num_attention_heads)]

@@ -335,8 +335,8 @@ class SALTransformerPreTrainedModel(SALRoutingMixin, PreTrainedModel):
             error_size,
             mode="direct",
             seed=config.feedback_seed,
-            learned=config.feedback_alignment == "kolen_pollack",
-            identity=config.feedback_alignment == "identity",
+            learned=config.effective_feedback_alignment == "kolen_pollack",
+            identity=config.effective_feedback_alignment == "identity",
         )
 
 

@@ -116,7 +116,7 @@ def local_learning_rule(config: SALConfig | SALTransformerConfig) -> LocalLearni
             config.learning_rule,
             error_source=config.error_source,
             routing_loss_weight=config.routing_loss_weight,
-            feedback_alignment=config.feedback_alignment,
+            feedback_alignment=config.effective_feedback_alignment,
             feedback_decay=config.feedback_decay,
         )
     return LocalLearningRule(
@@ -271,9 +271,7 @@ class SALTrainer(Trainer):
         if not (getattr(self, "is_fsdp_enabled", False) and self.args.world_size > 1):
             return 0
         config = core.config
-        if getattr(config, "effective_feedback_alignment", getattr(config, "feedback_alignment", "fixed")) == (
-            "kolen_pollack"
-        ):
+        if config.effective_feedback_alignment == "kolen_pollack":
             raise ValueError(
                 f"FSDP with {self.args.world_size} processes and learned (Kolen-Pollack) feedback matrices is untested "
                 "(scripts/fsdp_check.py checks fixed feedback). Pass feedback_alignment='fixed' to the config, or "

@@ -192,7 +192,9 @@ def make_config(setup: Setup, variant: str, tokenizer, **extra):
 
     base, ablation = base_variant(variant)
     rule, areas = VARIANTS[base]
-    extra = {**ablation, **extra}
+    # Fixed feedback unless the ablation says otherwise: every `sal-K` / `dfa` record was made with it (before
+    # 2026-11-29 it was the only kind); SALTransformerConfig's default for `sal` is now `identity`: `sal-K+identity`.
+    extra = {"feedback_alignment": "fixed", **ablation, **extra}
     return sal_hf.SALTransformerConfig(
         vocab_size=len(tokenizer),
         hidden_size=setup.hidden_size,

@@ -136,5 +136,5 @@ def test_card_of_a_sal_transformer(head, tmp_path):
     task = "text-generation" if head == "causal_lm" else "text-classification"
     assert f"pipeline_tag: {task}" in card and f'pipeline("{task}"' in card
     assert "| num_areas (K) | `4` |" in card and "| error_source | `hidden` |" in card
-    assert "| feedback_alignment | `fixed` |" in card
+    assert "| feedback_alignment | `identity` |" in card  # unset: the derived default, as trained
     assert "without backpropagation" in card

@@ -3,6 +3,8 @@
 Early validation, the hand-computed update of every ``B_l``, locality (no forward weight read, nothing crosses a
 block), training through SALTrainer and checkpoints."""
 
+import json
+
 import pytest
 import torch
 from conftest import reachable_leaves, training_args
@@ -46,7 +48,10 @@ def local_grads(model, inputs: dict, error: torch.Tensor | None = None) -> dict[
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
-        ({"feedback_alignment": "kp"}, r"feedback_alignment must be one of .*got feedback_alignment='kp'.*Use 'fixed'"),
+        (
+            {"feedback_alignment": "kp"},
+            r"feedback_alignment must be one of .*got feedback_alignment='kp'.*Use 'identity', 'fixed'",
+        ),
         ({"feedback_alignment": "sign"}, r"feedback_alignment='sign'.*layer-wise feedback.*direct"),
         ({**KP, "learning_rule": "bp"}, r"feedback_alignment='kolen_pollack'.*learning_rule='bp'.*'fixed'"),
         ({**KP, "feedback_decay": -1.0}, r"feedback_decay must be a number >= 0; got feedback_decay=-1.0"),
@@ -63,8 +68,33 @@ def test_invalid_feedback_settings_fail_early_naming_field_value_and_fix(overrid
         SALTransformerConfig(**{**TINY, **overrides})
 
 
-def test_fixed_stays_the_default_and_kolen_pollack_starts_from_the_same_draw(tmp_path):
-    assert SALTransformerConfig().feedback_alignment == "fixed" and SALTransformerConfig().feedback_decay == 0.0
+@pytest.mark.parametrize(
+    ("fields", "derived"),
+    [
+        ({}, "identity"),  # what users get: `sal` with the error at the final hidden state
+        ({"learning_rule": "dfa"}, "fixed"),  # DFA stays the published algorithm
+        ({"error_source": "vocab"}, "fixed"),  # a vocabulary error has another size than the blocks
+        ({"learning_rule": "bp"}, "fixed"),
+        ({"feedback_alignment": "fixed"}, "fixed"),  # SAL's transformer as published: one flag
+    ],
+)
+def test_the_feedback_alignment_default_is_derived_and_stored_unset(fields, derived, tmp_path):
+    config = SALTransformerConfig(**{**TINY, "feedback_alignment": None, **fields})
+    assert config.effective_feedback_alignment == derived
+    model = SALTransformerForCausalLM(config)
+    if derived == "identity":
+        assert all(torch.equal(m, torch.eye(TINY["hidden_size"])) for m in model.feedback_matrices())
+    config.save_pretrained(tmp_path)
+    assert SALTransformerConfig.from_pretrained(tmp_path).feedback_alignment == fields.get("feedback_alignment")
+    # A config.json written before the field existed (fixed feedback was the only kind) loads as fixed.
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["feedback_alignment"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert SALTransformerConfig.from_pretrained(tmp_path).effective_feedback_alignment == "fixed"
+
+
+def test_kolen_pollack_starts_from_the_fixed_draw(tmp_path):
+    assert SALTransformerConfig().feedback_decay == 0.0
     fixed, learned = lm(), lm(**KP, feedback_decay=0.01)
     assert not [n for n, _ in fixed.named_parameters() if n.startswith("feedback")]
     names = [n for n, _ in learned.named_parameters() if n.startswith("feedback")]
@@ -104,7 +134,7 @@ def test_kolen_pollack_update_of_a_causal_lm_matches_a_hand_computation(base):
     (zero at ignored positions); every other parameter gets exactly the update of fixed feedback with the same B."""
     decay = 0.05
     model = lm(base, **KP, feedback_decay=decay)
-    fixed = lm(base)
+    fixed = lm(base, feedback_alignment="fixed")
     x = tokens(2, vocab=model.config.vocab_size)
     labels = x.clone()
     labels[0, 5:] = -100
@@ -127,7 +157,7 @@ def test_kolen_pollack_update_of_a_causal_lm_matches_a_hand_computation(base):
 @pytest.mark.parametrize("error_source", ["hidden", "vocab"])
 def test_kolen_pollack_update_of_a_classifier_reads_the_pooled_token_only(error_source):
     torch.manual_seed(0)
-    config = SALTransformerConfig(**TINY, **KP, num_labels=3, error_source=error_source)
+    config = SALTransformerConfig(**{**TINY, **KP}, num_labels=3, error_source=error_source)
     model = SALTransformerForSequenceClassification(config)
     x = tokens(4)
     mask = torch.ones_like(x)

@@ -255,7 +255,8 @@ def test_a_bp_transformer_checkpoint_loads_for_sal_with_regenerated_feedback(tmp
 @pytest.mark.parametrize(
     "fields",
     [
-        pytest.param([], id="defaults"),  # fixed feedback, the transformer's default
+        pytest.param([], id="fixed"),  # the tests' tiny config: fixed random feedback
+        pytest.param(["feedback_alignment=null"], id="defaults"),  # the shipped default: identity feedback for sal
         # Learned feedback: the model returns views of its matrices from the forward, so DDP reduces their gradient.
         pytest.param(["feedback_alignment=kolen_pollack", "feedback_decay=0.01"], id="kolen_pollack"),
     ],
@@ -280,6 +281,7 @@ def test_two_processes_train_the_transformer_like_one(fields, tmp_path):
     fresh = lm(**parse_fields(fields))
     learned = "feedback_alignment=kolen_pollack" in fields
     assert torch.equal(one["feedback.layer_0"], fresh.feedback.layer_0) != learned  # learned feedback moved
+    assert torch.equal(one["feedback.layer_0"], torch.eye(32)) == (fields == ["feedback_alignment=null"])
     for key in one:
         # Attention's reductions sum in another order over 4 and 8 sequences: float32 round-off, not a real change.
         torch.testing.assert_close(two[key], one[key], rtol=0, atol=2e-5, msg=key)
