@@ -9,12 +9,14 @@ END = "<!-- generated: end -->"
 
 
 def write_generated(path: Path, text: str, start: str) -> None:
-    """Write ``text`` between the markers ``start`` and ``END`` of ``path``; the hand-written text outside them is
-    kept. A page without the markers gets the block first, above whatever it held."""
+    """Write ``text`` between the markers ``start`` and the ``END`` that follows it in ``path`` (a page may hold
+    several generated blocks); the hand-written text outside them is kept. A page without the markers gets the block
+    first, above whatever it held."""
     block = f"{start}\n{text}\n{END}"
     old = path.read_text() if path.exists() else ""
-    if start in old and END in old:
-        page = old[: old.index(start)] + block + old[old.index(END) + len(END) :]
+    if start in old and END in old[old.index(start) :]:  # the end marker that follows this block's start
+        begin = old.index(start)
+        page = old[:begin] + block + old[old.index(END, begin) + len(END) :]
     else:
         page = block + ("\n" + old if old else "")
     path.write_text(page + ("" if page.endswith("\n") else "\n"))

@@ -103,3 +103,19 @@ def test_record_names_tell_reduced_runs_apart(benchmark):
 
     names = {job(25, None, None).name, job(10, None, None).name, job(25, 2000, 2000).name, job(25, 2000, None).name}
     assert len(names) == 4
+
+
+def test_a_page_with_two_generated_blocks_keeps_both_and_the_hand_written_text(benchmark, tmp_path):
+    """ABLATIONS.md holds two generated blocks (the KP-based ablations above the foundation's): rewriting either
+    replaces its own block only, up to the end marker that follows its start."""
+    from report_page import END, write_generated
+
+    page = tmp_path / "page.md"
+    page.write_text(
+        f"{benchmark.START_KP}\nold kp\n{END}\nreading of kp\n{benchmark.START}\nold base\n{END}\nreading of base\n"
+    )
+    write_generated(page, "new base", benchmark.START)
+    write_generated(page, "new kp", benchmark.START_KP)
+    assert page.read_text() == (
+        f"{benchmark.START_KP}\nnew kp\n{END}\nreading of kp\n{benchmark.START}\nnew base\n{END}\nreading of base\n"
+    )
