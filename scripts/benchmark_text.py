@@ -558,8 +558,25 @@ def previous_default_rows(meta: dict, records: list[dict]) -> list[str]:
 
 
 def display_name(variant: str) -> str:
-    """`sal-4+shared` -> `sal-4 + shared path (previous default)`; other names as they are."""
-    return variant[: -len("+shared")] + " + shared path (previous default)" if variant.endswith("+shared") else variant
+    """`sal-4+shared` -> `sal-4 + shared path (previous default)`, `sal-4+identity` -> `sal-4 + identity feedback
+    (the default)`; other names as they are."""
+    if variant.endswith("+shared"):
+        return variant[: -len("+shared")] + " + shared path (previous default)"
+    if variant.endswith("+identity"):
+        base = variant[: -len("+identity")]
+        return base + " + identity feedback" + (" (the default)" if base.startswith("sal") else "")
+    return variant
+
+
+def sal_groups(summary: dict) -> dict[str, list[str]]:
+    """The tuned SAL rows (K > 1) of a table by their switches: `""` (fixed feedback) -> [`sal-4`, `sal-16`],
+    `"+identity"` -> [`sal-4+identity`, ...]; the previous default's `+shared` rows are left out."""
+    groups: dict[str, list[str]] = {}
+    for variant in summary:
+        base, _, switches = variant.partition("+")
+        if base in VARIANTS and VARIANTS[base][0] == "sal" and VARIANTS[base][1] > 1 and switches != "shared":
+            groups.setdefault(f"+{switches}" if switches else "", []).append(variant)
+    return groups
 
 
 def summarise(meta: dict, records: list[dict], task: str) -> dict:
@@ -665,30 +682,40 @@ def fmt(mean: float, std: float, n: int, digits: int = 3) -> str:
 
 
 def target_lines(lm: dict, cls: dict) -> list[str]:
-    """The issue's targets, checked on the measured validation numbers (SAL = the best K by validation)."""
+    """The issue's targets, checked on the measured validation numbers, for each kind of SAL row (fixed feedback;
+    identity feedback, the default): the best K by validation against DFA (plain, and with the same switches where
+    measured) and BP."""
     lines = []
-    sal = [v for v in lm if v in VARIANTS and v.startswith("sal") and VARIANTS[v][1] > 1]  # sal-1 is dfa
-    if lm.get("bp") and lm.get("dfa") and sal:
+    for switches, sal in sal_groups(lm).items():
+        if not (lm.get("bp") and lm.get("dfa")):
+            break
         best = min(sal, key=lambda v: lm[v]["validation_bits_per_byte"])
-        s, d, b = (lm[v]["validation_bits_per_byte"] for v in (best, "dfa", "bp"))
+        s, b = lm[best]["validation_bits_per_byte"], lm["bp"]["validation_bits_per_byte"]
+        for dfa in dict.fromkeys(["dfa", f"dfa{switches}"]):
+            if dfa in lm:
+                d = lm[dfa]["validation_bits_per_byte"]
+                lines.append(
+                    f"- Bits per byte, SAL <= DFA: best {display_name(best)} {s:.3f} vs {display_name(dfa)} {d:.3f}: "
+                    f"{'met' if s <= d else 'not met'} ({s - d:+.3f})."
+                )
         lines.append(
-            f"- Bits per byte, SAL <= DFA: best SAL ({best}) {s:.3f} vs DFA {d:.3f}: "
-            f"{'met' if s <= d else 'not met'} ({s - d:+.3f})."
-        )
-        lines.append(
-            f"- Bits per byte, SAL <= 1.10 x BP: {s:.3f} vs 1.10 x {b:.3f} = {1.1 * b:.3f}: "
+            f"- Bits per byte, SAL <= 1.10 x BP: best {display_name(best)} {s:.3f} vs 1.10 x {b:.3f} = {1.1 * b:.3f}: "
             f"{'met' if s <= 1.1 * b else 'not met'} (SAL is {s / b:.2f} x BP)."
         )
-    sal = [v for v in cls if v in VARIANTS and v.startswith("sal") and VARIANTS[v][1] > 1]
-    if cls.get("bp") and cls.get("dfa") and sal:
+    for switches, sal in sal_groups(cls).items():
+        if not (cls.get("bp") and cls.get("dfa")):
+            break
         best = max(sal, key=lambda v: cls[v]["validation_accuracy"])
-        s, d, b = (100 * cls[v]["validation_accuracy"] for v in (best, "dfa", "bp"))
+        s, b = 100 * cls[best]["validation_accuracy"], 100 * cls["bp"]["validation_accuracy"]
+        for dfa in dict.fromkeys(["dfa", f"dfa{switches}"]):
+            if dfa in cls:
+                d = 100 * cls[dfa]["validation_accuracy"]
+                lines.append(
+                    f"- Classification, SAL >= DFA: best {display_name(best)} {s:.1f}% vs {display_name(dfa)} "
+                    f"{d:.1f}%: {'met' if s >= d else 'not met'} ({s - d:+.1f} points)."
+                )
         lines.append(
-            f"- Classification, SAL >= DFA: best SAL ({best}) {s:.1f}% vs DFA {d:.1f}%: "
-            f"{'met' if s >= d else 'not met'} ({s - d:+.1f} points)."
-        )
-        lines.append(
-            f"- Classification, SAL within 2 points of BP: {s:.1f}% vs BP {b:.1f}%: "
+            f"- Classification, SAL within 2 points of BP: best {display_name(best)} {s:.1f}% vs BP {b:.1f}%: "
             f"{'met' if s >= b - 2 else 'not met'} ({s - b:+.1f} points)."
         )
     return lines
@@ -740,8 +767,8 @@ def report(args: argparse.Namespace) -> None:
     check_records(Setup(**setup), runs[-1])
     lm, cls = summarise(meta, records, "lm"), summarise(meta, records, "cls")
 
-    def main_rows(summary: dict) -> dict:
-        return {v: row for v, row in summary.items() if v in VARIANTS}
+    def main_rows(summary: dict) -> dict:  # the tuned rows of the table, not the previous default's
+        return {v: row for v, row in summary.items() if v in meta["variants"]}
 
     docs = Path(args.docs)
     results = docs / "results"
@@ -792,7 +819,15 @@ def report(args: argparse.Namespace) -> None:
         "Variants: `bp` end-to-end backprop (dense MLP); `dfa` block-local direct feedback (dense MLP); `sal-K` "
         f"block-local direct feedback with K areas per block's MLP routed per token ({sal_paths(setup, records)}, "
         "area lr x 1/K: the config's defaults). `sal-1` is not run separately: with one area, `sal` is the same model "
-        "and the same rule as `dfa` (the config's name for the dense K = 1 case; `--quick` shows identical numbers)."
+        "and the same rule as `dfa` (the config's name for the dense K = 1 case; `--quick` shows identical numbers). "
+        "`dfa` and `sal-K` send the error at the final hidden state to every block through a fixed random matrix "
+        '(`feedback_alignment="fixed"`: SAL\'s transformer as published).'
+        + (
+            ' `... + identity feedback`: the same with `feedback_alignment="identity"` (every block receives that error '
+            "unprojected; the config's default for `sal` since 2026-11-29), its lr tuned on the same grid."
+            if any(v.endswith("+identity") for v in meta["variants"])
+            else ""
+        )
         + (
             " `sal-K + shared path (previous default)`: the same with the shared dense up-projection beside the areas "
             "(`dual_path=True`), the default until 2026-11-29; its lr tuned on the same grid."
