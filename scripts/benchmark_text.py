@@ -576,7 +576,7 @@ def sal_groups(summary: dict) -> dict[str, list[str]]:
         base, _, switches = variant.partition("+")
         if base in VARIANTS and VARIANTS[base][0] == "sal" and VARIANTS[base][1] > 1 and switches != "shared":
             groups.setdefault(f"+{switches}" if switches else "", []).append(variant)
-    return groups
+    return dict(sorted(groups.items(), key=lambda item: item[0] != "+identity"))  # the default's rows first
 
 
 def summarise(meta: dict, records: list[dict], task: str) -> dict:
