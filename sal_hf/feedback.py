@@ -14,7 +14,8 @@ when the matrices are used). By default one matrix per layer is shared by all ar
 measured per-area feedback 2.5-8 points worse). ``SALConfig.feedback_scope="area"`` gives each area of layer l
 its own direct ``B_l[k]`` (shape (K, C, d_l)): a sample's signal ``g_l = e @ B_l[k_l]`` uses the matrix of the
 area it selected at that layer, and Kolen-Pollack updates ``B_l[k]`` from that area's samples alone (an area no sample
-selected gets no update, not even the decay; ``SALTrainer`` steps the matrices at the areas' lr, ``area_lr_scale``).
+selected gets no update, and the decay is weighted by the area's share of the batch; ``SALTrainer`` steps the
+matrices at the areas' lr, ``area_lr_scale``).
 
 How ``B_l`` is refined (``SALConfig.feedback_alignment``; see docs/FEEDBACK.md):
 
@@ -92,7 +93,7 @@ def kolen_pollack_gradient(
         matrix: ``B_l`` itself (for the decay), shaped (source size, d_l), or (K, C, d_l) per area.
         decay: ``lambda``.
         area: (B,) long, the area of each row; only for a per-area stack, whose ``B_l[k]`` gets the outer product
-            of area k's rows alone, and the decay only if some row selected k: an area no row selected gets an
+            of area k's rows alone and the decay times their share ``n_k / B``: an area no row selected gets an
             exact zero.
 
     Returns:
@@ -105,8 +106,11 @@ def kolen_pollack_gradient(
             routed = torch.nn.functional.one_hot(area, matrix.shape[0]).float()  # (B, K)
             update = torch.einsum("bk,bc,bd->kcd", routed, source.float(), activity.float())
             if decay:
-                selected = (routed.sum(0) > 0).float()[:, None, None]  # (K, 1, 1), no host sync
-                update = update + decay * matrix.float() * selected
+                # Each row decays its own area's matrix by decay / B: the area's share n_k / B of the decay (zero for
+                # an area no row selected; the shared matrix's full decay summed over the areas). A share, not an
+                # indicator: DDP averages the ranks' gradients, and shares average to the share of the whole batch.
+                share = routed.mean(0)[:, None, None]  # (K, 1, 1), no host sync
+                update = update + decay * matrix.float() * share
         else:
             update = source.float().t() @ activity.float()  # (C or d_{l+1}, d_l)
             if decay:

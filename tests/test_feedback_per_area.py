@@ -44,7 +44,7 @@ def test_per_area_matrices_have_a_leading_area_axis_drawn_from_the_shared_stream
 @pytest.mark.parametrize("alignment", ["fixed", "kolen_pollack"])
 def test_per_area_signal_and_kolen_pollack_update_match_a_hand_computed_one(alignment):
     """delta_l,i = (e_i @ B_l[k_l,i]) * f'(a_l,i); grad B_l[k] = sum_{i routed to k at layer l} e_i^T h_l,i + lambda
-    B_l[k] for a selected area, exactly zero for an area no sample selected (no decay either)."""
+    (n_k / B) B_l[k]: exactly zero for an area no sample selected (no decay either)."""
     torch.manual_seed(0)
     decay = 0.05
     model = SALForImageClassification(
@@ -72,8 +72,10 @@ def test_per_area_signal_and_kolen_pollack_update_match_a_hand_computed_one(alig
                 assert grads[name] is None
             if alignment == "kolen_pollack":
                 h = a.clamp(min=0)
-                expected = e[rows].T @ h[rows] + decay * B[k] if rows.any() else torch.zeros_like(B[k])
+                expected = e[rows].T @ h[rows] + decay * rows.float().mean() * B[k]
                 torch.testing.assert_close(grads[f"feedback.layer_{index}"][k], expected, rtol=1e-5, atol=0)
+                if not rows.any():
+                    assert not grads[f"feedback.layer_{index}"][k].any()
     if alignment == "fixed":
         assert not any(n.startswith("feedback") for n, _ in model.named_parameters())
 
