@@ -787,16 +787,15 @@ def ablations_markdown(table: dict, hw: str, args: argparse.Namespace, suite: st
     cols = list(by)
     methods = SUITES[suite]["methods"]
     if suite == "ablations":
-        title, changes = "# Ablations of SAL-16 (fair protocol)", ABLATION_CHANGES
+        title = "## Earlier ablations: the foundation's config as the base (fixed feedback; fair protocol)"
+        changes = ABLATION_CHANGES
         base = [
             "  feedback differ), ReLU, Kaiming init. `base (K=16)` is the foundation's config (no dual path, independent",
             "  init, area lr x1); each other row changes the fields named in it. AdamW, no weight decay, batch 32; lr per",
         ]
     else:
-        title, changes = (
-            "## Ablations with SALConfig's defaults as the base (Kolen-Pollack feedback; fair protocol)",
-            methods,
-        )
+        title = "# Ablations of SAL-16, with SALConfig's defaults as the base (Kolen-Pollack feedback; fair protocol)"
+        changes = methods
         base = [
             "  feedback differ), ReLU, Kaiming init. `defaults (SAL-16 + KP)` is `SALConfig()` (Kolen-Pollack feedback,",
             "  dual path, identical init, area lr / K); each other row changes the fields named in it. AdamW, no",
