@@ -210,7 +210,9 @@ class SALRoutingMixin:
         naming it, and weights missing from the checkpoint, or shaped for another config, raise a `ValueError`
         naming the checkpoint instead of being silently drawn at random (only the feedback matrices may be missing:
         they are regenerated from `feedback_seed`; and a task head this class adds to another architecture's
-        checkpoint, see `_sal_new_head_prefixes`)."""
+        checkpoint, see `_sal_new_head_prefixes`). Frozen feedback matrices are always rebuilt from the config (they
+        hold nothing learned); learned (Kolen-Pollack) ones load as saved, and a learned matrix loaded from a
+        checkpoint that stored frozen ones starts from those."""
         output_loading_info = kwargs.pop("output_loading_info", False)
         source = str(pretrained_model_name_or_path)
         try:
@@ -243,6 +245,12 @@ class SALRoutingMixin:
                 "weights do not match its config.json (num_areas, hidden sizes, ...) or a tensor was deleted; re-save "
                 "the model or fix the config."
             )
+        feedback = getattr(model, "feedback", None)
+        if isinstance(feedback, FeedbackMatrices) and not feedback.learned:
+            # Frozen feedback is set by the config alone (seed, identity): rebuild it, so that a checkpoint loaded with
+            # another rule or feedback_alignment uses the feedback its config derives (a `dfa` transformer's random
+            # draw is not the identity a `sal` config derives, and the reverse).
+            feedback.reset_parameters()
         align_tensors(model)
         return (model, info) if output_loading_info else model
 

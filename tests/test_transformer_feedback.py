@@ -307,3 +307,23 @@ def test_identity_feedback_trains_through_sal_trainer(tmp_path):
     SALTrainer(model=model, args=args, train_dataset=[{"input_ids": r, "labels": r} for r in x]).train()
     assert not torch.equal(model.model.layers[0].self_attn.q_proj.weight, before)
     assert all(torch.equal(m, torch.eye(TINY["hidden_size"])) for m in model.feedback_matrices())
+
+
+def test_frozen_feedback_follows_the_config_a_checkpoint_is_loaded_with(tmp_path):
+    """Found in review: frozen matrices loaded from a checkpoint overrode the derived setting. A `dfa` checkpoint
+    (random draw) loaded as `sal` derives identity feedback and must use it, and a `sal` one (identity) loaded as
+    `dfa` the random draw of its seed."""
+    eye = torch.eye(TINY["hidden_size"])
+    dfa = lm(learning_rule="dfa", feedback_alignment=None)
+    dfa.save_pretrained(tmp_path / "dfa")
+    as_sal = SALTransformerForCausalLM.from_pretrained(tmp_path / "dfa", learning_rule="sal")
+    assert as_sal.config.effective_feedback_alignment == "identity"
+    assert all(torch.equal(m, eye) for m in as_sal.feedback_matrices())
+    sal = lm(feedback_alignment=None)
+    sal.save_pretrained(tmp_path / "sal")
+    as_dfa = SALTransformerForCausalLM.from_pretrained(tmp_path / "sal", learning_rule="dfa")
+    assert as_dfa.config.effective_feedback_alignment == "fixed"
+    for loaded, drawn in zip(as_dfa.feedback_matrices(), dfa.feedback_matrices()):
+        assert torch.equal(loaded, drawn)
+    again = SALTransformerForCausalLM.from_pretrained(tmp_path / "sal")  # and as saved: identity
+    assert all(torch.equal(m, eye) for m in again.feedback_matrices())
