@@ -14,8 +14,10 @@ when the matrices are used). By default one matrix per layer is shared by all ar
 measured per-area feedback 2.5-8 points worse). ``SALConfig.feedback_scope="area"`` gives each area of layer l
 its own direct ``B_l[k]`` (shape (K, C, d_l)): a sample's signal ``g_l = e @ B_l[k_l]`` uses the matrix of the
 area it selected at that layer, and Kolen-Pollack updates ``B_l[k]`` from that area's samples alone (an area no sample
-selected gets no update, and the decay is weighted by the area's share of the batch; ``SALTrainer`` steps the
-matrices at the areas' lr, ``area_lr_scale``).
+selected gets a zero gradient, and the decay is weighted by the area's share of the batch; ``SALTrainer`` steps the
+matrices at the areas' lr, ``area_lr_scale``). The (K, C, d_l) stack is one parameter, so an optimizer with momentum
+(AdamW) still moves an unselected area's matrix by its momentum, unlike the forward areas, whose zero gradients
+``optim.clear_unselected_area_grads`` drops.
 
 How ``B_l`` is refined (``SALConfig.feedback_alignment``; see docs/FEEDBACK.md):
 
@@ -74,7 +76,10 @@ def feedback_signal(source: torch.Tensor, matrix: torch.Tensor, area: torch.Tens
             return source @ matrix
         if area is None:
             raise ValueError("Per-area feedback matrices need the area each sample selected; got area=None.")
-        return torch.einsum("bc,bcd->bd", source, matrix[area])
+        if matrix.shape[0] <= matrix.shape[1]:  # K <= C: every area's signal, (B, K, d), then each row keeps its own
+            every = torch.einsum("bc,kcd->bkd", source, matrix)
+            return every[torch.arange(source.shape[0], device=source.device), area]
+        return torch.einsum("bc,bcd->bd", source, matrix[area])  # K > C: gather (B, C, d) matrices instead
 
 
 def kolen_pollack_gradient(
