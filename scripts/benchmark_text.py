@@ -194,7 +194,7 @@ def make_config(setup: Setup, variant: str, tokenizer, **extra):
     rule, areas = VARIANTS[base]
     # Fixed feedback unless the ablation says otherwise: every `sal-K` / `dfa` record was made with it (before
     # 2026-11-29 it was the only kind); SALTransformerConfig's default for `sal` is now `identity`: `sal-K+identity`.
-    extra = {"feedback_alignment": "fixed", **ablation, **extra}
+    extra = {"feedback_alignment": "fixed", **setup.config_overrides, **ablation, **extra}
     return sal_hf.SALTransformerConfig(
         vocab_size=len(tokenizer),
         hidden_size=setup.hidden_size,
@@ -206,7 +206,6 @@ def make_config(setup: Setup, variant: str, tokenizer, **extra):
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        **setup.config_overrides,
         **extra,
     )
 
@@ -866,7 +865,7 @@ def report(args: argparse.Namespace) -> None:
         ablations = [
             r
             for r in records
-            if r["task"] == "lm" and "+" in r["variant"]
+            if r["task"] == "lm" and "+" in r["variant"] and r["variant"] not in meta["variants"]
             and not (r["variant"] in lm and base_variant(r["variant"])[0] in lm
                      and r["lr"] != lm[base_variant(r["variant"])[0]]["lr"])
         ]  # fmt: skip
@@ -979,7 +978,7 @@ def main(argv: list[str] | None = None) -> None:
         nargs="+",
         default=[v for v in VARIANTS if v != "sal-1"],
         # A variant with an ablation's switches (`sal-4+identity`) is tuned and seeded like any other variant.
-        choices=[*VARIANTS, *(f"{v}+{a}" for v in VARIANTS for a in ABLATIONS)],
+        choices=[*VARIANTS, *(f"{v}+{a}" for v in VARIANTS if v != "bp" for a in ABLATIONS)],
         metavar="VARIANT",
         help=f"any of {list(VARIANTS)}, or one of them with an ablation's switches, e.g. sal-4+identity",
     )
