@@ -14,8 +14,9 @@ arguments that carry them:
     o_l     the output of feedback point l (a block output, or also the
             attention sublayer's with ``feedback_points="micro"``), with a
             graph inside its block only                                    -> ``points[l]``, (B, T, d)
-    B_l     the random feedback matrix of point l, (d_e, d): fixed, or
-            learned by direct Kolen-Pollack (``feedback_alignment``)      -> ``feedback[l]``
+    B_l     the feedback matrix of point l, (d_e, d): the identity, a
+            fixed random draw, or learned by direct Kolen-Pollack
+            (``feedback_alignment``)                                      -> ``feedback[l]``
     delta_l = e_t B_l, per token                                           -> :func:`point_deltas`
     grad B_l = sum_t e_t^T o_l,t + lambda B_l (Kolen-Pollack only)         -> :func:`kolen_pollack_terms`
 

@@ -451,7 +451,7 @@ def _loss_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 class SALTransformerForCausalLM(SALTransformerPreTrainedModel, GenerationMixin):
     """[`SALTransformerModel`] with a linear LM head. `labels` are the input ids (shifted inside, -100 ignored),
-    as in transformers' causal LMs. Holds the fixed feedback matrices (`feedback.layer_*`) under a local rule."""
+    as in transformers' causal LMs. Holds the feedback matrices (`feedback.layer_*`) under a local rule."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
