@@ -430,7 +430,7 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], dict]:
                 for protocol in SUITES[suite]["protocols"]:
                     if args.protocols and protocol not in args.protocols:
                         continue
-                    grid = lr_grid(suite, protocol)
+                    grid = [args.lr] if args.lr else lr_grid(suite, protocol)
                     common = dict(
                         suite=suite,
                         dataset=dataset,
@@ -1064,6 +1064,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--max-train", type=int, default=None, help="stratified training subset (reduced run)")
     parser.add_argument("--max-test", type=int, default=None, help="stratified test subset (reduced run)")
+    parser.add_argument("--lr", type=float, default=None, help="one lr for every run, no search (a confirmation run)")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)))
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--results", default=str(ROOT / "docs" / "results"), help="run records and raw JSON")
