@@ -16,9 +16,11 @@ Digits (bundled with scikit-learn) train in well under a minute on 2 CPU cores.
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from transformers import AutoModelForImageClassification, HfArgumentParser, TrainingArguments, set_seed
 
 import sal_hf
@@ -86,6 +88,13 @@ def main() -> None:
     metrics = trainer.evaluate()
     if trainer.is_world_process_zero():
         print(f"processes={args.world_size} test accuracy={metrics['eval_accuracy']:.4f} -> {args.output_dir}")
+    # Under torchrun: DDP first, then its process group, before the interpreter exits. Left to the exit, gloo's
+    # threads aborted a process now and then ("terminate called without an active exception").
+    del trainer
+    gc.collect()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

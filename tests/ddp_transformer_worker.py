@@ -7,6 +7,7 @@ Trains the tests' tiny SAL transformer language model (plus the config fields gi
 `SALTrainer` on fixed random token sequences, with the given per-process batch size, and saves it to OUT.
 """
 
+import gc
 import json
 import sys
 
@@ -51,6 +52,12 @@ def main() -> None:
     trainer.train()
     trainer.save_model(output_dir)
     print(f"processes={args.world_size}", flush=True)
+    # DDP first, then its process group, as examples/train_accelerate.py does (gloo aborted at exit now and then).
+    del trainer
+    gc.collect()
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
