@@ -13,6 +13,18 @@ from .feedback import FEEDBACK_ALIGNMENTS, FEEDBACK_MODES, FEEDBACK_SCOPES
 
 
 LEARNING_RULES = ("sal", "dfa", "fa", "bp")
+
+
+def with_saved_feedback_alignment(config_dict: dict, kwargs: dict) -> dict:
+    """A saved config without a `feedback_alignment` key was written before the field existed, when fixed feedback
+    was the only kind: it loads as `"fixed"` and keeps training the way it was trained (the derived default changed
+    since). Configs saved since store the key (`null` when unset, which derives the default). For `SALConfig` and
+    `SALTransformerConfig`."""
+    if "feedback_alignment" in config_dict or "feedback_alignment" in kwargs:
+        return config_dict
+    return {**config_dict, "feedback_alignment": "fixed"}
+
+
 AREA_INITS = ("independent", "identical")
 ROUTING_SCOPES = ("layer", "shared")
 ROUTERS = ("learned", "random")
@@ -360,12 +372,9 @@ class SALConfig(PreTrainedConfig):
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):
-        """[`PretrainedConfig.from_dict`], plus: a saved config without a `feedback_alignment` key was written before
-        the field existed (fixed feedback was the only kind then), so it loads as `"fixed"` and keeps training the
-        way it was trained. Configs saved since store the key (`null` when unset, which derives the default)."""
-        if "feedback_alignment" not in config_dict and "feedback_alignment" not in kwargs:
-            config_dict = {**config_dict, "feedback_alignment": "fixed"}
-        return super().from_dict(config_dict, **kwargs)
+        """[`PretrainedConfig.from_dict`] of a config saved before `feedback_alignment` existed: see
+        :func:`with_saved_feedback_alignment`."""
+        return super().from_dict(with_saved_feedback_alignment(config_dict, kwargs), **kwargs)
 
     @property
     def effective_feedback_alignment(self) -> str:

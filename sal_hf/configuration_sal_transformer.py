@@ -10,7 +10,7 @@ from transformers import PreTrainedConfig
 from .activations import ACTIVATIONS
 from .areas import AREA_IMPLEMENTATIONS
 from .block_rule import BLOCK_FEEDBACK_ALIGNMENTS, ERROR_SOURCES
-from .configuration_sal import AREA_INITS, ROUTERS
+from .configuration_sal import AREA_INITS, ROUTERS, with_saved_feedback_alignment
 
 
 TRANSFORMER_RULES = ("sal", "dfa", "bp")
@@ -279,12 +279,9 @@ class SALTransformerConfig(PreTrainedConfig):
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):
-        """[`PreTrainedConfig.from_dict`], plus: a saved config without a `feedback_alignment` key was written before
-        the field existed (fixed feedback was the only kind then), so it loads as `"fixed"`. Configs saved since store
-        the key (`null` when unset, which derives the default)."""
-        if "feedback_alignment" not in config_dict and "feedback_alignment" not in kwargs:
-            config_dict = {**config_dict, "feedback_alignment": "fixed"}
-        return super().from_dict(config_dict, **kwargs)
+        """[`PreTrainedConfig.from_dict`] of a config saved before `feedback_alignment` existed: see
+        `configuration_sal.with_saved_feedback_alignment`."""
+        return super().from_dict(with_saved_feedback_alignment(config_dict, kwargs), **kwargs)
 
     @property
     def effective_feedback_alignment(self) -> str:
