@@ -193,6 +193,15 @@ class SALRoutingMixin:
     # Auto class -> class name of the copied modeling file, written to `auto_map` for remote code (see save_pretrained).
     _sal_remote_classes: dict[str, str] = {}
 
+    def _feedback_views(self, local: bool) -> tuple[torch.Tensor, ...] | None:
+        """With `local=True` under a local rule: views of the feedback matrices the rule uses, returned by the
+        forward so that learned (Kolen-Pollack) ones are part of its graph (DDP, `find_unused_parameters=True`,
+        otherwise marks them unused after the forward and raises when the rule's backward reaches them;
+        tests/test_distributed.py, tests/test_transformer_robustness.py)."""
+        if not local or getattr(self, "feedback", None) is None:
+            return None
+        return tuple(matrix.view_as(matrix) for matrix in self.feedback_matrices())
+
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
         # transformers writes only the saved class's own auto class to `auto_map`; the copied modeling file defines
         # every class, so let the other auto classes (`_sal_remote_classes`) load the checkpoint as remote code too.
@@ -513,14 +522,9 @@ class SALForImageClassification(SALPreTrainedModel):
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.float(), labels)
-        routing_losses = feedback = None
+        routing_losses = None
         if local:
             routing_losses = outputs.routing_losses + ((routing_loss,) if routing_loss is not None else ())
-            if self.feedback is not None:
-                # Views of the matrices, so that learned (Kolen-Pollack) ones are part of the forward's graph: DDP
-                # (find_unused_parameters=True) otherwise marks them unused after the forward and then raises when
-                # the local rule's backward reaches them (tests/test_distributed.py).
-                feedback = tuple(matrix.view_as(matrix) for matrix in self.feedback_matrices())
         output = SALImageClassifierOutput(
             loss=loss,
             logits=logits,
@@ -528,7 +532,7 @@ class SALForImageClassification(SALPreTrainedModel):
             areas=(*outputs.areas, area),
             pre_activations=outputs.pre_activations,
             routing_losses=routing_losses,
-            feedback=feedback,
+            feedback=self._feedback_views(local),
         )
         return output if return_dict else output.to_tuple()
 

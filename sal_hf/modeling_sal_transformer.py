@@ -314,14 +314,6 @@ class SALTransformerPreTrainedModel(SALRoutingMixin, PreTrainedModel):
             raise ValueError(f"learning_rule={self.config.learning_rule!r} has no feedback matrices.")
         return self.feedback.matrices()
 
-    def _feedback_views(self, local: bool) -> tuple[torch.Tensor, ...] | None:
-        """With `local=True` under a local rule: views of the feedback matrices, returned by the forward so that
-        learned (Kolen-Pollack) ones are part of its graph (DDP, `find_unused_parameters=True`, otherwise marks them
-        unused after the forward and raises when the rule's backward reaches them)."""
-        if not local or getattr(self, "feedback", None) is None:
-            return None
-        return tuple(matrix.view_as(matrix) for matrix in self.feedback_matrices())
-
     def _make_feedback(self, error_size: int) -> FeedbackMatrices | None:
         """The random ``B_l`` of every feedback point, (error_size, d) each: frozen buffers, or parameters starting
         from the same draw with `feedback_alignment="kolen_pollack"`, or frozen identities with `"identity"`; None
