@@ -79,6 +79,18 @@ def count_training_routes(model) -> list[list[torch.Tensor]]:
     return counts
 
 
+def reload_identically(model, directory, x: torch.Tensor):
+    """`save_pretrained` to `directory`, then `from_pretrained`: every parameter bit for bit and the same eval-mode
+    logits on `x`. Returns the loaded model."""
+    model.save_pretrained(directory)
+    loaded = type(model).from_pretrained(directory)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(dict(loaded.named_parameters())[name], p, rtol=0, atol=0, msg=name)
+    model.eval(), loaded.eval()
+    torch.testing.assert_close(loaded(pixel_values=x).logits, model(pixel_values=x).logits, rtol=0, atol=0)
+    return loaded
+
+
 def training_args(tmp_path, **overrides):
     from transformers import TrainingArguments
 

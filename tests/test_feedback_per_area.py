@@ -5,7 +5,7 @@ a forward weight), early validation, and save / load through SALTrainer with the
 
 import pytest
 import torch
-from conftest import CONFIGS, as_dataset, defaults_config, tiny_batch, tiny_config, training_args
+from conftest import CONFIGS, as_dataset, defaults_config, reload_identically, tiny_batch, tiny_config, training_args
 from test_feedback_refined import feedback_grads
 from torch.nn import functional as F
 
@@ -136,12 +136,6 @@ def test_per_area_feedback_trains_with_the_defaults_and_survives_save_and_load(t
     assert learning_rates[id(model.feedback.layer_0)] < learning_rates[id(model.classifier.areas.weight_0)]
     changed = (model.feedback.layer_0.detach() != initial).flatten(1).any(1)
     assert changed.sum() >= 2, changed
-    model.save_pretrained(tmp_path / "per_area")
-    loaded = SALForImageClassification.from_pretrained(tmp_path / "per_area")
-    assert loaded.config.feedback_scope == "area"
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(dict(loaded.named_parameters())[name], p, rtol=0, atol=0)
-    model.eval(), loaded.eval()
-    torch.testing.assert_close(loaded(pixel_values=x).logits, model(pixel_values=x).logits, rtol=0, atol=0)
+    assert reload_identically(model, tmp_path / "per_area", x).config.feedback_scope == "area"
     with pytest.raises(Exception, match="feedback"):
         SALForImageClassification.from_pretrained(tmp_path / "per_area", feedback_scope="shared")
