@@ -32,7 +32,11 @@ class ModelArguments:
     learning_rule: str = field(default="sal", metadata={"help": "sal, dfa, fa or bp"})
     num_areas: int = field(default=16, metadata={"help": "areas K per layer"})
     hidden_sizes: list[int] = field(default_factory=lambda: [256], metadata={"help": "hidden units per layer"})
-    feedback: str | None = field(default=None, metadata={"help": "direct or layerwise (unset: the rule's own)"})
+    residual: bool = field(default=False, metadata={"help": "residual blocks after the first hidden layer"})
+    norm: str = field(default="none", metadata={"help": "none, layernorm or rmsnorm before every layer"})
+    feedback: str | None = field(
+        default=None, metadata={"help": "direct, layerwise or stream (residual stacks) (unset: the rule's own)"}
+    )
     feedback_alignment: str | None = field(
         default=None, metadata={"help": "fixed, kolen_pollack or sign (unset: SALConfig's default, docs/FEEDBACK.md)"}
     )
@@ -73,6 +77,8 @@ def main() -> None:
         num_labels=len(names),
         num_areas=model_args.num_areas,
         learning_rule=model_args.learning_rule,
+        residual=model_args.residual,
+        norm=model_args.norm,
         feedback=model_args.feedback,
         feedback_alignment=model_args.feedback_alignment,
         feedback_scope=model_args.feedback_scope,

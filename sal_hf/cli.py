@@ -49,7 +49,10 @@ class ModelArguments:
     hidden_act: str | None = field(default=None, metadata={"help": "hidden activation"})
     feedback: str | None = field(
         default=None,
-        metadata={"help": "direct or layerwise (sal only; derived when unset)", "choices": list(FEEDBACK_MODES)},
+        metadata={
+            "help": "direct, layerwise or stream (residual stacks) (sal only; derived when unset)",
+            "choices": list(FEEDBACK_MODES),
+        },
     )
     area_mode: str | None = field(default=None, metadata={"choices": list(AREA_MODES)})
     area_init: str | None = field(default=None, metadata={"choices": list(AREA_INITS)})

@@ -97,8 +97,13 @@ class SALConfig(PreTrainedConfig):
             `sal` (area-local feedback alignment), `dfa`, `fa` or `bp` (ordinary backpropagation). All train the
             same architecture, so every comparison is this one flag.
         feedback (`str`, *optional*):
-            `direct` (DFA-style) or `layerwise` (FA-style). When unset, `learning_rule` decides (see
-            `feedback_mode`): `sal` and `dfa` use `direct`, `fa` uses `layerwise`; only `sal` may choose.
+            `direct` (DFA-style), `layerwise` (FA-style) or `stream` (residual-stream feedback, for `residual=True`
+            stacks: one matrix `B` (num_labels, width) and every hidden layer receives the same signal, the output
+            error projected to the last hidden state `h_L` and taken back through the parameter-free part of the
+            output layer's norm at `h_L`: an estimate of the gradient at the end of the residual stream, which
+            reaches every block along the skip path; no forward weight is read, see docs/DEPTH.md). When unset,
+            `learning_rule` decides (see `feedback_mode`): `sal` and `dfa` use `direct`, `fa` uses `layerwise`;
+            only `sal` may choose.
         feedback_alignment (`str`, *optional*):
             How the feedback matrices are refined (docs/FEEDBACK.md). `fixed`: frozen random matrices (feedback
             alignment as published; local signals only). `kolen_pollack`: learnable matrices that receive the
@@ -107,8 +112,8 @@ class SALConfig(PreTrainedConfig):
             with `direct`); local signals only, no weight transport. `sign`: fixed random magnitudes with the
             signs of the forward matrix that reads the layer's output (sign-concordant feedback, Liao et al. 2016,
             BioTorch's frSF); it TRANSPORTS THE SIGNS of the forward weights, and needs `layerwise` feedback.
-            When unset (see `effective_feedback_alignment`): `kolen_pollack` for `sal` with direct feedback ("SAL
-            as we recommend", measured better in docs/RESULTS.md), `fixed` otherwise (`dfa` and `fa` name the
+            When unset (see `effective_feedback_alignment`): `kolen_pollack` for `sal` with direct or stream
+            feedback ("SAL as we recommend", measured better in docs/RESULTS.md), `fixed` otherwise (`dfa` and `fa` name the
             published algorithms; "SAL as published" is `feedback_alignment="fixed"`).
         feedback_decay (`float`, defaults to 1e-3):
             `lambda` of the Kolen-Pollack update of the feedback matrices, `grad B = s^T h + lambda B` (only with
@@ -309,6 +314,13 @@ class SALConfig(PreTrainedConfig):
                 f"direct feedback and num_areas >= 2; got learning_rule={self.learning_rule!r}, "
                 f"feedback_mode={self.feedback_mode!r}, num_areas={self.num_areas}. Use feedback_scope='shared'."
             )
+        if self.feedback_mode == "stream" and (len(set(sizes)) != 1 or (len(sizes) > 1 and not self.residual)):
+            raise ValueError(
+                "feedback='stream' sends the signal at the last hidden state to every hidden layer, through the skip "
+                f"path of a residual stack; it needs equal hidden sizes and residual=True (or one hidden layer); got "
+                f"hidden_sizes={sizes}, residual={self.residual}. Set residual=True with equal sizes, or "
+                "feedback='direct'."
+            )
         if self.area_update_norm != "batch" and self.learning_rule != "sal":
             raise ValueError(
                 f"area_update_norm={self.area_update_norm!r} is a SAL refinement; with "
@@ -378,12 +390,14 @@ class SALConfig(PreTrainedConfig):
 
     @property
     def effective_feedback_alignment(self) -> str:
-        """`feedback_alignment`, or when unset: `kolen_pollack` for `learning_rule="sal"` with direct feedback (the
-        learned feedback measured better than fixed, docs/RESULTS.md), else `fixed` (`dfa` and `fa` stay the
-        published algorithms; layer-wise Kolen-Pollack trained deep residual stacks worse, docs/DEPTH_FEEDBACK.md)."""
+        """`feedback_alignment`, or when unset: `kolen_pollack` for `learning_rule="sal"` with direct or stream feedback
+        (the learned feedback measured better than fixed, docs/RESULTS.md, docs/DEPTH.md), else `fixed` (`dfa` and
+        `fa` stay the published algorithms; layer-wise Kolen-Pollack trained deep residual stacks worse,
+        docs/DEPTH_FEEDBACK.md)."""
         if self.feedback_alignment is not None:
             return self.feedback_alignment
-        return "kolen_pollack" if self.learning_rule == "sal" and self.feedback_mode == "direct" else "fixed"
+        learned = self.learning_rule == "sal" and self.feedback_mode in ("direct", "stream")
+        return "kolen_pollack" if learned else "fixed"
 
     @property
     def effective_dual_path(self) -> bool:

@@ -7,6 +7,13 @@ d_l), so the feedback signal has the scale of a backpropagated one:
 - ``direct`` (DFA): ``B_l`` is (C, d_l) and the signal is ``g_l = e @ B_l``.
 - ``layerwise`` (FA): ``B_l`` is (d_{l+1}, d_l), with d_L = C, and ``g_l = delta_{l+1} @ B_l``, where
   ``delta_{l+1}`` is the next hidden layer's local error. BP would use the forward ``W_{l+1}`` here.
+- ``stream`` (residual-stream feedback, for residual stacks of equal width): ONE matrix ``B`` (C, d), ``layer_0``, drawn
+  like a direct matrix (seed ``seed``), and every hidden layer receives the same signal ``g = J_L^T (e @ B)``: the
+  output error projected to the last hidden state ``h_L``, through the Jacobian ``J_L`` of the parameter-free
+  normalisation the output layer applies to ``h_L`` (layer norm or RMS norm without their affine parameters;
+  identity with ``norm="none"``). It estimates the gradient at the end of the residual stream, which reaches every
+  block along the skip path; ``J_L`` reads only ``h_L``'s own mean and scale, no forward weight.
+  :func:`stream_signal`.
 
 The stored matrices are never derived from forward weights: they come from their own seeded generator, which
 also makes them identical across devices and processes (only ``sign`` below reads the forward weights' signs,
@@ -41,13 +48,21 @@ import torch
 from torch import nn
 
 
-FEEDBACK_MODES = ("direct", "layerwise")
+FEEDBACK_MODES = ("direct", "layerwise", "stream")
 FEEDBACK_ALIGNMENTS = ("fixed", "kolen_pollack", "sign")
 FEEDBACK_SCOPES = ("shared", "area")
 
 
 def feedback_shapes(hidden_sizes: list[int], num_labels: int, mode: str, num_areas: int = 1) -> list[tuple[int, ...]]:
-    """Shape of ``B_l`` for every hidden layer; with ``num_areas > 1`` (per-area direct feedback) a leading K."""
+    """Shape of ``B_l`` for every hidden layer (one matrix for all of them with ``stream``); with ``num_areas > 1``
+    (per-area direct feedback) a leading K."""
+    if mode == "stream":
+        if len(set(hidden_sizes)) != 1 or num_areas > 1:
+            raise ValueError(
+                f"Stream feedback sends one signal of the residual stream's width to every hidden layer: it needs equal "
+                f"hidden sizes and one shared matrix; got hidden_sizes={hidden_sizes}, num_areas={num_areas}."
+            )
+        return [(num_labels, hidden_sizes[-1])]
     if mode == "direct":
         shapes = [(num_labels, d) for d in hidden_sizes]
     elif mode == "layerwise":
@@ -65,6 +80,31 @@ def make_feedback_matrix(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     bound = math.sqrt(6.0 / shape[-1])
     generator = torch.Generator(device="cpu").manual_seed(seed)
     return torch.empty(shape, device="cpu").uniform_(-bound, bound, generator=generator)
+
+
+def normalized(hidden: torch.Tensor, norm: str) -> torch.Tensor:
+    """``hidden`` normalised as the output layer's norm does it, without that norm's affine parameters (layer norm:
+    eps 1e-5, RMS norm: eps 1e-6, as ``areas.make_norm``); ``hidden`` itself for ``norm="none"``."""
+    if norm == "layernorm":
+        return torch.nn.functional.layer_norm(hidden, hidden.shape[-1:])
+    if norm == "rmsnorm":
+        return torch.nn.functional.rms_norm(hidden, hidden.shape[-1:], eps=1e-6)
+    return hidden
+
+
+def stream_signal(error: torch.Tensor, matrix: torch.Tensor, last_hidden: torch.Tensor, norm: str) -> torch.Tensor:
+    """``g = J^T (e @ B)``, (B, d) fp32, no graph: the output error ``e`` (B, C) through the stream matrix ``B``
+    (C, d), then back through the Jacobian of :func:`normalized` at ``last_hidden`` (B, d), the last hidden state.
+    Reads no forward weight: with ``B`` equal to the output layer's weight and that layer's norm at its initial
+    affine (scale 1, shift 0), ``g`` is exactly the gradient of the loss at ``h_L`` (tested)."""
+    with torch.no_grad():
+        g = error.float() @ matrix.float()
+    if norm == "none":
+        return g
+    with torch.enable_grad():
+        hidden = last_hidden.detach().float().requires_grad_(True)
+        (g,) = torch.autograd.grad(normalized(hidden, norm), hidden, grad_outputs=g)
+    return g
 
 
 def feedback_signal(source: torch.Tensor, matrix: torch.Tensor, area: torch.Tensor | None = None) -> torch.Tensor:

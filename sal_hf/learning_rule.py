@@ -12,7 +12,8 @@ arguments that carry them:
     f'     derivative of the activation         -> ``activations.activation_derivative``
     B_l    random feedback of layer l (fixed,
            or learned by Kolen-Pollack)         -> ``feedback[l]`` (see feedback.py for shapes)
-    delta_l = (g_l) * f'(a_l), with g_l = e @ B_l (direct) or delta_{l+1} @ B_l (layerwise)
+    delta_l = (g_l) * f'(a_l), with g_l = e @ B_l (direct) or delta_{l+1} @ B_l (layerwise), or for every
+           layer g = J_L^T (e @ B) (stream: the signal at the last hidden state h_L, see feedback.stream_signal)
            (a residual block h_l = h_{l-1} + s f(a_l) has dh_l/da_l = s f'(a_l), so delta_l gets the
            factor s; layerwise feedback also carries the skip path: g_l = delta_{l+1} @ B_l + g_{l+1})
     k*     area a sample selected at layer l    -> ``areas[l]``, (B,) long, or None when K = 1
@@ -36,7 +37,7 @@ import torch
 from torch.nn import functional as F
 
 from .activations import activation_derivative
-from .feedback import FEEDBACK_ALIGNMENTS, feedback_signal, kolen_pollack_updates
+from .feedback import FEEDBACK_ALIGNMENTS, feedback_signal, kolen_pollack_updates, normalized, stream_signal
 
 
 LOCAL_RULES = ("sal", "dfa", "fa")
@@ -85,6 +86,8 @@ def local_deltas(
     residual: bool = False,
     residual_scale: float = 1.0,
     areas: Sequence[torch.Tensor | None] | None = None,
+    last_hidden: torch.Tensor | None = None,
+    norm: str = "none",
 ) -> list[torch.Tensor]:
     """Local error ``delta_l`` of every hidden layer, (B, d_l) fp32, no graph.
 
@@ -93,13 +96,27 @@ def local_deltas(
         pre_activations: ``a_l`` per hidden layer.
         feedback: ``B_l`` per hidden layer: (C, d_l) for ``direct``, (d_{l+1}, d_l) for ``layerwise``; or per-area
             direct matrices (K, C, d_l), each sample using its area's (``areas``).
-        mode: ``"direct"`` (DFA) or ``"layerwise"`` (FA).
+        mode: ``"direct"`` (DFA), ``"layerwise"`` (FA) or ``"stream"`` (one matrix, (C, d), whose signal at the
+            last hidden state every layer receives).
         activation: the hidden activation ``f``.
         residual: hidden layers after the first are residual blocks (only changes ``layerwise``: the signal at
             a block's input is the signal at its output plus the feedback of its own delta).
         residual_scale: ``s`` of the residual blocks, ``h_l = h_{l-1} + s f(a_l)``.
         areas: the area each sample selected at each hidden layer, (B,) long (only read for per-area matrices).
+        last_hidden: ``h_L``, the last hidden layer's output (B, d) (only read by ``stream``).
+        norm: the normalisation the output layer applies to ``h_L`` (only read by ``stream``).
     """
+    if mode == "stream":
+        if len(feedback) != 1 or last_hidden is None:
+            raise ValueError(
+                f"Stream feedback needs one matrix and the last hidden state; got {len(feedback)} matrices and "
+                f"last_hidden={'None' if last_hidden is None else 'a tensor'}."
+            )
+        g = stream_signal(error, feedback[0], last_hidden, norm)
+        return [
+            gate(g, a, activation, residual_scale if residual and index >= 1 else 1.0)
+            for index, a in enumerate(pre_activations)
+        ]
     if len(feedback) != len(pre_activations):
         raise ValueError(f"Got {len(feedback)} feedback matrices for {len(pre_activations)} hidden layers.")
     deltas: list[torch.Tensor] = [None] * len(pre_activations)  # type: ignore[list-item]
@@ -147,12 +164,17 @@ def feedback_terms(
     mode: str,
     decay: float,
     areas: Sequence[torch.Tensor | None] | None = None,
+    norm: str = "none",
 ) -> list[torch.Tensor]:
     """Kolen-Pollack: one zero-valued term per learnable ``B_l`` whose gradient w.r.t. ``B_l`` is
     ``s_l^T h_l + decay * B_l`` (see ``feedback.kolen_pollack_gradient``), with ``s_l = e`` (direct) or
     ``delta_{l+1}`` (layer-wise; ``e`` for the last hidden layer); per-area matrices sum over their area's samples
-    (``areas``). Local quantities only."""
-    sources = [error] * len(deltas) if mode == "direct" else [*deltas[1:], error]
+    (``areas``). ``stream``'s one matrix gets ``e^T normalized(h_L) + decay * B``: the gradient the output layer's
+    weight gets from the same error (its input, before the norm's affine). Local quantities only."""
+    if mode == "stream":
+        sources, activities, areas = [error], [normalized(activities[-1], norm)], None
+    else:
+        sources = [error] * len(deltas) if mode == "direct" else [*deltas[1:], error]
     updates = kolen_pollack_updates(
         sources, list(activities), list(feedback), decay, list(areas) if areas is not None else None
     )
@@ -202,7 +224,7 @@ class LocalLearningRule:
 
     Args:
         rule: ``"sal"``, ``"dfa"`` or ``"fa"``.
-        feedback_mode: ``"direct"`` or ``"layerwise"``.
+        feedback_mode: ``"direct"``, ``"layerwise"`` or ``"stream"``.
         activation: hidden activation ``f``.
         routing_loss_weight: weight of the routers' local objective.
         residual: the model's hidden layers after the first are residual blocks.
@@ -210,6 +232,7 @@ class LocalLearningRule:
         feedback_alignment: ``"fixed"``, ``"kolen_pollack"`` (the rule also supplies the feedback matrices'
             gradient) or ``"sign"`` (the caller passes sign-concordant matrices; the rule itself is unchanged).
         feedback_decay: ``lambda`` of the Kolen-Pollack update.
+        norm: the model's ``norm`` (``stream`` feedback goes through its parameter-free Jacobian at ``h_L``).
     """
 
     def __init__(
@@ -223,6 +246,7 @@ class LocalLearningRule:
         residual_scale: float = 1.0,
         feedback_alignment: str = "fixed",
         feedback_decay: float = 0.0,
+        norm: str = "none",
     ) -> None:
         if rule not in LOCAL_RULES:
             raise ValueError(f"Got rule={rule!r}; a local learning rule is one of {LOCAL_RULES} ('bp' uses autograd).")
@@ -236,6 +260,7 @@ class LocalLearningRule:
         self.routing_loss_weight = routing_loss_weight
         self.residual = residual
         self.residual_scale = residual_scale
+        self.norm = norm
 
     def __call__(
         self,
@@ -249,6 +274,11 @@ class LocalLearningRule:
         areas: Sequence[torch.Tensor | None] | None = None,
     ) -> torch.Tensor:
         error = output_error(logits, labels)
+        activities = None
+        if self.feedback_alignment == "kolen_pollack" or self.feedback_mode == "stream":
+            activities = layer_outputs(
+                pre_activations, self.activation, residual=self.residual, residual_scale=self.residual_scale
+            )
         deltas = local_deltas(
             error,
             pre_activations,
@@ -258,14 +288,20 @@ class LocalLearningRule:
             residual=self.residual,
             residual_scale=self.residual_scale,
             areas=areas,
+            last_hidden=activities[-1] if self.feedback_mode == "stream" else None,
+            norm=self.norm,
         )
         extra = [self.routing_loss_weight * term for term in routing_losses]
         if self.feedback_alignment == "kolen_pollack":
-            activities = layer_outputs(
-                pre_activations, self.activation, residual=self.residual, residual_scale=self.residual_scale
-            )
             extra += feedback_terms(
-                error, deltas, activities, feedback, mode=self.feedback_mode, decay=self.feedback_decay, areas=areas
+                error,
+                deltas,
+                activities,
+                feedback,
+                mode=self.feedback_mode,
+                decay=self.feedback_decay,
+                areas=areas,
+                norm=self.norm,
             )
         return surrogate_loss(loss, logits, error, pre_activations, deltas, extra_terms=extra)
 

@@ -128,6 +128,7 @@ def local_learning_rule(config: SALConfig | SALTransformerConfig) -> LocalLearni
         residual_scale=config.effective_residual_scale,
         feedback_alignment=config.effective_feedback_alignment,
         feedback_decay=config.feedback_decay,
+        norm=config.norm,
     )
 
 

@@ -58,6 +58,12 @@ def free_port() -> int:
             ],
             id="kp",
         ),
+        # A residual, layer-normed stack with residual-stream feedback: its one learned matrix is reduced too.
+        pytest.param(
+            ["--num_areas", "4", "--hidden_sizes", "32", "32", "32", "--residual", "true", "--norm", "layernorm"]
+            + ["--feedback", "stream"],
+            id="stream",
+        ),
     ],
 )
 def test_two_processes_end_with_the_weights_of_one(model_flags, tmp_path):
@@ -96,6 +102,8 @@ def test_two_processes_end_with_the_weights_of_one(model_flags, tmp_path):
     learned = {"feedback_alignment": "kolen_pollack"}
     if "kolen_pollack" in model_flags:
         learned.update(hidden_sizes=[32, 32], feedback="layerwise")
+    if "stream" in model_flags:
+        learned.update(hidden_sizes=[32, 32, 32], num_areas=4, residual=True, norm="layernorm", feedback="stream")
     if "area" in model_flags:
         learned.update(hidden_sizes=[32, 32], num_areas=4, feedback_scope="area")
     fresh = SALForImageClassification(SALConfig(input_size=64, num_labels=10, **learned))
