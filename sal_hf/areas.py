@@ -42,15 +42,30 @@ class _ScaleGrad(torch.autograd.Function):
         return grad * scale.to(grad.dtype), None
 
 
+NORM_EPS = {"layernorm": 1e-5, "rmsnorm": 1e-6}
+
+
 def make_norm(kind: str, size: int) -> nn.Module | None:
     """The input normalisation of one layer (`none`, `layernorm` or `rmsnorm`), or None."""
     if kind not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}; got {kind!r}.")
     if kind == "layernorm":
-        return nn.LayerNorm(size)
+        return nn.LayerNorm(size, eps=NORM_EPS[kind])
     if kind == "rmsnorm":
-        return nn.RMSNorm(size, eps=1e-6)
+        return nn.RMSNorm(size, eps=NORM_EPS[kind])
     return None
+
+
+def normalized(hidden: torch.Tensor, kind: str) -> torch.Tensor:
+    """``hidden`` normalised over its last dimension as :func:`make_norm`'s module of ``kind`` does it, without the
+    module's affine parameters (its scale and shift at their initial 1 and 0); ``hidden`` itself for ``none``."""
+    if kind not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}; got {kind!r}.")
+    if kind == "layernorm":
+        return F.layer_norm(hidden, hidden.shape[-1:], eps=NORM_EPS[kind])
+    if kind == "rmsnorm":
+        return F.rms_norm(hidden, hidden.shape[-1:], eps=NORM_EPS[kind])
+    return hidden
 
 
 class SALAreaLinear(nn.Module):

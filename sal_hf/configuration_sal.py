@@ -101,7 +101,7 @@ class SALConfig(PreTrainedConfig):
             stacks: one matrix `B` (num_labels, width) and every hidden layer receives the same signal, the output
             error projected to the last hidden state `h_L` and taken back through the parameter-free part of the
             output layer's norm at `h_L`: an estimate of the gradient at the end of the residual stream, which
-            reaches every block along the skip path; no forward weight is read, see docs/DEPTH.md). When unset,
+            reaches every block along the skip path; no forward weight is read; docs/FEEDBACK.md, docs/DEPTH_FEEDBACK.md). When unset,
             `learning_rule` decides (see `feedback_mode`): `sal` and `dfa` use `direct`, `fa` uses `layerwise`;
             only `sal` may choose.
         feedback_alignment (`str`, *optional*):
@@ -391,7 +391,7 @@ class SALConfig(PreTrainedConfig):
     @property
     def effective_feedback_alignment(self) -> str:
         """`feedback_alignment`, or when unset: `kolen_pollack` for `learning_rule="sal"` with direct or stream feedback
-        (the learned feedback measured better than fixed, docs/RESULTS.md, docs/DEPTH.md), else `fixed` (`dfa` and
+        (the learned feedback measured better than fixed, docs/RESULTS.md, docs/DEPTH_FEEDBACK.md), else `fixed` (`dfa` and
         `fa` stay the published algorithms; layer-wise Kolen-Pollack trained deep residual stacks worse,
         docs/DEPTH_FEEDBACK.md)."""
         if self.feedback_alignment is not None:

@@ -47,6 +47,8 @@ import math
 import torch
 from torch import nn
 
+from .areas import normalized
+
 
 FEEDBACK_MODES = ("direct", "layerwise", "stream")
 FEEDBACK_ALIGNMENTS = ("fixed", "kolen_pollack", "sign")
@@ -82,26 +84,16 @@ def make_feedback_matrix(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     return torch.empty(shape, device="cpu").uniform_(-bound, bound, generator=generator)
 
 
-def normalized(hidden: torch.Tensor, norm: str) -> torch.Tensor:
-    """``hidden`` normalised as the output layer's norm does it, without that norm's affine parameters (layer norm:
-    eps 1e-5, RMS norm: eps 1e-6, as ``areas.make_norm``); ``hidden`` itself for ``norm="none"``."""
-    if norm == "layernorm":
-        return torch.nn.functional.layer_norm(hidden, hidden.shape[-1:])
-    if norm == "rmsnorm":
-        return torch.nn.functional.rms_norm(hidden, hidden.shape[-1:], eps=1e-6)
-    return hidden
-
-
 def stream_signal(error: torch.Tensor, matrix: torch.Tensor, last_hidden: torch.Tensor, norm: str) -> torch.Tensor:
     """``g = J^T (e @ B)``, (B, d) fp32, no graph: the output error ``e`` (B, C) through the stream matrix ``B``
-    (C, d), then back through the Jacobian of :func:`normalized` at ``last_hidden`` (B, d), the last hidden state.
+    (C, d), then back through the Jacobian of ``areas.normalized`` at ``last_hidden`` (B, d), the last hidden state.
     Reads no forward weight: with ``B`` equal to the output layer's weight and that layer's norm at its initial
     affine (scale 1, shift 0), ``g`` is exactly the gradient of the loss at ``h_L`` (tested)."""
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(error.device.type, enabled=False):  # fp32 even inside autocast
         g = error.float() @ matrix.float()
     if norm == "none":
         return g
-    with torch.enable_grad():
+    with torch.enable_grad(), torch.autocast(error.device.type, enabled=False):
         hidden = last_hidden.detach().float().requires_grad_(True)
         (g,) = torch.autograd.grad(normalized(hidden, norm), hidden, grad_outputs=g)
     return g
@@ -202,7 +194,7 @@ class FeedbackMatrices(nn.Module):
     Args:
         hidden_sizes: units of each hidden layer.
         num_labels: number of output classes C.
-        mode: ``"direct"`` or ``"layerwise"``.
+        mode: ``"direct"``, ``"layerwise"`` or ``"stream"`` (one matrix for every layer).
         seed: base seed; layer l uses ``seed + l``.
         learned: register the matrices as ``nn.Parameter`` (starting from the same random draw).
         num_areas: 1 (one matrix per layer, shared by its areas) or K (per-area direct feedback: (K, C, d_l)).

@@ -37,7 +37,8 @@ import torch
 from torch.nn import functional as F
 
 from .activations import activation_derivative
-from .feedback import FEEDBACK_ALIGNMENTS, feedback_signal, kolen_pollack_updates, normalized, stream_signal
+from .areas import NORMS, normalized
+from .feedback import FEEDBACK_ALIGNMENTS, FEEDBACK_MODES, feedback_signal, kolen_pollack_updates, stream_signal
 
 
 LOCAL_RULES = ("sal", "dfa", "fa")
@@ -252,6 +253,11 @@ class LocalLearningRule:
             raise ValueError(f"Got rule={rule!r}; a local learning rule is one of {LOCAL_RULES} ('bp' uses autograd).")
         if feedback_alignment not in FEEDBACK_ALIGNMENTS:
             raise ValueError(f"Got feedback_alignment={feedback_alignment!r}; expected one of {FEEDBACK_ALIGNMENTS}.")
+        if feedback_mode not in FEEDBACK_MODES or norm not in NORMS:
+            raise ValueError(
+                f"Got feedback_mode={feedback_mode!r}, norm={norm!r}; expected one of {FEEDBACK_MODES} and one of "
+                f"{NORMS} (the model's `norm`: stream feedback goes through the output norm's Jacobian)."
+            )
         self.feedback_alignment = feedback_alignment
         self.feedback_decay = feedback_decay
         self.rule = rule

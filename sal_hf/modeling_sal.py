@@ -251,10 +251,18 @@ class SALRoutingMixin:
         if missing:
             raise ValueError(
                 f"The checkpoint {source} lacks {len(missing)} weights this SAL model needs, e.g. {missing[:3]}. Its "
-                "weights do not match its config.json (num_areas, hidden sizes, ...) or a tensor was deleted; re-save "
-                "the model or fix the config."
+                "weights do not match its config.json (num_areas, hidden sizes, the feedback layout, ...) or a tensor "
+                "was deleted; re-save the model or fix the config."
             )
         feedback = getattr(model, "feedback", None)
+        extra = sorted(key for key in info["unexpected_keys"] if key.startswith(cls._sal_regenerated_prefixes))
+        if extra and isinstance(feedback, FeedbackMatrices) and feedback.learned:
+            raise ValueError(
+                f"The checkpoint {source} holds feedback matrices this model has no place for, e.g. {extra[:3]}: it "
+                f"was saved with another feedback layout (this model has {len(feedback.shapes)} learned matrices, "
+                f"{feedback.mode!r} feedback), so its learned feedback would be dropped. Load it with the `feedback`, "
+                "`feedback_scope` (or `feedback_points`) of its config.json, or train the new layout from a fresh model."
+            )
         if isinstance(feedback, FeedbackMatrices) and not feedback.learned:
             # Frozen feedback is set by the config alone (seed, identity): rebuild it, so that a checkpoint loaded with
             # another rule or feedback_alignment uses the feedback its config derives (a `dfa` transformer's random

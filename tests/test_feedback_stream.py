@@ -144,3 +144,28 @@ def test_the_tiny_foundation_design_takes_stream_feedback_too(tmp_path):
     x, y = tiny_batch(16)
     grads = feedback_grads(model, x, y)
     assert all(grads[f"sal.layers.{i}.norm.weight"].abs().sum() > 0 for i in range(3))
+
+
+def test_a_checkpoint_saved_with_another_feedback_layout_is_refused(tmp_path):
+    """Direct feedback saved 3 learned matrices; loaded as stream, 2 would be dropped silently: refused, naming the
+    field. The reverse lacks 2 of the 3 matrices direct feedback needs."""
+    SALForImageClassification(stream_config(feedback="direct")).save_pretrained(tmp_path / "direct")
+    with pytest.raises(ValueError, match=r"(?s)feedback\.layer_1.*`feedback`"):
+        SALForImageClassification.from_pretrained(tmp_path / "direct", feedback="stream")
+    SALForImageClassification(stream_config()).save_pretrained(tmp_path / "stream")
+    with pytest.raises(ValueError, match=r"lacks 2 weights.*feedback layout"):
+        SALForImageClassification.from_pretrained(tmp_path / "stream", feedback="direct")
+    # Frozen matrices are rebuilt from the config whatever the checkpoint holds: no refusal.
+    SALForImageClassification(stream_config(feedback="direct", feedback_alignment="fixed")).save_pretrained(
+        tmp_path / "f"
+    )
+    SALForImageClassification.from_pretrained(tmp_path / "f", feedback="stream")
+
+
+def test_stream_feedback_with_output_areas_reaches_every_layer():
+    torch.manual_seed(0)
+    model = SALForImageClassification(stream_config(output_areas=True))
+    x, y = tiny_batch(32)
+    grads = feedback_grads(model, x, y)
+    assert grads["feedback.layer_0"].abs().sum() > 0
+    assert all(grads[f"sal.layers.{i}.shared.weight"].abs().sum() > 0 for i in range(3))
