@@ -94,7 +94,20 @@ SAL_KP = {**SAL_PLUS, "feedback_alignment": "kolen_pollack"}
 # `dfa+kp`: the same learned feedback without areas (SAL with one area), so that the table tells what the areas add
 # to Kolen-Pollack from what Kolen-Pollack adds to DFA.
 DFA_KP = {"learning_rule": "dfa", "feedback_alignment": "kolen_pollack"}
-MAIN_METHODS = {**RULES, "dfa+kp": DFA_KP, "sal+": SAL_PLUS, "sal+kp": SAL_KP}
+# A layer norm before the hidden and the output layer, for every rule, and for the local rules residual-stream
+# feedback (learned): with one hidden layer its signal is direct Kolen-Pollack's, taken back through the output
+# norm's parameter-free Jacobian (docs/FEEDBACK.md). `dfa+stream` is SAL with one area and that feedback.
+NORMED = {"norm": "layernorm"}
+STREAM = {**NORMED, "feedback": "stream", "feedback_alignment": "kolen_pollack"}
+MAIN_METHODS = {
+    **RULES,
+    "dfa+kp": DFA_KP,
+    "sal+": SAL_PLUS,
+    "sal+kp": SAL_KP,
+    "bp+ln": {"learning_rule": "bp", **NORMED},
+    "dfa+stream": {"learning_rule": "sal", "num_areas": 1, **STREAM},
+    "sal+stream": {**SAL_KP, **STREAM},
+}
 PUBLISHED = {"bp": "bp", "sal+": "sal"}  # our method -> its column in PAPER
 METHOD_LABELS = {
     "bp": "BP",
@@ -103,6 +116,9 @@ METHOD_LABELS = {
     "sal+": "SAL-16, fixed feedback (SAL as published; dual path, identical init, area lr / 16)",
     "sal+kp": "SAL-16 + Kolen-Pollack (SALConfig defaults since 2026-11-29: learned feedback, dual path, identical init, area lr / 16)",
     "dfa+kp": "DFA + Kolen-Pollack",
+    "bp+ln": "BP, layer norm",
+    "dfa+stream": "DFA, layer norm, stream feedback (SAL-1; learned)",
+    "sal+stream": "SAL-16, layer norm, stream feedback (learned; dual path, identical init, area lr / 16)",
 }
 # Ablations of SAL-16 (fair protocol). Per-layer vs shared routing and the feedback path only differ with two or
 # more hidden layers, so the ablation net is input-256-256-labels; `base` is SALConfig's defaults.
@@ -677,6 +693,7 @@ def results_markdown(table: dict, hw: str, args: argparse.Namespace) -> str:
             p = table.get(("main", dataset, "paper", method, epochs, max_train, max_test))
             f = table.get(("main", dataset, "fair", method, epochs, max_train, max_test))
             grid = ", ".join(f"{lr}: {acc}" for lr, acc in f["grid"].items()) if f else ""
+            grid = grid or "not searched: one lr, `run --lr`"
             area = f"{f['area'][0]:.3f} / {f['area'][1]:.3f}, {f['area'][2]}" if f and f["area"] else "-"
             secs = ", ".join(f"{e['seconds_per_epoch']:.2f}" if e else "-" for e in (p, f))
             cells = [
@@ -737,6 +754,19 @@ def targets(table: dict, dataset: str, epochs: int, max_train, max_test) -> list
                     f"; vs tuned BP {bp_f['mean']:.2f} ({gap:+.2f}: {'within' if gap >= -1 else 'NOT within'} 1.0 point)"
                 )
             out[-1] += "."
+    stream, bp_ln, dfa_stream = get("fair", "sal+stream"), get("fair", "bp+ln"), get("fair", "dfa+stream")
+    if stream:
+        parts = [
+            f"{name} {ref['mean']:.2f} ({stream['mean'] - ref['mean']:+.2f})"
+            for name, ref in (
+                ("tuned BP", bp_f),
+                ("tuned BP with the same layer norm", bp_ln),
+                ("DFA", dfa_f),
+                ("DFA with the same norm and feedback", dfa_stream),
+            )
+            if ref
+        ]
+        out.append(f"- Fair protocol, {METHOD_LABELS['sal+stream']}: {stream['mean']:.2f} vs " + "; ".join(parts) + ".")
     sal_kp, dfa_kp = get("fair", "sal+kp"), get("fair", "dfa+kp")
     if sal_kp and dfa_kp:
         gap = sal_kp["mean"] - dfa_kp["mean"]
@@ -837,8 +867,21 @@ METHOD_COLORS = {
     "dfa+kp": "tab:olive",
     "sal+": "tab:red",
     "sal+kp": "tab:purple",
+    "bp+ln": "tab:cyan",
+    "dfa+stream": "tab:brown",
+    "sal+stream": "tab:pink",
 }
-METHOD_MARKERS = {"bp": "D", "fa": "v", "dfa": "^", "dfa+kp": "P", "sal+": "o", "sal+kp": "s"}
+METHOD_MARKERS = {
+    "bp": "D",
+    "fa": "v",
+    "dfa": "^",
+    "dfa+kp": "P",
+    "sal+": "o",
+    "sal+kp": "s",
+    "bp+ln": "d",
+    "dfa+stream": "X",
+    "sal+stream": "*",
+}
 
 
 def plot_main(table: dict, docs: Path, hw: str) -> None:
@@ -898,7 +941,10 @@ def gap_to(entry: dict, ref: dict) -> tuple[float, float | None, bool]:
 # meets it, in words; None: no target). FA vs DFA is left out (the same rule with one hidden layer).
 GAP_PANELS = {
     ("bp", "paper"): (["fa", "dfa", "dfa+kp", "sal+", "sal+kp"], (0.0, "SAL > BP")),
-    ("bp", "fair"): (["fa", "dfa", "dfa+kp", "sal+", "sal+kp"], (-1.0, "SAL ≥ BP − 1.0")),
+    ("bp", "fair"): (
+        ["fa", "dfa", "dfa+kp", "sal+", "sal+kp", "bp+ln", "dfa+stream", "sal+stream"],
+        (-1.0, "SAL ≥ BP − 1.0"),
+    ),
     ("dfa", "paper"): (["sal+", "sal+kp"], None),
     ("dfa", "fair"): (["sal+", "sal+kp"], (0.0, "SAL ≥ DFA")),
 }
@@ -909,6 +955,9 @@ GAP_LABELS = {
     "dfa+kp": "DFA + Kolen-Pollack",
     "sal+": "SAL-16, fixed feedback",
     "sal+kp": "SAL-16 + Kolen-Pollack (defaults)",
+    "bp+ln": "BP, layer norm",
+    "dfa+stream": "DFA, layer norm, stream feedback",
+    "sal+stream": "SAL-16, layer norm, stream feedback",
 }
 
 
