@@ -243,10 +243,14 @@ class SALRoutingMixin:
                 "from another copy or load an earlier checkpoint."
             ) from error
         missing = sorted(key for key in info["missing_keys"] if not cls._may_be_missing(key, model.config))
+        feedback = getattr(model, "feedback", None)
+        learned = isinstance(feedback, FeedbackMatrices) and feedback.learned
         # Feedback matrices are regenerated only when the checkpoint has none (a `bp` checkpoint loaded for a local
-        # rule); some present and some missing means a tensor was deleted, e.g. a learned Kolen-Pollack matrix.
+        # rule); some present and some missing, in a checkpoint that learned them, means a learned Kolen-Pollack
+        # matrix was deleted or the layout changed. (Frozen matrices are rebuilt from the config whatever was saved.)
         lost = [key for key in info["missing_keys"] if key.startswith(cls._sal_regenerated_prefixes)]
-        if lost and len(lost) < sum(key.startswith(cls._sal_regenerated_prefixes) for key in model.state_dict()):
+        partial = lost and len(lost) < sum(key.startswith(cls._sal_regenerated_prefixes) for key in model.state_dict())
+        if partial and learned and cls._saved_feedback_learned(pretrained_model_name_or_path, kwargs):
             missing = sorted(missing + lost)
         if missing:
             raise ValueError(
@@ -254,9 +258,8 @@ class SALRoutingMixin:
                 "weights do not match its config.json (num_areas, hidden sizes, the feedback layout, ...) or a tensor "
                 "was deleted; re-save the model or fix the config."
             )
-        feedback = getattr(model, "feedback", None)
         extra = sorted(key for key in info["unexpected_keys"] if key.startswith(cls._sal_regenerated_prefixes))
-        if extra and isinstance(feedback, FeedbackMatrices) and feedback.learned:
+        if extra and learned and cls._saved_feedback_learned(pretrained_model_name_or_path, kwargs):
             raise ValueError(
                 f"The checkpoint {source} holds feedback matrices this model has no place for, e.g. {extra[:3]}: it "
                 f"was saved with another feedback layout (this model has {len(feedback.shapes)} learned matrices, "
@@ -270,6 +273,14 @@ class SALRoutingMixin:
             feedback.reset_parameters()
         align_tensors(model)
         return (model, info) if output_loading_info else model
+
+    @classmethod
+    def _saved_feedback_learned(cls, source: str | os.PathLike, kwargs: dict) -> bool:
+        """Whether the checkpoint's own config.json (without this call's overrides) learned its feedback matrices."""
+        hub = ("cache_dir", "force_download", "proxies", "token", "local_files_only", "revision", "subfolder")
+        config_dict, _ = cls.config_class.get_config_dict(source, **{k: kwargs[k] for k in hub if k in kwargs})
+        saved = cls.config_class.from_dict(config_dict)
+        return saved.learning_rule != "bp" and saved.effective_feedback_alignment == "kolen_pollack"
 
     @classmethod
     def _may_be_missing(cls, key: str, config: Any) -> bool:

@@ -760,8 +760,8 @@ def targets(table: dict, dataset: str, epochs: int, max_train, max_test) -> list
             f"{name} {ref['mean']:.2f} ({stream['mean'] - ref['mean']:+.2f})"
             for name, ref in (
                 ("tuned BP", bp_f),
-                ("tuned BP with the same layer norm", bp_ln),
-                ("DFA", dfa_f),
+                ("BP with the same layer norm" + (" (lr searched)" if bp_ln and len(bp_ln["grid"]) > 1 else ""), bp_ln),
+                ("DFA (fixed feedback)", dfa_f),
                 ("DFA with the same norm and feedback", dfa_stream),
             )
             if ref

@@ -241,15 +241,17 @@ FEEDBACK_NOTES = [
     "layers, 94.8 ± 0.6 at 8 and 93.4 ± 2.4 at 32: 8 layers beat 2 by +3.4 points, and beat direct Kolen-Pollack "
     "at 8 layers (88.4 ± 2.3) by +6.4; BP is at 96.9 ± 0.5. A fixed stream matrix does as well at 8 layers "
     "(94.8 ± 0.3) and a little worse at 2 and 32 (89.5 ± 0.2, 93.1 ± 2.6). With one hidden layer the two kinds "
-    "differ only by the output norm's Jacobian, and with the same fixed draw stream scores 89.5 ± 0.2 against "
-    "direct's 84.9 ± 0.8: that Jacobian is the ingredient.",
+    "differ only by the output norm's Jacobian, and with the same fixed draw SAL-4 scores 89.5 ± 0.2 with stream "
+    "feedback against 84.9 ± 0.8 with direct feedback; without areas it changes nothing measurable at 2 layers "
+    "(`sal-1` 89.4 against DFA's 89.4 fixed, 89.8 Kolen-Pollack): the Jacobian rescues SAL's direct feedback.",
     "- **The deep blocks learn in BP's direction.** Leaving out the router's projection (BP does not train it; the "
     "*without router* column), the cosine between a middle / last block's update and its BP gradient is 0.55 / 0.36 "
     "at 8 layers and 0.51 / 0.39 at 32 with stream Kolen-Pollack, against 0.22 / 0.15 and 0.20 / 0.16 with direct "
     "Kolen-Pollack. With the router included (the older column) SAL's deep cosines at 32 layers look near 0: the "
     "router's own update, which the residual scale 1/31 does not shrink, dominates that vector.",
-    "- **The areas still add nothing measurable**: SAL with one area and the same feedback (`sal-1 (stream, "
-    "kolen_pollack)`, i.e. DFA with it) scores 89.4 / 94.5 / 93.6.",
+    "- **The areas add little**: SAL with one area and the same feedback (`sal-1 (stream, kolen_pollack)`, i.e. DFA "
+    "with it) scores 89.4 / 94.5 / 93.6: SAL-4 is 2.0 points above it at 2 layers (one std of `sal-1`), level at 8 "
+    "and 32.",
     "- **With direct feedback**, today's area design (`sal+`) gains +2.0 (fixed) and +2.2 (Kolen-Pollack) from 2 to 8 "
     "layers, about one std; the foundation's areas (`sal`, the design docs/DEPTH.md measured) do not (-1.6 to -1.9). "
     "BP gains +2.8 at 8 layers; DFA +0.5 with fixed feedback and +1.9 with Kolen-Pollack.",
@@ -278,9 +280,10 @@ FASHION_NOTES = [
     "and budget an MLP on Fashion-MNIST is not limited by depth, which is why Digits (docs/DEPTH_FEEDBACK.md, +3.4 "
     "points from 2 to 8 layers, where BP gains +2.8) is where depth can be seen to pay.",
     "- **The deep blocks learn in BP's direction**: the cosine of their update to the BP gradient, router left out, "
-    "is 0.81-0.89 in the first and middle hidden layer and 0.70-0.76 in the last, for SAL-4 and SAL-1 alike.",
+    "is 0.78-0.89 in the first and middle hidden layer and 0.70-0.76 in the last, for SAL-4 and SAL-1 alike.",
     "- **SAL-4 matches BP of the same active width** (88.43 vs 88.14 at 9 layers, 88.18 vs 87.97 at 2, both within "
-    "one std) and beats SAL with one area and the same feedback (DFA with it: 87.76 ± 0.13 and 87.79 ± 0.23) by "
+    "one std; not of the same size: SAL-4 holds 440k / 279k parameters against BP's 83k / 53k, and with the "
+    "dual path a sample goes through its area and the shared path, two width-64 maps per layer) and beats SAL with one area and the same feedback (DFA with it: 87.76 ± 0.13 and 87.79 ± 0.23) by "
     "+0.67 at 9 layers (paired by seed +0.65, +0.46, +0.91) and +0.39 at 2: at width 64 the four areas' extra "
     "parameters pay a little, the one place in this study where the areas add something beyond the seeds' spread.",
     "",

@@ -155,11 +155,16 @@ def test_a_checkpoint_saved_with_another_feedback_layout_is_refused(tmp_path):
     SALForImageClassification(stream_config()).save_pretrained(tmp_path / "stream")
     with pytest.raises(ValueError, match=r"lacks 2 weights.*feedback layout"):
         SALForImageClassification.from_pretrained(tmp_path / "stream", feedback="direct")
-    # Frozen matrices are rebuilt from the config whatever the checkpoint holds: no refusal.
-    SALForImageClassification(stream_config(feedback="direct", feedback_alignment="fixed")).save_pretrained(
-        tmp_path / "f"
-    )
+    # A checkpoint that learned nothing loses nothing: its frozen matrices load into any layout (a learned one starts
+    # from the stored draw), and a frozen target is rebuilt from its config.
+    fixed = {"feedback_alignment": "fixed"}
+    SALForImageClassification(stream_config(feedback="direct", **fixed)).save_pretrained(tmp_path / "f")
     SALForImageClassification.from_pretrained(tmp_path / "f", feedback="stream")
+    SALForImageClassification.from_pretrained(tmp_path / "f", feedback="stream", feedback_alignment="kolen_pollack")
+    SALForImageClassification(stream_config(**fixed)).save_pretrained(tmp_path / "sf")
+    SALForImageClassification.from_pretrained(tmp_path / "sf", feedback="direct")
+    SALForImageClassification.from_pretrained(tmp_path / "sf", feedback="direct", feedback_alignment="kolen_pollack")
+    SALForImageClassification.from_pretrained(tmp_path / "stream", feedback="direct", **fixed)
 
 
 def test_stream_feedback_with_output_areas_reaches_every_layer():
