@@ -50,7 +50,9 @@ class ModelArguments:
     feedback: str | None = field(
         default=None,
         metadata={
-            "help": "direct, layerwise or stream (sal only; derived when unset). stream is for residual stacks: add --config-overrides residual=True,norm=layernorm and several --hidden_sizes; with one hidden layer and no norm it equals direct",
+            "help": "direct, layerwise or stream (sal only; derived when unset). stream is for residual stacks: add "
+            "--config-overrides residual=True,norm=layernorm and several --hidden_sizes; with one hidden layer and "
+            "no norm it equals direct",
             "choices": list(FEEDBACK_MODES),
         },
     )

@@ -101,9 +101,9 @@ class SALConfig(PreTrainedConfig):
             stacks: one matrix `B` (num_labels, width) and every hidden layer receives the same signal, the output
             error projected to the last hidden state `h_L` and taken back through the parameter-free part of the
             output layer's norm at `h_L`: an estimate of the gradient at the end of the residual stream, which
-            reaches every block along the skip path; no forward weight is read; docs/FEEDBACK.md, docs/DEPTH_FEEDBACK.md). When unset,
-            `learning_rule` decides (see `feedback_mode`): `sal` and `dfa` use `direct`, `fa` uses `layerwise`;
-            only `sal` may choose.
+            reaches every block along the skip path; no forward weight is read; docs/FEEDBACK.md,
+            docs/DEPTH_FEEDBACK.md). When unset, `learning_rule` decides (see `feedback_mode`): `sal` and `dfa` use
+            `direct`, `fa` uses `layerwise`; only `sal` may choose.
         feedback_alignment (`str`, *optional*):
             How the feedback matrices are refined (docs/FEEDBACK.md). `fixed`: frozen random matrices (feedback
             alignment as published; local signals only). `kolen_pollack`: learnable matrices that receive the
@@ -113,8 +113,8 @@ class SALConfig(PreTrainedConfig):
             signs of the forward matrix that reads the layer's output (sign-concordant feedback, Liao et al. 2016,
             BioTorch's frSF); it TRANSPORTS THE SIGNS of the forward weights, and needs `layerwise` feedback.
             When unset (see `effective_feedback_alignment`): `kolen_pollack` for `sal` with direct or stream
-            feedback ("SAL as we recommend", measured better in docs/RESULTS.md), `fixed` otherwise (`dfa` and `fa` name the
-            published algorithms; "SAL as published" is `feedback_alignment="fixed"`).
+            feedback ("SAL as we recommend", measured better in docs/RESULTS.md), `fixed` otherwise (`dfa` and `fa`
+            name the published algorithms; "SAL as published" is `feedback_alignment="fixed"`).
         feedback_decay (`float`, defaults to 1e-3):
             `lambda` of the Kolen-Pollack update of the feedback matrices, `grad B = s^T h + lambda B` (only with
             `feedback_alignment="kolen_pollack"`).
@@ -390,10 +390,10 @@ class SALConfig(PreTrainedConfig):
 
     @property
     def effective_feedback_alignment(self) -> str:
-        """`feedback_alignment`, or when unset: `kolen_pollack` for `learning_rule="sal"` with direct or stream feedback
-        (the learned feedback measured better than fixed, docs/RESULTS.md, docs/DEPTH_FEEDBACK.md), else `fixed` (`dfa` and
-        `fa` stay the published algorithms; layer-wise Kolen-Pollack trained deep residual stacks worse,
-        docs/DEPTH_FEEDBACK.md)."""
+        """`feedback_alignment`, or when unset: `kolen_pollack` for `learning_rule="sal"` with direct or stream
+        feedback (the learned feedback measured better than fixed, docs/RESULTS.md, docs/DEPTH_FEEDBACK.md), else
+        `fixed` (`dfa` and `fa` stay the published algorithms; layer-wise Kolen-Pollack trained deep residual stacks
+        worse, docs/DEPTH_FEEDBACK.md)."""
         if self.feedback_alignment is not None:
             return self.feedback_alignment
         learned = self.learning_rule == "sal" and self.feedback_mode in ("direct", "stream")

@@ -7,8 +7,8 @@ d_l), so the feedback signal has the scale of a backpropagated one:
 - ``direct`` (DFA): ``B_l`` is (C, d_l) and the signal is ``g_l = e @ B_l``.
 - ``layerwise`` (FA): ``B_l`` is (d_{l+1}, d_l), with d_L = C, and ``g_l = delta_{l+1} @ B_l``, where
   ``delta_{l+1}`` is the next hidden layer's local error. BP would use the forward ``W_{l+1}`` here.
-- ``stream`` (residual-stream feedback, for residual stacks of equal width): ONE matrix ``B`` (C, d), ``layer_0``, drawn
-  like a direct matrix (seed ``seed``), and every hidden layer receives the same signal ``g = J_L^T (e @ B)``: the
+- ``stream`` (residual-stream feedback, for residual stacks of equal width): ONE matrix ``B`` (C, d), ``layer_0``,
+  drawn like a direct matrix (seed ``seed``), and every hidden layer receives the same signal ``g = J_L^T (e @ B)``: the
   output error projected to the last hidden state ``h_L``, through the Jacobian ``J_L`` of the parameter-free
   normalisation the output layer applies to ``h_L`` (layer norm or RMS norm without their affine parameters;
   identity with ``norm="none"``). It estimates the gradient at the end of the residual stream, which reaches every
@@ -61,7 +61,7 @@ def feedback_shapes(hidden_sizes: list[int], num_labels: int, mode: str, num_are
     if mode == "stream":
         if len(set(hidden_sizes)) != 1 or num_areas > 1:
             raise ValueError(
-                f"Stream feedback sends one signal of the residual stream's width to every hidden layer: it needs equal "
+                "Stream feedback sends one signal of the residual stream's width to every hidden layer: it needs equal "
                 f"hidden sizes and one shared matrix; got hidden_sizes={hidden_sizes}, num_areas={num_areas}."
             )
         return [(num_labels, hidden_sizes[-1])]

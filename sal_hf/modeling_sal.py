@@ -249,7 +249,9 @@ class SALRoutingMixin:
         # rule); some present and some missing, in a checkpoint that learned them, means a learned Kolen-Pollack
         # matrix was deleted or the layout changed. (Frozen matrices are rebuilt from the config whatever was saved.)
         lost = [key for key in info["missing_keys"] if key.startswith(cls._sal_regenerated_prefixes)]
-        partial = lost and len(lost) < sum(key.startswith(cls._sal_regenerated_prefixes) for key in model.state_dict())
+        partial = bool(lost) and len(lost) < sum(
+            key.startswith(cls._sal_regenerated_prefixes) for key in model.state_dict()
+        )
         if partial and learned and cls._saved_feedback_learned(pretrained_model_name_or_path, kwargs):
             missing = sorted(missing + lost)
         if missing:
@@ -264,7 +266,8 @@ class SALRoutingMixin:
                 f"The checkpoint {source} holds feedback matrices this model has no place for, e.g. {extra[:3]}: it "
                 f"was saved with another feedback layout (this model has {len(feedback.shapes)} learned matrices, "
                 f"{feedback.mode!r} feedback), so its learned feedback would be dropped. Load it with the `feedback`, "
-                "`feedback_scope` (or `feedback_points`) of its config.json, or train the new layout from a fresh model."
+                "`feedback_scope` (or `feedback_points`) of its config.json, or train the new layout from a fresh "
+                "model."
             )
         if isinstance(feedback, FeedbackMatrices) and not feedback.learned:
             # Frozen feedback is set by the config alone (seed, identity): rebuild it, so that a checkpoint loaded with
