@@ -107,18 +107,15 @@ def local_deltas(
         last_hidden: ``h_L``, the last hidden layer's output (B, d) (only read by ``stream``).
         norm: the normalisation the output layer applies to ``h_L`` (only read by ``stream``).
     """
+    stream = None  # the one signal every layer receives with stream feedback
     if mode == "stream":
         if len(feedback) != 1 or last_hidden is None:
             raise ValueError(
                 f"Stream feedback needs one matrix and the last hidden state; got {len(feedback)} matrices and "
                 f"last_hidden={'None' if last_hidden is None else 'a tensor'}."
             )
-        g = stream_signal(error, feedback[0], last_hidden, norm)
-        return [
-            gate(g, a, activation, residual_scale if residual and index >= 1 else 1.0)
-            for index, a in enumerate(pre_activations)
-        ]
-    if len(feedback) != len(pre_activations):
+        stream = stream_signal(error, feedback[0], last_hidden, norm)
+    elif len(feedback) != len(pre_activations):
         raise ValueError(f"Got {len(feedback)} feedback matrices for {len(pre_activations)} hidden layers.")
     deltas: list[torch.Tensor] = [None] * len(pre_activations)  # type: ignore[list-item]
     signal = error
@@ -126,7 +123,10 @@ def local_deltas(
     with torch.no_grad():
         for index in reversed(range(len(pre_activations))):
             source = error if mode == "direct" else signal
-            g = feedback_signal(source, feedback[index], areas[index] if areas is not None else None)  # (B, d_l)
+            if stream is not None:
+                g = stream
+            else:
+                g = feedback_signal(source, feedback[index], areas[index] if areas is not None else None)  # (B, d_l)
             if carried is not None:
                 g = g + carried
             scale = residual_scale if residual and index >= 1 else 1.0

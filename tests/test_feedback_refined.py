@@ -30,6 +30,16 @@ def feedback_grads(model, x, y, error=None):
     return {name: None if p.grad is None else p.grad.clone() for name, p in model.named_parameters()}
 
 
+def grads_before_and_after_rewriting_the_output_layer(model, x, y, error):
+    """:func:`feedback_grads` with the output error fixed, before and after the output layer's weights, biases and
+    norm are rewritten: what the update reads of the output layer shows as a difference."""
+    before = feedback_grads(model, x, y, error)
+    with torch.no_grad():
+        for p in model.classifier.parameters():
+            p.mul_(-3.0).add_(0.1)
+    return before, feedback_grads(model, x, y, error)
+
+
 @pytest.mark.parametrize(
     ("overrides", "field"),
     [
@@ -140,11 +150,7 @@ def test_kolen_pollack_update_never_reads_later_forward_weights(feedback):
     model = SALForImageClassification(tiny_config(feedback=feedback, feedback_alignment="kolen_pollack"))
     x, y = tiny_batch(32)
     error = torch.randn(32, 5) / 32
-    before = feedback_grads(model, x, y, error)
-    with torch.no_grad():
-        for p in model.classifier.parameters():
-            p.mul_(-3.0).add_(0.1)
-    after = feedback_grads(model, x, y, error)
+    before, after = grads_before_and_after_rewriting_the_output_layer(model, x, y, error)
     names = ["feedback.layer_0", "feedback.layer_1"] if feedback == "direct" else ["feedback.layer_1"]
     names += [n for n in before if n.startswith("sal.layers.0.areas") and before[n] is not None]
     for name in names:

@@ -7,7 +7,7 @@ Kolen-Pollack's update of its one matrix, early validation, training and save / 
 import pytest
 import torch
 from conftest import defaults_config, reload_identically, tiny_batch, tiny_config, training_args
-from test_feedback_refined import feedback_grads
+from test_feedback_refined import feedback_grads, grads_before_and_after_rewriting_the_output_layer
 from torch.nn import functional as F
 
 from sal_hf import SALForImageClassification, SALTrainer
@@ -95,11 +95,7 @@ def test_the_signal_reads_no_output_weight():
     model = SALForImageClassification(stream_config())
     x, y = tiny_batch(32)
     error = torch.randn(32, 5) / 32
-    before = feedback_grads(model, x, y, error)
-    with torch.no_grad():
-        for p in model.classifier.parameters():
-            p.mul_(-3.0).add_(0.1)
-    after = feedback_grads(model, x, y, error)
+    before, after = grads_before_and_after_rewriting_the_output_layer(model, x, y, error)
     names = [n for n, g in before.items() if g is not None and not n.startswith("classifier.")]
     assert "feedback.layer_0" in names and any(n.startswith("sal.layers.0.areas") for n in names)
     for name in names:
