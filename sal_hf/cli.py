@@ -274,7 +274,8 @@ def info(argv: list[str]) -> int:
         f"feedback_alignment={config.effective_feedback_alignment if config.learning_rule != 'bp' else '-'}"
     )
     keys = ["input_size", "image_size", "hidden_sizes", "hidden_act", "num_labels", "num_areas", "area_mode"]
-    keys += ["area_init", "output_areas", "effective_dual_path", "routing_scope", "router", "routing_dim"]
+    keys += ["area_init", "output_areas", "effective_dual_path", "routing_scope", "router", "router_lr_scale"]
+    keys += ["routing_dim"]
     keys += ["area_update_norm", "effective_area_lr_scale", "routing_balance_rate", "routing_seed", "feedback_seed"]
     for key in keys:
         print(f"  {key.removeprefix('effective_'):22s} {getattr(config, key)}")

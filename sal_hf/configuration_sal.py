@@ -73,7 +73,16 @@ class SALConfig(PreTrainedConfig):
         routing_center_momentum (`float`, defaults to 0.01):
             Momentum of the running mean subtracted from the router's input.
         routing_loss_weight (`float`, defaults to 1.0):
-            Weight of the routers' local objective in the update (`0` freezes the learned projection).
+            Weight of the routers' local objective in the update (`0` freezes the learned projection). The
+            objective is the projection's only loss, so under Adam-style optimizers its weight barely changes the
+            step; `router_lr_scale` sets the router's pace under any optimizer.
+        router_lr_scale (`float`, defaults to 0.01):
+            Learning-rate multiplier of the learned routing projections, applied by [`SALTrainer`] through an
+            optimizer parameter group (like `area_lr_scale`). At the full lr (1.0, the default until 2026-11-29)
+            AdamW rewrote the projection within tens of steps: 60-95% of the training images changed area from one
+            epoch to the next, some areas died and the areas learned no more than one dense layer. At 0.01 the
+            routing settles (under 5% of the images change area per epoch after 5 epochs) and the areas add
+            capacity (docs/ROUTING.md).
         output_areas (`bool`, defaults to `False`):
             Give the output layer K areas too (routed on its input).
         dual_path (`bool`, *optional*):
@@ -172,6 +181,7 @@ class SALConfig(PreTrainedConfig):
     routing_balance_rate: float = 1e-3
     routing_center_momentum: float = 0.01
     routing_loss_weight: float = 1.0
+    router_lr_scale: float = 0.01
     output_areas: bool = False
     dual_path: bool | None = None
     residual: bool = False
@@ -252,6 +262,15 @@ class SALConfig(PreTrainedConfig):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"SALConfig.{name} must be a number >= 0; got {name}={value!r}.")
+        if (
+            isinstance(self.router_lr_scale, bool)
+            or not isinstance(self.router_lr_scale, (int, float))
+            or not (self.router_lr_scale > 0)
+        ):
+            raise ValueError(
+                f"SALConfig.router_lr_scale must be a number > 0 (router='random' freezes the projection); got "
+                f"router_lr_scale={self.router_lr_scale!r}."
+            )
         for name in ("area_lr_scale", "residual_scale"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):

@@ -57,6 +57,9 @@ class SALTransformerConfig(PreTrainedConfig):
             (fortunes, 2 blocks, width 64, 200 steps, one seed: 3.742, 3.738, 3.758; a first check, not a tuning).
         routing_center_momentum (`float`, defaults to 0.01): momentum of the router's running input mean.
         routing_loss_weight (`float`, defaults to 1.0): weight of the routers' local objective.
+        router_lr_scale (`float`, defaults to 1.0): learning-rate multiplier of the learned routing projections,
+            applied by [`SALTrainer`] (see [`SALConfig`], whose MLP routes stably at 0.01; not yet measured for text,
+            so the transformer keeps the full lr).
         dual_path (`bool`, *optional*): a shared dense up-projection beside the areas, summed before the
             activation (with `area_down_proj`, a shared down-projection too). None derives False (areas only):
             removing the shared path improved SAL-4's validation bits per byte by 0.17-0.23 on each of 3 seeds
@@ -135,6 +138,7 @@ class SALTransformerConfig(PreTrainedConfig):
     routing_balance_rate: float = 1e-2
     routing_center_momentum: float = 0.01
     routing_loss_weight: float = 1.0
+    router_lr_scale: float = 1.0
     dual_path: bool | None = None
     area_lr_scale: float | None = None
     learning_rule: str = "sal"
@@ -234,6 +238,9 @@ class SALTransformerConfig(PreTrainedConfig):
                 f"{name}.routing_center_momentum must be in (0, 1]; got "
                 f"routing_center_momentum={self.routing_center_momentum!r}."
             )
+        scale = self.router_lr_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+            raise ValueError(f"{name}.router_lr_scale must be a number > 0; got router_lr_scale={scale!r}.")
         scale = self.area_lr_scale
         if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0):
             raise ValueError(f"{name}.area_lr_scale must be a number > 0 or None; got area_lr_scale={scale!r}.")

@@ -95,7 +95,7 @@ def _describe(model: Any, model_name: str) -> tuple[str, str, str, list, list, l
         ]
         architecture += [("area_down_proj", config.area_down_proj), ("dual_path", config.effective_dual_path)]
         architecture += [("area_lr_scale", config.effective_area_lr_scale)]
-        routing = ["router", "routing_dim", "routing_balance_rate", "routing_center_momentum"]
+        routing = ["router", "router_lr_scale", "routing_dim", "routing_balance_rate", "routing_center_momentum"]
         return task, what, usage, rule, architecture, routing
     what = (
         f"An image classifier (an MLP whose hidden layers are split into K={config.num_areas} areas, one per sample "
@@ -113,7 +113,8 @@ def _describe(model: Any, model_name: str) -> tuple[str, str, str, list, list, l
     architecture += [("num_labels", config.num_labels), ("num_areas (K)", config.num_areas)]
     architecture += [(name, getattr(config, name)) for name in ("area_mode", "area_init", "output_areas")]
     architecture += [("dual_path", config.effective_dual_path), ("area_lr_scale", config.effective_area_lr_scale)]
-    routing = ["routing_scope", "router", "routing_dim", "routing_balance_rate", "routing_center_momentum"]
+    routing = ["routing_scope", "router", "router_lr_scale", "routing_dim", "routing_balance_rate"]
+    routing += ["routing_center_momentum"]
     return "image-classification", what, usage, rule, architecture, routing
 
 

@@ -3,7 +3,8 @@
 Pure torch; knows the area layer (``areas.SALAreaLinear``), never the reverse. A functional core:
 
 - :func:`area_parameters` and :func:`scale_area_learning_rates`: the area weights in their own param groups, with
-  the learning rate scaled (``SALConfig.area_lr_scale``);
+  the learning rate scaled (``SALConfig.area_lr_scale``); :func:`router_parameters` and
+  :func:`scale_router_learning_rates` likewise for the learned routing projections (``router_lr_scale``);
 - :func:`clear_unselected_area_grads` / :func:`reset_area_selection`: before a step, drop the zero gradients that
   the masked kernel hands unselected areas, so momentum and weight decay cannot move them;
 - :func:`in_place_sgd_problems` and :func:`in_place_area_sgd`: plain SGD applied to every area inside the backward
@@ -23,6 +24,7 @@ from torch.nn import functional as F
 
 from .areas import SALAreaLinear
 from .feedback import FeedbackMatrices
+from .routing import AreaRouter
 
 
 def area_layers(model: nn.Module) -> list[SALAreaLinear]:
@@ -40,16 +42,32 @@ def area_parameters(model: nn.Module) -> list[nn.Parameter]:
     return params + [p for m in per_area_feedback for p in m.parameters()]
 
 
-def scale_area_learning_rates(optimizer: torch.optim.Optimizer, model: nn.Module, scale: float) -> None:
-    """Move the area parameters of every param group into a group of their own, same options, ``lr * scale``.
-    The shared paths, routers and K = 1 layers keep their group's lr; schedulers then scale every group alike."""
-    areas = {id(p) for p in area_parameters(model)}
+def router_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The learned routing projections (``router="learned"``): the parameters ``router_lr_scale`` applies to."""
+    return [m.projection for m in model.modules() if isinstance(m, AreaRouter) and m.learned]
+
+
+def scale_learning_rates(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], scale: float) -> None:
+    """Move ``params`` out of every param group into a group of their own, same options, ``lr * scale``;
+    schedulers then scale every group alike."""
+    chosen = {id(p) for p in params}
     for group in list(optimizer.param_groups):
-        moved = [p for p in group["params"] if id(p) in areas]
+        moved = [p for p in group["params"] if id(p) in chosen]
         if moved:
-            group["params"] = [p for p in group["params"] if id(p) not in areas]
+            group["params"] = [p for p in group["params"] if id(p) not in chosen]
             options = {key: value for key, value in group.items() if key != "params"}
             optimizer.add_param_group({**options, "params": moved, "lr": group["lr"] * scale})
+
+
+def scale_area_learning_rates(optimizer: torch.optim.Optimizer, model: nn.Module, scale: float) -> None:
+    """The area parameters in groups of their own at ``lr * scale``; the shared paths, routers and K = 1 layers keep
+    their group's lr."""
+    scale_learning_rates(optimizer, area_parameters(model), scale)
+
+
+def scale_router_learning_rates(optimizer: torch.optim.Optimizer, model: nn.Module, scale: float) -> None:
+    """The learned routing projections in groups of their own at ``lr * scale``."""
+    scale_learning_rates(optimizer, router_parameters(model), scale)
 
 
 class _InPlaceSGDLinear(torch.autograd.Function):

@@ -22,11 +22,13 @@ from .learning_rule import LocalLearningRule
 from .modeling_sal import SALRoutingMixin
 from .optim import (
     area_layers,
+    area_parameters,
     hook_unselected_area_grads,
     in_place_area_sgd,
     in_place_sgd_problems,
     reset_area_selection,
-    scale_area_learning_rates,
+    router_parameters,
+    scale_learning_rates,
 )
 
 
@@ -175,8 +177,9 @@ class SALTrainer(Trainer):
       gradient accumulation, clipping, schedulers, mixed precision and DDP are Trainer's, unchanged. With
       `bp` it is Trainer's `compute_loss`. A NaN or infinite loss stops training with an error before any
       update is applied, so the weights and the saved checkpoints stay as they were.
-    - `create_optimizer`: with `config.effective_area_lr_scale != 1` (`1 / num_areas` unless set), moves the area parameters into their own parameter
-      groups with the learning rate scaled (schedulers then scale every group alike). On every optimizer, the
+    - `create_optimizer`: with `config.effective_area_lr_scale != 1` (`1 / num_areas` unless set), moves the area
+      parameters into their own parameter groups with the learning rate scaled, and likewise the learned routing
+      projections with `config.router_lr_scale` (schedulers then scale every group alike). On every optimizer, the
       user's included, registers [`clear_unselected_area_grads`] as a step pre-hook: areas that the masked
       implementation (`config.area_implementation`) handed a zero gradient but no sample selected get
       `.grad = None` before the step, as with the split implementation (a no-op there).
@@ -342,17 +345,29 @@ class SALTrainer(Trainer):
         elif has_areas and getattr(self, "_area_hook_optimizer", None) is not torch_optimizer:
             hook_unselected_area_grads(torch_optimizer, core)
             self._area_hook_optimizer = torch_optimizer
-        scale = core.config.effective_area_lr_scale
-        if has_areas and scale != 1.0 and not made_here:  # one made here was scaled when it was made
+        # Learning-rate multipliers of the selective path and of the learned routers, each as its own param group.
+        scales = [
+            ("area_lr_scale", core.config.effective_area_lr_scale, area_parameters(core), "area_parameters"),
+            (
+                "router_lr_scale",
+                getattr(core.config, "router_lr_scale", 1.0),
+                router_parameters(core),
+                "router_parameters",
+            ),
+        ]
+        scales = [entry for entry in scales if entry[1] != 1.0 and entry[2]]
+        if scales and not made_here:  # one made here was scaled when it was made
             if existing is not None:
-                logger.warning(
-                    f"config.area_lr_scale={scale} is not applied: SALTrainer scales the areas' learning rate only in "
-                    "the optimizer it creates, and you passed your own. Put the area parameters "
-                    "(sal_hf.optim.area_parameters(model)) in a param group with lr * area_lr_scale, or call "
-                    "sal_hf.optim.scale_area_learning_rates(optimizer, model, scale) before training."
-                )
+                for name, scale, _, finder in scales:
+                    logger.warning(
+                        f"config.{name}={scale} is not applied: SALTrainer scales these learning rates only in the "
+                        f"optimizer it creates, and you passed your own. Put sal_hf.optim.{finder}(model) in a param "
+                        f"group with lr * {name}, or call sal_hf.optim.scale_learning_rates(optimizer, "
+                        f"sal_hf.optim.{finder}(model), {scale}) before training."
+                    )
             else:
-                scale_area_learning_rates(torch_optimizer, core, scale)
+                for _, scale, params, _ in scales:
+                    scale_learning_rates(torch_optimizer, params, scale)
                 self._sal_optimizer = torch_optimizer
         if self.in_place_area_update:
             self._check_in_place(torch_optimizer)

@@ -99,6 +99,10 @@ DFA_KP = {"learning_rule": "dfa", "feedback_alignment": "kolen_pollack"}
 # norm's parameter-free Jacobian (docs/FEEDBACK.md). `dfa+stream` is SAL with one area and that feedback.
 NORMED = {"norm": "layernorm"}
 STREAM = {**NORMED, "feedback": "stream", "feedback_alignment": "kolen_pollack"}
+# The router at SALConfig's default pace (router_lr_scale 0.01, docs/ROUTING.md). Every method above ran before that
+# field existed, with the routing projections at the full lr: `model_config` pins 1.0 for a method that does not
+# name its own, so their records stay reproducible.
+SLOW_ROUTER = {"router_lr_scale": 0.01}
 MAIN_METHODS = {
     **RULES,
     "dfa+kp": DFA_KP,
@@ -107,6 +111,8 @@ MAIN_METHODS = {
     "bp+ln": {"learning_rule": "bp", **NORMED},
     "dfa+stream": {"learning_rule": "sal", "num_areas": 1, **STREAM},
     "sal+stream": {**SAL_KP, **STREAM},
+    "sal+kp+r": {**SAL_KP, **SLOW_ROUTER},
+    "sal+stream+r": {**SAL_KP, **STREAM, **SLOW_ROUTER},
 }
 PUBLISHED = {"bp": "bp", "sal+": "sal"}  # our method -> its column in PAPER
 METHOD_LABELS = {
@@ -119,6 +125,8 @@ METHOD_LABELS = {
     "bp+ln": "BP, layer norm",
     "dfa+stream": "DFA, layer norm, stream feedback (SAL-1; learned)",
     "sal+stream": "SAL-16, layer norm, stream feedback (learned; dual path, identical init, area lr / 16)",
+    "sal+kp+r": "SAL-16 + Kolen-Pollack, router lr x0.01 (SALConfig defaults since router_lr_scale)",
+    "sal+stream+r": "SAL-16, layer norm, stream feedback, router lr x0.01",
 }
 # Ablations of SAL-16 (fair protocol). Per-layer vs shared routing and the feedback path only differ with two or
 # more hidden layers, so the ablation net is input-256-256-labels; `base` is SALConfig's defaults.
@@ -323,6 +331,7 @@ def model_config(job: Job, input_size: int, num_labels: int) -> dict:
         # Each seed draws its own routing prototypes and feedback matrices, not only its own weights.
         "routing_seed": 10 * job.seed,
         "feedback_seed": 1000 + 10 * job.seed,
+        "router_lr_scale": 1.0,  # what every method without SLOW_ROUTER ran with (see SLOW_ROUTER)
         **overrides,
     }
 
@@ -729,7 +738,7 @@ def targets(table: dict, dataset: str, epochs: int, max_train, max_test) -> list
     get = lambda protocol, method: table.get(("main", dataset, protocol, method, epochs, max_train, max_test))  # noqa: E731
     out = []
     bp_p, dfa_f, bp_f = get("paper", "bp"), get("fair", "dfa"), get("fair", "bp")
-    for method in ("sal+", "sal+kp"):
+    for method in ("sal+", "sal+kp", "sal+kp+r"):
         name = METHOD_LABELS[method]
         sal_p, sal_f = get("paper", method), get("fair", method)
         if sal_p and bp_p:
@@ -754,8 +763,11 @@ def targets(table: dict, dataset: str, epochs: int, max_train, max_test) -> list
                     f"; vs tuned BP {bp_f['mean']:.2f} ({gap:+.2f}: {'within' if gap >= -1 else 'NOT within'} 1.0 point)"
                 )
             out[-1] += "."
-    stream, bp_ln, dfa_stream = get("fair", "sal+stream"), get("fair", "bp+ln"), get("fair", "dfa+stream")
-    if stream:
+    bp_ln, dfa_stream = get("fair", "bp+ln"), get("fair", "dfa+stream")
+    for method in ("sal+stream", "sal+stream+r"):
+        stream = get("fair", method)
+        if not stream:
+            continue
         parts = [
             f"{name} {ref['mean']:.2f} ({stream['mean'] - ref['mean']:+.2f})"
             for name, ref in (
@@ -766,16 +778,18 @@ def targets(table: dict, dataset: str, epochs: int, max_train, max_test) -> list
             )
             if ref
         ]
-        out.append(f"- Fair protocol, {METHOD_LABELS['sal+stream']}: {stream['mean']:.2f} vs " + "; ".join(parts) + ".")
-    sal_kp, dfa_kp = get("fair", "sal+kp"), get("fair", "dfa+kp")
-    if sal_kp and dfa_kp:
-        gap = sal_kp["mean"] - dfa_kp["mean"]
-        noise = max(sal_kp["std"], dfa_kp["std"])
-        out.append(
-            f"- Fair protocol, what the areas add to Kolen-Pollack feedback: SAL-16 + Kolen-Pollack {sal_kp['mean']:.2f} "
-            f"vs DFA + Kolen-Pollack {dfa_kp['mean']:.2f} ({gap:+.2f}"
-            f"{', within one std' if abs(gap) < noise else ''})."
-        )
+        out.append(f"- Fair protocol, {METHOD_LABELS[method]}: {stream['mean']:.2f} vs " + "; ".join(parts) + ".")
+    dfa_kp = get("fair", "dfa+kp")
+    for method, label in (("sal+kp", "SAL-16 + Kolen-Pollack"), ("sal+kp+r", "the same with router lr x0.01")):
+        sal_kp = get("fair", method)
+        if sal_kp and dfa_kp:
+            gap = sal_kp["mean"] - dfa_kp["mean"]
+            noise = max(sal_kp["std"], dfa_kp["std"])
+            out.append(
+                f"- Fair protocol, what the areas add to Kolen-Pollack feedback: {label} {sal_kp['mean']:.2f} "
+                f"vs DFA + Kolen-Pollack {dfa_kp['mean']:.2f} ({gap:+.2f}"
+                f"{', within one std' if abs(gap) < noise else ''})."
+            )
     return out
 
 
@@ -870,6 +884,8 @@ METHOD_COLORS = {
     "bp+ln": "tab:cyan",
     "dfa+stream": "tab:brown",
     "sal+stream": "tab:pink",
+    "sal+kp+r": "tab:gray",
+    "sal+stream+r": "black",
 }
 METHOD_MARKERS = {
     "bp": "D",
@@ -881,6 +897,8 @@ METHOD_MARKERS = {
     "bp+ln": "d",
     "dfa+stream": "X",
     "sal+stream": "*",
+    "sal+kp+r": "p",
+    "sal+stream+r": "h",
 }
 
 
@@ -942,11 +960,11 @@ def gap_to(entry: dict, ref: dict) -> tuple[float, float | None, bool]:
 GAP_PANELS = {
     ("bp", "paper"): (["fa", "dfa", "dfa+kp", "sal+", "sal+kp"], (0.0, "SAL > BP")),
     ("bp", "fair"): (
-        ["fa", "dfa", "dfa+kp", "sal+", "sal+kp", "bp+ln", "dfa+stream", "sal+stream"],
+        ["fa", "dfa", "dfa+kp", "sal+", "sal+kp", "sal+kp+r", "bp+ln", "dfa+stream", "sal+stream", "sal+stream+r"],
         (-1.0, "SAL ≥ BP − 1.0"),
     ),
     ("dfa", "paper"): (["sal+", "sal+kp"], None),
-    ("dfa", "fair"): (["sal+", "sal+kp"], (0.0, "SAL ≥ DFA")),
+    ("dfa", "fair"): (["sal+", "sal+kp", "sal+kp+r"], (0.0, "SAL ≥ DFA")),
 }
 GAP_LABELS = {
     "bp": "BP",
@@ -954,10 +972,12 @@ GAP_LABELS = {
     "dfa": "DFA",
     "dfa+kp": "DFA + Kolen-Pollack",
     "sal+": "SAL-16, fixed feedback",
-    "sal+kp": "SAL-16 + Kolen-Pollack (defaults)",
+    "sal+kp": "SAL-16 + Kolen-Pollack (defaults before router_lr_scale)",
     "bp+ln": "BP, layer norm",
     "dfa+stream": "DFA, layer norm, stream feedback",
     "sal+stream": "SAL-16, layer norm, stream feedback",
+    "sal+kp+r": "SAL-16 + Kolen-Pollack, router lr x0.01 (defaults)",
+    "sal+stream+r": "SAL-16, layer norm, stream feedback, router lr x0.01",
 }
 
 

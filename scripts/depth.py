@@ -120,7 +120,8 @@ def run(rule: str, depth: int, data, args) -> dict:
         norm=args.norm,
         # The area design docs/DEPTH.md was measured with (SALConfig's defaults before docs/ABLATIONS.md), unless
         # --area-defaults asks for today's (shared dense path beside the areas, identical start; the area lr / K of
-        # SALConfig's defaults does not apply here: the AdamW below is this script's own, every parameter at --lr).
+        # SALConfig's defaults does not apply here: the AdamW below is this script's own, every parameter at --lr; nor
+        # does router_lr_scale, so the routers learn at the full lr, as when the depth pages were measured).
         **({} if args.area_defaults else {"dual_path": False, "area_init": "independent", "area_lr_scale": 1.0}),
         # --feedback applies to SAL (FA is layer-wise and DFA direct by definition); --feedback-alignment to every
         # local rule (docs/FEEDBACK.md).
@@ -465,7 +466,7 @@ def main() -> None:
         "--area-defaults",
         action="store_true",
         help="SAL with SALConfig's area defaults (shared path, identical start; this script's AdamW steps the areas "
-        "at the full lr, so area_lr_scale does not apply) instead of the "
+        "and routers at the full lr, so area_lr_scale and router_lr_scale do not apply) instead of the "
         "foundation's (areas only, independent start, area lr x1), which docs/DEPTH.md was measured with",
     )
     parser.add_argument("--feedback", default="direct", choices=FEEDBACK_MODES, help="SAL's feedback path")

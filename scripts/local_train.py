@@ -1,8 +1,8 @@
 """A plain training loop for the scripts that need many short runs (continual.py, width.py).
 
-It builds what `SALTrainer` builds (the model, `local_learning_rule(config)`, AdamW with the area parameters in
-their own lr group, the unselected-area hook, routing statistics applied after every step, gradient clipping at
-1.0 as Trainer's default) without Trainer's per-step and per-evaluation overhead, which dominates runs of a few
+It builds what `SALTrainer` builds (the model, `local_learning_rule(config)`, AdamW with the area parameters and the
+learned routing projections in their own lr groups, the unselected-area hook, routing statistics applied after
+every step, gradient clipping at 1.0 as Trainer's default) without Trainer's per-step and per-evaluation overhead, which dominates runs of a few
 hundred steps on a shared two-core machine. Never imported by the package.
 """
 
@@ -18,7 +18,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sal_hf import SALConfig, SALForImageClassification  # noqa: E402
-from sal_hf.optim import area_layers, hook_unselected_area_grads, reset_area_selection, scale_area_learning_rates  # noqa: E402
+from sal_hf.optim import (  # noqa: E402
+    area_layers,
+    hook_unselected_area_grads,
+    reset_area_selection,
+    scale_area_learning_rates,
+    scale_router_learning_rates,
+)
 from sal_hf.trainer import local_learning_rule  # noqa: E402
 
 
@@ -41,6 +47,8 @@ def build(fields: dict, *, input_size: int, num_labels: int, hidden_sizes: list[
         scale = config.effective_area_lr_scale
         if scale != 1.0:
             scale_area_learning_rates(optimizer, model, scale)
+        if config.router_lr_scale != 1.0:
+            scale_router_learning_rates(optimizer, model, config.router_lr_scale)
         hook_unselected_area_grads(optimizer, model)
     return model, rule, optimizer
 

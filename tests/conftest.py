@@ -8,7 +8,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 # The foundation's area design, pinned so that these tests keep testing what they were written for (independent
-# areas, no shared path, one lr) now that SALConfig's defaults differ (docs/ABLATIONS.md).
+# areas, no shared path, one lr, routers included) now that SALConfig's defaults differ (docs/ABLATIONS.md,
+# docs/ROUTING.md).
 TINY = {
     "input_size": 16,
     "hidden_sizes": [32, 32],
@@ -17,6 +18,7 @@ TINY = {
     "area_init": "independent",
     "dual_path": False,
     "area_lr_scale": 1.0,
+    "router_lr_scale": 1.0,
 }
 
 

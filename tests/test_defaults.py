@@ -206,6 +206,7 @@ def test_area_lr_scale_with_the_users_own_optimizer_warns(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         trainer.train()
     assert "area_lr_scale=0.0625 is not applied" in caplog.text
+    assert "router_lr_scale=0.01 is not applied" in caplog.text
     assert len(optimizer.param_groups) == 1 and optimizer.param_groups[0]["initial_lr"] == 1e-3
 
 
@@ -271,5 +272,6 @@ def test_a_second_create_optimizer_neither_warns_nor_scales_twice(tmp_path, capl
     with caplog.at_level("WARNING"):
         again = trainer.create_optimizer()
     assert again is first and "is not applied" not in caplog.text
-    # Trainer's decay / no-decay groups, each split once into shared and area parameters (not twice).
-    assert sorted(group["lr"] for group in first.param_groups) == [1e-2 / 16] * 2 + [1e-2] * 2
+    # Trainer's decay / no-decay groups, each split once into shared and area parameters (not twice), and the
+    # routing projection (a weight: decay group only) in its own group at lr * router_lr_scale.
+    assert sorted(group["lr"] for group in first.param_groups) == pytest.approx([1e-4] + [1e-2 / 16] * 2 + [1e-2] * 2)
