@@ -79,10 +79,11 @@ class SALConfig(PreTrainedConfig):
         router_lr_scale (`float`, defaults to 0.01):
             Learning-rate multiplier of the learned routing projections, applied by [`SALTrainer`] through an
             optimizer parameter group (like `area_lr_scale`). At the full lr (1.0, the default until 2026-11-29)
-            AdamW rewrote the projection within tens of steps: 60-95% of the training images changed area from one
-            epoch to the next, some areas died and the areas learned no more than one dense layer. At 0.01 the
-            routing settles (under 5% of the images change area per epoch after 5 epochs) and the areas add
-            capacity (docs/ROUTING.md).
+            AdamW rewrote the projection within tens of steps: on Fashion-MNIST 79-96% of the training images
+            changed area in every epoch, a quarter of the areas died, and SAL-16 scored what a dense layer with the
+            same feedback scores. At 0.01 no area died, a fifth to a third of the images still changed area in the
+            fifth epoch (5% with `norm="layernorm"`), and SAL-16 gained 1.1 points over the full lr at width 16
+            (docs/ROUTING.md).
         output_areas (`bool`, defaults to `False`):
             Give the output layer K areas too (routed on its input).
         dual_path (`bool`, *optional*):

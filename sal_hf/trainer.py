@@ -348,12 +348,7 @@ class SALTrainer(Trainer):
         # Learning-rate multipliers of the selective path and of the learned routers, each as its own param group.
         scales = [
             ("area_lr_scale", core.config.effective_area_lr_scale, area_parameters(core), "area_parameters"),
-            (
-                "router_lr_scale",
-                getattr(core.config, "router_lr_scale", 1.0),
-                router_parameters(core),
-                "router_parameters",
-            ),
+            ("router_lr_scale", core.config.router_lr_scale, router_parameters(core), "router_parameters"),
         ]
         scales = [entry for entry in scales if entry[1] != 1.0 and entry[2]]
         if scales and not made_here:  # one made here was scaled when it was made
