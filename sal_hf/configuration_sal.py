@@ -15,14 +15,19 @@ from .feedback import FEEDBACK_ALIGNMENTS, FEEDBACK_MODES, FEEDBACK_SCOPES
 LEARNING_RULES = ("sal", "dfa", "fa", "bp")
 
 
-def with_saved_feedback_alignment(config_dict: dict, kwargs: dict) -> dict:
-    """A saved config without a `feedback_alignment` key was written before the field existed, when fixed feedback
-    was the only kind: it loads as `"fixed"` and keeps training the way it was trained (the derived default changed
-    since). Configs saved since store the key (`null` when unset, which derives the default). For `SALConfig` and
+# Fields whose default changed after checkpoints were saved without them, and the value those checkpoints were
+# trained with: `feedback_alignment` (fixed feedback was the only kind) and `router_lr_scale` (the routers learned at
+# the full lr).
+BEFORE_THE_FIELD = {"feedback_alignment": "fixed", "router_lr_scale": 1.0}
+
+
+def with_saved_defaults(config_dict: dict, kwargs: dict, before: dict = BEFORE_THE_FIELD) -> dict:
+    """A saved config without one of `before`'s keys was written before that field existed: it loads with the value
+    it was trained with (`before[key]`), so it keeps training, and resumes, the way it was trained, although the
+    default changed since. Configs saved since store every key (`null` where unset and derived). For `SALConfig` and
     `SALTransformerConfig`."""
-    if "feedback_alignment" in config_dict or "feedback_alignment" in kwargs:
-        return config_dict
-    return {**config_dict, "feedback_alignment": "fixed"}
+    missing = {key: value for key, value in before.items() if key not in config_dict and key not in kwargs}
+    return {**config_dict, **missing}
 
 
 AREA_INITS = ("independent", "identical")
@@ -404,9 +409,9 @@ class SALConfig(PreTrainedConfig):
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):
-        """[`PretrainedConfig.from_dict`] of a config saved before `feedback_alignment` existed: see
-        :func:`with_saved_feedback_alignment`."""
-        return super().from_dict(with_saved_feedback_alignment(config_dict, kwargs), **kwargs)
+        """[`PretrainedConfig.from_dict`] of a config saved before `feedback_alignment` or `router_lr_scale` existed:
+        see :func:`with_saved_defaults`."""
+        return super().from_dict(with_saved_defaults(config_dict, kwargs), **kwargs)
 
     @property
     def effective_feedback_alignment(self) -> str:

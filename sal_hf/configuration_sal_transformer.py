@@ -10,7 +10,7 @@ from transformers import PreTrainedConfig
 from .activations import ACTIVATIONS
 from .areas import AREA_IMPLEMENTATIONS
 from .block_rule import BLOCK_FEEDBACK_ALIGNMENTS, ERROR_SOURCES
-from .configuration_sal import AREA_INITS, ROUTERS, with_saved_feedback_alignment
+from .configuration_sal import AREA_INITS, ROUTERS, with_saved_defaults
 
 
 TRANSFORMER_RULES = ("sal", "dfa", "bp")
@@ -286,9 +286,9 @@ class SALTransformerConfig(PreTrainedConfig):
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):
-        """[`PreTrainedConfig.from_dict`] of a config saved before `feedback_alignment` existed: see
-        `configuration_sal.with_saved_feedback_alignment`."""
-        return super().from_dict(with_saved_feedback_alignment(config_dict, kwargs), **kwargs)
+        """[`PreTrainedConfig.from_dict`] of a config saved before `feedback_alignment` or `router_lr_scale` existed:
+        see `configuration_sal.with_saved_defaults`."""
+        return super().from_dict(with_saved_defaults(config_dict, kwargs), **kwargs)
 
     @property
     def effective_feedback_alignment(self) -> str:

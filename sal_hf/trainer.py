@@ -12,6 +12,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
 from .activations import ACTIVATIONS
@@ -234,6 +235,40 @@ class SALTrainer(Trainer):
             0, SALAreaHealthCallback(self.accelerator, self.learning_rule, self.callback_handler.callbacks)
         )
         self.add_callback(SALInterruptCallback())
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        """[`~transformers.Trainer.train`], after refusing a checkpoint to resume whose learning-rate multipliers
+        (`area_lr_scale`, `router_lr_scale`) differ from this model's config (see `check_resume`)."""
+        if resume_from_checkpoint:
+            self.check_resume(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def check_resume(self, checkpoint: str | os.PathLike | bool) -> None:
+        """Raise a `ValueError` naming the values and the fix when `checkpoint` (or, for True, the last one in
+        `output_dir`) was trained with other learning-rate multipliers than this model's config: its optimizer state
+        holds other parameter groups (torch would only say "loaded state dict has a different number of parameter
+        groups"), or other learning rates that would silently override the config's. A checkpoint saved before
+        `router_lr_scale` existed trained its routers at the full lr, and its config loads so (`with_saved_defaults`).
+        """
+        if checkpoint is True:
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+        if not checkpoint or not os.path.isfile(os.path.join(checkpoint, "config.json")):
+            return  # Trainer reports a missing checkpoint itself
+        config = self.accelerator.unwrap_model(self.model).config
+        saved = type(config).from_pretrained(checkpoint)
+        differ = [
+            f"{name}={getattr(saved, attr)} (this model: {getattr(config, attr)})"
+            for name, attr in (("area_lr_scale", "effective_area_lr_scale"), ("router_lr_scale", "router_lr_scale"))
+            if getattr(saved, attr) != getattr(config, attr)
+        ]
+        if differ:
+            raise ValueError(
+                f"{checkpoint} was trained with {' and '.join(differ)}; its optimizer state cannot continue with this "
+                "model's learning-rate groups. Resume with the checkpoint's values (build the model with them, or load "
+                "it with from_pretrained(checkpoint)), or start a new run from its weights without "
+                "resume_from_checkpoint. Checkpoints saved before router_lr_scale existed (2026-11-29) trained their "
+                "routers at the full lr: router_lr_scale=1.0."
+            )
 
     def _check_parallelism(self, core: nn.Module) -> None:
         """Refuse what would silently break SAL's semantics across devices; switch FSDP runs to the masked kernel."""

@@ -2,6 +2,7 @@
 shipped default routes real images stably (docs/ROUTING.md)."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -85,3 +86,39 @@ def test_the_default_router_settles_on_digits(router_lr_scale, tmp_path):
     shares = torch.bincount(areas.epochs[-1], minlength=16) / len(pixels)
     assert max(churn[3:]) < 0.05, churn
     assert shares.min() > 0 and shares.max() < 2 / 16, shares.tolist()
+
+
+def test_a_config_saved_before_the_field_loads_with_the_full_lr(tmp_path):
+    SALConfig(num_labels=10).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["router_lr_scale"] == 0.01 and SALConfig.from_pretrained(tmp_path).router_lr_scale == 0.01
+    del saved["router_lr_scale"]  # what a checkpoint written before 2026-11-29 holds
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert SALConfig.from_pretrained(tmp_path).router_lr_scale == 1.0
+    assert SALConfig.from_pretrained(tmp_path, router_lr_scale=0.1).router_lr_scale == 0.1
+
+
+def test_resuming_with_other_lr_multipliers_names_them_and_an_old_checkpoint_resumes_as_saved(tmp_path):
+    x, y = tiny_batch(32)
+
+    def trainer_for(model, name, **args):
+        args = training_args(tmp_path / name, max_steps=4, per_device_train_batch_size=8, **args)
+        return SALTrainer(model=model, args=args, train_dataset=as_dataset(x, y))
+
+    torch.manual_seed(0)
+    old = SALForImageClassification(tiny_config(router_lr_scale=1.0))
+    trainer_for(old, "old", save_strategy="steps", save_steps=2).train()
+    checkpoint = tmp_path / "old" / "out" / "checkpoint-2"
+    saved = json.loads((checkpoint / "config.json").read_text())
+    del saved["router_lr_scale"]  # as saved before the field existed
+    (checkpoint / "config.json").write_text(json.dumps(saved))
+
+    fresh = SALForImageClassification(tiny_config(router_lr_scale=0.01))
+    with pytest.raises(ValueError, match=r"router_lr_scale=1.0 \(this model: 0.01\).*from_pretrained\(checkpoint\)"):
+        trainer_for(fresh, "new").train(resume_from_checkpoint=str(checkpoint))
+    reloaded = SALForImageClassification.from_pretrained(checkpoint)
+    trainer = trainer_for(reloaded, "again")
+    trainer.train(resume_from_checkpoint=str(checkpoint))
+    assert trainer.state.global_step == 4
+    for (name, a), b in zip(old.state_dict().items(), reloaded.state_dict().values()):
+        assert torch.equal(a, b), name
