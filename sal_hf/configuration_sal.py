@@ -22,10 +22,12 @@ BEFORE_THE_FIELD = {"feedback_alignment": "fixed", "router_lr_scale": 1.0}
 
 
 def with_saved_defaults(config_dict: dict, kwargs: dict, before: dict = BEFORE_THE_FIELD) -> dict:
-    """A saved config without one of `before`'s keys was written before that field existed: it loads with the value
-    it was trained with (`before[key]`), so it keeps training, and resumes, the way it was trained, although the
-    default changed since. Configs saved since store every key (`null` where unset and derived). For `SALConfig` and
-    `SALTransformerConfig`."""
+    """A saved config (one that `save_pretrained` or `to_dict` wrote: it names its `transformers_version`) without one
+    of `before`'s keys was written before that field existed: it loads with the value it was trained with
+    (`before[key]`), so it keeps training, and resumes, the way it was trained, although the default changed since.
+    Configs saved since store every key (`null` where unset and derived). For `SALConfig` and `SALTransformerConfig`."""
+    if "transformers_version" not in config_dict:  # not written by save_pretrained / to_dict: a dict of the user's
+        return config_dict
     missing = {key: value for key, value in before.items() if key not in config_dict and key not in kwargs}
     return {**config_dict, **missing}
 

@@ -204,5 +204,8 @@ __all__ = [
     "in_place_area_sgd",
     "in_place_sgd_problems",
     "reset_area_selection",
+    "router_parameters",
     "scale_area_learning_rates",
+    "scale_learning_rates",
+    "scale_router_learning_rates",
 ]

@@ -33,6 +33,8 @@ from .optim import (
 )
 
 
+# The parameters each learning-rate multiplier of the config applies to (each in param groups of its own).
+LR_SCALED_PARAMETERS = {"area_lr_scale": area_parameters, "router_lr_scale": router_parameters}
 # The model families SALTrainer trains (the MLP and the transformer) share the routing bookkeeping.
 SAL_MODELS = SALRoutingMixin
 
@@ -210,6 +212,7 @@ class SALTrainer(Trainer):
 
     def __init__(self, *args: Any, in_place_area_update: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._users_optimizer = self.optimizer is not None  # `optimizers=(optimizer, scheduler)`
         self.in_place_area_update = in_place_area_update
         core = self.accelerator.unwrap_model(self.model)
         if not isinstance(core, SAL_MODELS):
@@ -237,31 +240,46 @@ class SALTrainer(Trainer):
         self.add_callback(SALInterruptCallback())
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
-        """[`~transformers.Trainer.train`], after refusing a checkpoint to resume whose learning-rate multipliers
-        (`area_lr_scale`, `router_lr_scale`) differ from this model's config (see `check_resume`)."""
-        if resume_from_checkpoint:
+        """[`~transformers.Trainer.train`], after refusing a checkpoint to resume whose learning-rate groups
+        (`area_lr_scale`, `router_lr_scale`) differ from the ones this model gets (see `check_resume`)."""
+        if resume_from_checkpoint and not self._users_optimizer and self.model_init is None:
             self.check_resume(resume_from_checkpoint)
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
+    def lr_scales(self, config: SALConfig | SALTransformerConfig) -> dict[str, float]:
+        """The learning-rate multipliers `create_optimizer` applies to this model under `config`: each one that is
+        not 1 and has parameters here (no router group for `router="random"` or one area, no area group for K = 1)."""
+        core = self.accelerator.unwrap_model(self.model)
+        scales = {"area_lr_scale": config.effective_area_lr_scale, "router_lr_scale": config.router_lr_scale}
+        return {name: scale for name, scale in scales.items() if scale != 1.0 and LR_SCALED_PARAMETERS[name](core)}
+
     def check_resume(self, checkpoint: str | os.PathLike | bool) -> None:
         """Raise a `ValueError` naming the values and the fix when `checkpoint` (or, for True, the last one in
-        `output_dir`) was trained with other learning-rate multipliers than this model's config: its optimizer state
-        holds other parameter groups (torch would only say "loaded state dict has a different number of parameter
-        groups"), or other learning rates that would silently override the config's. A checkpoint saved before
-        `router_lr_scale` existed trained its routers at the full lr, and its config loads so (`with_saved_defaults`).
-        """
+        `output_dir`) was trained with other learning-rate groups than the ones this model's config gives it (see
+        `lr_scales`): its optimizer state holds other parameter groups (torch would only say "loaded state dict has a
+        different number of parameter groups"), or other learning rates that would silently override the config's. A
+        checkpoint saved before `router_lr_scale` existed trained its routers at the full lr, and its config loads so
+        (`with_saved_defaults`). Skipped with an optimizer of your own (SALTrainer applies no multiplier to it) or a
+        `model_init` (the model is made inside `train`)."""
         if checkpoint is True:
             checkpoint = get_last_checkpoint(self.args.output_dir)
-        if not checkpoint or not os.path.isfile(os.path.join(checkpoint, "config.json")):
+        if not checkpoint or not os.path.isdir(checkpoint):
             return  # Trainer reports a missing checkpoint itself
+        if not os.path.isfile(os.path.join(checkpoint, "config.json")):
+            logger.warning(
+                f"{checkpoint} has no config.json: SALTrainer cannot check that it was trained with this model's "
+                "area_lr_scale and router_lr_scale, so a mismatch shows only as torch's 'different number of parameter "
+                "groups' when the optimizer loads."
+            )
+            return
         config = self.accelerator.unwrap_model(self.model).config
-        saved = type(config).from_pretrained(checkpoint)
-        differ = [
-            f"{name}={getattr(saved, attr)} (this model: {getattr(config, attr)})"
-            for name, attr in (("area_lr_scale", "effective_area_lr_scale"), ("router_lr_scale", "router_lr_scale"))
-            if getattr(saved, attr) != getattr(config, attr)
-        ]
-        if differ:
+        saved, ours = self.lr_scales(type(config).from_pretrained(checkpoint)), self.lr_scales(config)
+        if saved != ours:
+            differ = [
+                f"{name}={saved.get(name, 1.0)} (this model: {ours.get(name, 1.0)})"
+                for name in ("area_lr_scale", "router_lr_scale")
+                if saved.get(name, 1.0) != ours.get(name, 1.0)
+            ]
             raise ValueError(
                 f"{checkpoint} was trained with {' and '.join(differ)}; its optimizer state cannot continue with this "
                 "model's learning-rate groups. Resume with the checkpoint's values (build the model with them, or load "
@@ -381,14 +399,11 @@ class SALTrainer(Trainer):
             hook_unselected_area_grads(torch_optimizer, core)
             self._area_hook_optimizer = torch_optimizer
         # Learning-rate multipliers of the selective path and of the learned routers, each as its own param group.
-        scales = [
-            ("area_lr_scale", core.config.effective_area_lr_scale, area_parameters(core), "area_parameters"),
-            ("router_lr_scale", core.config.router_lr_scale, router_parameters(core), "router_parameters"),
-        ]
-        scales = [entry for entry in scales if entry[1] != 1.0 and entry[2]]
+        scales = self.lr_scales(core.config)
         if scales and not made_here:  # one made here was scaled when it was made
             if existing is not None:
-                for name, scale, _, finder in scales:
+                for name, scale in scales.items():
+                    finder = LR_SCALED_PARAMETERS[name].__name__
                     logger.warning(
                         f"config.{name}={scale} is not applied: SALTrainer scales these learning rates only in the "
                         f"optimizer it creates, and you passed your own. Put sal_hf.optim.{finder}(model) in a param "
@@ -396,8 +411,8 @@ class SALTrainer(Trainer):
                         f"sal_hf.optim.{finder}(model), {scale}) before training."
                     )
             else:
-                for _, scale, params, _ in scales:
-                    scale_learning_rates(torch_optimizer, params, scale)
+                for name, scale in scales.items():
+                    scale_learning_rates(torch_optimizer, LR_SCALED_PARAMETERS[name](core), scale)
                 self._sal_optimizer = torch_optimizer
         if self.in_place_area_update:
             self._check_in_place(torch_optimizer)

@@ -166,7 +166,7 @@ def report(args: argparse.Namespace) -> None:
             ]
             if "layers" in last[0]:
                 depth = len(last[0]["layers"])
-                early = [mean([e["churn"] for e in r["epochs"][1:3]]) for r in runs]
+                early = [mean([e["churn"] for e in r["epochs"][1:3]] or [math.nan]) for r in runs]  # nan: 1 epoch
                 late = [mean([100 * e["layers"][i]["churn"] for e in last]) for i in range(depth)]
                 row += [
                     mean_std([100 * c for c in early]),
