@@ -166,7 +166,7 @@ def report(args: argparse.Namespace) -> None:
             ]
             if "layers" in last[0]:
                 depth = len(last[0]["layers"])
-                early = [mean([e["churn"] for e in r["epochs"][1:3]] or [math.nan]) for r in runs]  # nan: 1 epoch
+                early = [mean([e["churn"] for e in r["epochs"][1:3]]) for r in runs]
                 late = [mean([100 * e["layers"][i]["churn"] for e in last]) for i in range(depth)]
                 row += [
                     mean_std([100 * c for c in early]),
@@ -193,6 +193,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=1, help="hidden layers of the given width")
     parser.add_argument("--results", default=str(RESULTS))
     args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2: churn compares the areas after consecutive epochs")
     run(args) if args.command == "run" else report(args)
 
 
