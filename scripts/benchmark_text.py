@@ -78,6 +78,11 @@ ABLATIONS = {
         "block's output, the residual skip path's for earlier blocks; no forward weight read)",
     ),
     "identity+micro": ({"feedback_alignment": "identity", "feedback_points": "micro"}, "both `identity` and `micro`"),
+    "identity+slow-router": (
+        {"feedback_alignment": "identity", "router_lr_scale": 0.01},
+        "`identity` with the routing projections at lr x0.01 (`router_lr_scale`, the MLP's default since "
+        "docs/ROUTING.md; the transformer's stays 1.0)",
+    ),
 }
 DEFAULT_ABLATIONS = ["micro", "vocab", "shared"]
 # Records made before a record stored its model's effective `dual_path` (see `record_dual_path`).
