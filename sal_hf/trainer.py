@@ -194,6 +194,8 @@ class SALTrainer(Trainer):
       each update at once allows: `optim="sgd"` without momentum, `max_grad_norm=0`, no gradient accumulation,
       one process, no fp16 loss scaling, no `torch_compile`; `create_optimizer` raises naming what to change
       otherwise.
+    - `train`: before Trainer's, refuses to resume a checkpoint trained with other learning-rate groups
+      (`area_lr_scale`, `router_lr_scale`) than this model's config gives, naming both values (`check_resume`).
     - `create_model_card`: writes a SAL model card (learning rule, areas, routing, seeds, data, metrics, area
       utilisation, versions; see `model_card.py`) in place of Trainer's draft; `push_to_hub` uploads it.
     - Callbacks: [`SALRoutingCallback`] applies the routing statistics after every optimizer step (summed over
