@@ -181,6 +181,8 @@ KP_ABLATION_CHANGES = {
     "routing_balance_rate=1e-1": {"routing_balance_rate": 1e-1},
     "router=random": {"router": "random"},
     "area_lr_scale=1": {"area_lr_scale": 1.0},
+    # Every row above ran with the routers at the full lr (see SLOW_ROUTER); this one at SALConfig's default since.
+    "router_lr_scale=0.01": SLOW_ROUTER,
 }
 SUITES["ablations_kp"] = {
     "methods": KP_ABLATION_CHANGES,
