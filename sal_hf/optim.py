@@ -2,9 +2,9 @@
 
 Pure torch; knows the area layer (``areas.SALAreaLinear``), never the reverse. A functional core:
 
-- :func:`area_parameters` and :func:`scale_area_learning_rates`: the area weights in their own param groups, with
-  the learning rate scaled (``SALConfig.area_lr_scale``); :func:`router_parameters` and
-  :func:`scale_router_learning_rates` likewise for the learned routing projections (``router_lr_scale``);
+- :func:`lr_scaled_parameters` and :func:`scale_learning_rates`: the parameters a config's learning-rate multipliers
+  apply to (the areas, :func:`area_parameters`, at ``area_lr_scale``; the learned routing projections,
+  :func:`router_parameters`, at ``router_lr_scale``), each moved into param groups of their own at the scaled lr;
 - :func:`clear_unselected_area_grads` / :func:`reset_area_selection`: before a step, drop the zero gradients that
   the masked kernel hands unselected areas, so momentum and weight decay cannot move them;
 - :func:`in_place_sgd_problems` and :func:`in_place_area_sgd`: plain SGD applied to every area inside the backward
@@ -65,9 +65,16 @@ def scale_area_learning_rates(optimizer: torch.optim.Optimizer, model: nn.Module
     scale_learning_rates(optimizer, area_parameters(model), scale)
 
 
-def scale_router_learning_rates(optimizer: torch.optim.Optimizer, model: nn.Module, scale: float) -> None:
-    """The learned routing projections in groups of their own at ``lr * scale``."""
-    scale_learning_rates(optimizer, router_parameters(model), scale)
+def lr_scaled_parameters(model: nn.Module, config) -> dict[str, tuple[float, list[nn.Parameter]]]:
+    """The learning-rate multipliers of ``config`` (a `SALConfig` or `SALTransformerConfig`) that change something in
+    ``model``, each with the parameters it scales: ``area_lr_scale`` (:func:`area_parameters`) and
+    ``router_lr_scale`` (:func:`router_parameters`); a multiplier of 1, or one without parameters here (no router
+    group for ``router="random"`` or K = 1), is left out."""
+    scales = {
+        "area_lr_scale": (config.effective_area_lr_scale, area_parameters(model)),
+        "router_lr_scale": (config.router_lr_scale, router_parameters(model)),
+    }
+    return {name: (scale, params) for name, (scale, params) in scales.items() if scale != 1.0 and params}
 
 
 class _InPlaceSGDLinear(torch.autograd.Function):
@@ -204,8 +211,8 @@ __all__ = [
     "in_place_area_sgd",
     "in_place_sgd_problems",
     "reset_area_selection",
+    "lr_scaled_parameters",
     "router_parameters",
     "scale_area_learning_rates",
     "scale_learning_rates",
-    "scale_router_learning_rates",
 ]

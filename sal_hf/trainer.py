@@ -23,18 +23,15 @@ from .learning_rule import LocalLearningRule
 from .modeling_sal import SALRoutingMixin
 from .optim import (
     area_layers,
-    area_parameters,
     hook_unselected_area_grads,
     in_place_area_sgd,
     in_place_sgd_problems,
+    lr_scaled_parameters,
     reset_area_selection,
-    router_parameters,
     scale_learning_rates,
 )
 
 
-# The parameters each learning-rate multiplier of the config applies to (each in param groups of its own).
-LR_SCALED_PARAMETERS = {"area_lr_scale": area_parameters, "router_lr_scale": router_parameters}
 # The model families SALTrainer trains (the MLP and the transformer) share the routing bookkeeping.
 SAL_MODELS = SALRoutingMixin
 
@@ -248,21 +245,14 @@ class SALTrainer(Trainer):
             self.check_resume(resume_from_checkpoint)
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
-    def lr_scales(self, config: SALConfig | SALTransformerConfig) -> dict[str, float]:
-        """The learning-rate multipliers `create_optimizer` applies to this model under `config`: each one that is
-        not 1 and has parameters here (no router group for `router="random"` or one area, no area group for K = 1)."""
-        core = self.accelerator.unwrap_model(self.model)
-        scales = {"area_lr_scale": config.effective_area_lr_scale, "router_lr_scale": config.router_lr_scale}
-        return {name: scale for name, scale in scales.items() if scale != 1.0 and LR_SCALED_PARAMETERS[name](core)}
-
     def check_resume(self, checkpoint: str | os.PathLike | bool) -> None:
         """Raise a `ValueError` naming the values and the fix when `checkpoint` (or, for True, the last one in
-        `output_dir`) was trained with other learning-rate groups than the ones this model's config gives it (see
-        `lr_scales`): its optimizer state holds other parameter groups (torch would only say "loaded state dict has a
-        different number of parameter groups"), or other learning rates that would silently override the config's. A
-        checkpoint saved before `router_lr_scale` existed trained its routers at the full lr, and its config loads so
-        (`with_saved_defaults`). Skipped with an optimizer of your own (SALTrainer applies no multiplier to it) or a
-        `model_init` (the model is made inside `train`)."""
+        `output_dir`) was trained with other learning-rate groups than this model's config gives it (what
+        `lr_scaled_parameters` returns under each config): its optimizer state holds other parameter groups (torch
+        would only say "loaded state dict has a different number of parameter groups"), or other learning rates that
+        would silently override the config's. A checkpoint saved before `router_lr_scale` existed trained its routers
+        at the full lr, and its config loads so (`with_saved_defaults`). Skipped with an optimizer of your own
+        (SALTrainer applies no multiplier to it) or a `model_init` (the model is made inside `train`)."""
         if checkpoint is True:
             checkpoint = get_last_checkpoint(self.args.output_dir)
         if not checkpoint or not os.path.isdir(checkpoint):
@@ -274,8 +264,11 @@ class SALTrainer(Trainer):
                 "groups' when the optimizer loads."
             )
             return
-        config = self.accelerator.unwrap_model(self.model).config
-        saved, ours = self.lr_scales(type(config).from_pretrained(checkpoint)), self.lr_scales(config)
+        core = self.accelerator.unwrap_model(self.model)
+        saved, ours = (
+            {name: scale for name, (scale, _) in lr_scaled_parameters(core, config).items()}
+            for config in (type(core.config).from_pretrained(checkpoint), core.config)
+        )
         if saved != ours:
             differ = [
                 f"{name}={saved.get(name, 1.0)} (this model: {ours.get(name, 1.0)})"
@@ -401,11 +394,11 @@ class SALTrainer(Trainer):
             hook_unselected_area_grads(torch_optimizer, core)
             self._area_hook_optimizer = torch_optimizer
         # Learning-rate multipliers of the selective path and of the learned routers, each as its own param group.
-        scales = self.lr_scales(core.config)
+        scales = lr_scaled_parameters(core, core.config)
         if scales and not made_here:  # one made here was scaled when it was made
             if existing is not None:
-                for name, scale in scales.items():
-                    finder = LR_SCALED_PARAMETERS[name].__name__
+                for name, (scale, _) in scales.items():
+                    finder = f"{name.removesuffix('_lr_scale')}_parameters"
                     logger.warning(
                         f"config.{name}={scale} is not applied: SALTrainer scales these learning rates only in the "
                         f"optimizer it creates, and you passed your own. Put sal_hf.optim.{finder}(model) in a param "
@@ -413,8 +406,8 @@ class SALTrainer(Trainer):
                         f"sal_hf.optim.{finder}(model), {scale}) before training."
                     )
             else:
-                for name, scale in scales.items():
-                    scale_learning_rates(torch_optimizer, LR_SCALED_PARAMETERS[name](core), scale)
+                for scale, params in scales.values():
+                    scale_learning_rates(torch_optimizer, params, scale)
                 self._sal_optimizer = torch_optimizer
         if self.in_place_area_update:
             self._check_in_place(torch_optimizer)

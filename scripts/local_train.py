@@ -21,9 +21,9 @@ from sal_hf import SALConfig, SALForImageClassification  # noqa: E402
 from sal_hf.optim import (  # noqa: E402
     area_layers,
     hook_unselected_area_grads,
+    lr_scaled_parameters,
     reset_area_selection,
-    scale_area_learning_rates,
-    scale_router_learning_rates,
+    scale_learning_rates,
 )
 from sal_hf.trainer import local_learning_rule  # noqa: E402
 
@@ -43,12 +43,9 @@ def build(fields: dict, *, input_size: int, num_labels: int, hidden_sizes: list[
     model = SALForImageClassification(config).train()
     rule = None if config.learning_rule == "bp" else local_learning_rule(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    for scale, params in lr_scaled_parameters(model, config).values():
+        scale_learning_rates(optimizer, params, scale)
     if area_layers(model):
-        scale = config.effective_area_lr_scale
-        if scale != 1.0:
-            scale_area_learning_rates(optimizer, model, scale)
-        if config.router_lr_scale != 1.0:
-            scale_router_learning_rates(optimizer, model, config.router_lr_scale)
         hook_unselected_area_grads(optimizer, model)
     return model, rule, optimizer
 

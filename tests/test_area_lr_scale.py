@@ -1,36 +1,14 @@
 """config.area_lr_scale: SALTrainer gives the area parameters (K > 1) their own scaled learning rate; the
 defaults that depend on K."""
 
-import copy
-
 import pytest
 import torch
-from conftest import as_dataset, tiny_batch, tiny_config, training_args
-
-from sal_hf import SALForImageClassification, SALTrainer
-
-
-def one_sgd_step(scale, tmp_path):
-    torch.manual_seed(0)
-    model = SALForImageClassification(tiny_config(area_lr_scale=scale, dual_path=True))
-    before = copy.deepcopy(model.state_dict())
-    x, y = tiny_batch(64)
-    args = training_args(
-        tmp_path,
-        optim="sgd",
-        per_device_train_batch_size=64,
-        max_steps=1,
-        learning_rate=0.1,
-        lr_scheduler_type="constant",
-    )
-    trainer = SALTrainer(model=model, args=args, train_dataset=as_dataset(x, y))
-    trainer.train()
-    return trainer, {name: p.detach() - before[name] for name, p in model.named_parameters()}
+from conftest import one_sgd_step, tiny_config
 
 
 def test_area_parameters_move_scale_times_as_far_under_sgd(tmp_path):
-    _, base = one_sgd_step(1.0, tmp_path)
-    trainer, scaled = one_sgd_step(0.25, tmp_path)
+    _, base = one_sgd_step(tiny_config(area_lr_scale=1.0, dual_path=True), tmp_path)
+    trainer, scaled = one_sgd_step(tiny_config(area_lr_scale=0.25, dual_path=True), tmp_path)
     area_names = [n for n in base if ".areas." in n and not n.startswith("classifier")]
     other_names = [n for n in base if n not in area_names]
     assert area_names and any(".shared." in n for n in other_names)

@@ -1,13 +1,12 @@
 """config.router_lr_scale: SALTrainer gives the learned routing projections their own scaled learning rate, and the
 shipped default routes real images stably (docs/ROUTING.md)."""
 
-import copy
 import json
 import re
 
 import pytest
 import torch
-from conftest import as_dataset, tiny_batch, tiny_config, training_args
+from conftest import as_dataset, one_sgd_step, tiny_batch, tiny_config, training_args
 from transformers import TrainerCallback
 
 from sal_hf import SALConfig, SALForImageClassification, SALTrainer
@@ -18,27 +17,9 @@ from sal_hf.optim import router_parameters
 DIGITS = {"input_size": 64, "num_labels": 10}
 
 
-def one_sgd_step(router_lr_scale, tmp_path):
-    torch.manual_seed(0)
-    model = SALForImageClassification(tiny_config(router_lr_scale=router_lr_scale))
-    before = copy.deepcopy(model.state_dict())
-    x, y = tiny_batch(64)
-    args = training_args(
-        tmp_path,
-        optim="sgd",
-        per_device_train_batch_size=64,
-        max_steps=1,
-        learning_rate=0.1,
-        lr_scheduler_type="constant",
-    )
-    trainer = SALTrainer(model=model, args=args, train_dataset=as_dataset(x, y))
-    trainer.train()
-    return trainer, {name: p.detach() - before[name] for name, p in model.named_parameters()}
-
-
 def test_router_projections_move_scale_times_as_far_under_sgd(tmp_path):
-    _, base = one_sgd_step(1.0, tmp_path)
-    trainer, scaled = one_sgd_step(0.01, tmp_path)
+    _, base = one_sgd_step(tiny_config(router_lr_scale=1.0), tmp_path)
+    trainer, scaled = one_sgd_step(tiny_config(router_lr_scale=0.01), tmp_path)
     router_names = [n for n in base if n.endswith("router.projection")]
     assert len(router_names) == 2 and all(base[n].abs().sum() > 0 for n in router_names)
     for name in base:
