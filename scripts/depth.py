@@ -35,6 +35,7 @@ from transformers import TrainingArguments
 from sal_hf import SALConfig, SALForImageClassification, SALTrainer
 from sal_hf.data import load_image_dataset
 from sal_hf.feedback import FEEDBACK_MODES
+from sal_hf.optim import lr_scaled_parameters, scale_learning_rates
 
 
 def load(
@@ -119,9 +120,9 @@ def run(rule: str, depth: int, data, args) -> dict:
         residual_scale=args.residual_scale,
         norm=args.norm,
         # The area design docs/DEPTH.md was measured with (SALConfig's defaults before docs/ABLATIONS.md), unless
-        # --area-defaults asks for today's (shared dense path beside the areas, identical start; the area lr / K of
-        # SALConfig's defaults does not apply here: the AdamW below is this script's own, every parameter at --lr; nor
-        # does router_lr_scale, so the routers learn at the full lr, as when the depth pages were measured).
+        # --area-defaults asks for today's (shared dense path beside the areas, identical start). The AdamW below
+        # steps every parameter at --lr, as when the depth pages were measured, unless --lr-groups applies the
+        # config's multipliers (area_lr_scale, router_lr_scale) as SALTrainer does.
         **({} if args.area_defaults else {"dual_path": False, "area_init": "independent", "area_lr_scale": 1.0}),
         # --feedback applies to SAL (FA is layer-wise and DFA direct by definition); --feedback-alignment to every
         # local rule (docs/FEEDBACK.md).
@@ -136,6 +137,9 @@ def run(rule: str, depth: int, data, args) -> dict:
     # Through SALTrainer.create_optimizer, as in training: it keeps this optimizer and registers the pre-step hook
     # that drops the zero gradients the masked area kernel (the default on CUDA) gives unselected areas.
     trainer.optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    lr_groups = lr_scaled_parameters(model, config) if args.lr_groups else {}
+    for scale, params in lr_groups.values():
+        scale_learning_rates(trainer.optimizer, params, scale)
     optimizer = trainer.create_optimizer()
     hidden = depth - 1
     picks = sorted({0, hidden // 2, hidden - 1})
@@ -173,6 +177,7 @@ def run(rule: str, depth: int, data, args) -> dict:
         "feedback": "-" if rule == "bp" else f"{config.feedback_mode}, {config.effective_feedback_alignment}",
         "areas": "-" if rule != "sal" else "defaults" if args.area_defaults else "foundation",
         "num_areas": config.num_areas,
+        "lr_groups": {name: scale for name, (scale, _) in lr_groups.items()},
         "depth": depth,
         "seed": args.seed,
         "accuracy": accuracy,
@@ -350,7 +355,11 @@ def rule_name(result: dict) -> str:
     design, else the rule."""
     if result["rule"] == "sal" and result.get("num_areas") == 1:
         return "sal-1"
-    return result["rule"] + ("+" if result.get("areas") == "defaults" else "")
+    name = result["rule"] + ("+" if result.get("areas") == "defaults" else "")
+    scales = ", ".join(
+        f"{group.removesuffix('_lr_scale')} lr x{scale:g}" for group, scale in result.get("lr_groups", {}).items()
+    )
+    return f"{name} [{scales}]" if scales else name
 
 
 def write_report(results: list[dict], args, out: Path, command: str) -> None:
@@ -391,8 +400,9 @@ def write_report(results: list[dict], args, out: Path, command: str) -> None:
         "",
         f"Dataset `{args.dataset}`{sizes(results[0])}; residual pre-norm ({args.norm}) blocks of width {args.width}; SAL with "
         f"K={args.areas} areas (`sal`: the foundation's areas only, independent start; `sal+`: SALConfig's area "
-        "defaults, a shared dense path beside the areas, identical start; in both the areas step at the full lr: "
-        "this script builds its own AdamW, so `area_lr_scale` does not apply), `sal-1`: SAL with one area (DFA with "
+        "defaults, a shared dense path beside the areas, identical start; in both every parameter steps at the full lr "
+        "unless the rule names its lr groups, `sal+ [area lr x0.25, router lr x0.01]`: `--lr-groups` applies the "
+        "config's `area_lr_scale` and `router_lr_scale` as SALTrainer does), `sal-1`: SAL with one area (DFA with "
         f"SAL's feedback choice), DFA and BP with K=1 (*feedback*: each local rule's feedback path and matrices, docs/FEEDBACK.md); AdamW lr {args.lr}, batch {args.batch_size}, "
         f"{args.epochs} epochs; the same budget for every depth, rule and seed. Machine: "
         f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}.",
@@ -465,9 +475,14 @@ def main() -> None:
     parser.add_argument(
         "--area-defaults",
         action="store_true",
-        help="SAL with SALConfig's area defaults (shared path, identical start; this script's AdamW steps the areas "
-        "and routers at the full lr, so area_lr_scale and router_lr_scale do not apply) instead of the "
-        "foundation's (areas only, independent start, area lr x1), which docs/DEPTH.md was measured with",
+        help="SAL with SALConfig's area defaults (shared path, identical start) instead of the foundation's (areas "
+        "only, independent start, area lr x1), which docs/DEPTH.md was measured with",
+    )
+    parser.add_argument(
+        "--lr-groups",
+        action="store_true",
+        help="apply the config's area_lr_scale and router_lr_scale as SALTrainer does (today's defaults: the router "
+        "at lr x0.01); without it every parameter steps at --lr, as when the depth pages were measured",
     )
     parser.add_argument("--feedback", default="direct", choices=FEEDBACK_MODES, help="SAL's feedback path")
     parser.add_argument(
