@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -135,6 +136,12 @@ class SALConfig(PreTrainedConfig):
         feedback_decay (`float`, defaults to 1e-3):
             `lambda` of the Kolen-Pollack update of the feedback matrices, `grad B = s^T h + lambda B` (only with
             `feedback_alignment="kolen_pollack"`).
+        feedback_gain (`float`, defaults to 1.0):
+            Multiplies the feedback matrices' random draw (Kaiming-uniform with the output layer's fan-in, std
+            `sqrt(2 / width)`; `sqrt(width / 2)`, 11.3 at width 256, gives unit-variance entries, the draw of much
+            DFA code). A constant, no weight transport. Under Adam-style optimizers it changes almost nothing (they
+            divide a gradient's scale out); under plain SGD it multiplies every hidden layer's step, as a
+            learning rate of the hidden layers would (docs/FEEDBACK.md). Not with `learning_rule="bp"`.
         feedback_scope (`str`, defaults to `"shared"`):
             `shared`: one feedback matrix per hidden layer, used by all its areas. `area`: every area of a layer has
             its own direct feedback matrix `B_l[k]` (K, C, d_l), and a sample's signal uses the matrix of the area
@@ -199,6 +206,7 @@ class SALConfig(PreTrainedConfig):
     feedback: str | None = None
     feedback_alignment: str | None = None
     feedback_decay: float = 1e-3
+    feedback_gain: float = 1.0
     feedback_scope: str = "shared"
     area_update_norm: str = "batch"
     area_lr_scale: float | None = None
@@ -332,6 +340,17 @@ class SALConfig(PreTrainedConfig):
         ):
             raise ValueError(
                 f"SALConfig.feedback_decay must be a number >= 0; got feedback_decay={self.feedback_decay!r}."
+            )
+        gain = self.feedback_gain
+        if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not 0 < gain < math.inf:
+            raise ValueError(
+                f"SALConfig.feedback_gain must be a finite number > 0; got feedback_gain={gain!r} (1.0 keeps the "
+                "feedback matrices at the forward init's scale)."
+            )
+        if gain != 1.0 and self.learning_rule == "bp":
+            raise ValueError(
+                f"feedback_gain={gain!r} scales the feedback matrices of the local rules, and learning_rule='bp' has "
+                "none; drop feedback_gain or choose learning_rule 'sal', 'dfa' or 'fa'."
             )
         if self.feedback_scope == "area" and (
             self.learning_rule != "sal" or self.feedback_mode != "direct" or self.num_areas < 2

@@ -200,6 +200,7 @@ class FeedbackMatrices(nn.Module):
         num_areas: 1 (one matrix per layer, shared by its areas) or K (per-area direct feedback: (K, C, d_l)).
         identity: frozen identity matrices instead of the random draw (square shapes only: the SAL transformer's
             ``feedback_alignment="identity"``, which sends the error at the final hidden state to every block as it is).
+        gain: multiplies the random draw (``SALConfig.feedback_gain``).
     """
 
     def __init__(
@@ -211,8 +212,10 @@ class FeedbackMatrices(nn.Module):
         learned: bool = False,
         num_areas: int = 1,
         identity: bool = False,
+        gain: float = 1.0,
     ) -> None:
         super().__init__()
+        self.gain = gain
         self.mode = mode
         self.seed = seed
         self.learned = learned
@@ -229,12 +232,15 @@ class FeedbackMatrices(nn.Module):
         self.reset_parameters()
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode!r}, learned={self.learned}, identity={self.identity}, shapes={self.shapes}"
+        gain = "" if self.gain == 1.0 else f", gain={self.gain:g}"
+        return f"mode={self.mode!r}, learned={self.learned}, identity={self.identity}{gain}, shapes={self.shapes}"
 
     def initial_values(self) -> dict[str, torch.Tensor]:
         if self.identity:
             return {f"layer_{i}": torch.eye(shape[0], device="cpu") for i, shape in enumerate(self.shapes)}
-        return {f"layer_{i}": make_feedback_matrix(shape, self.seed + i) for i, shape in enumerate(self.shapes)}
+        return {
+            f"layer_{i}": self.gain * make_feedback_matrix(shape, self.seed + i) for i, shape in enumerate(self.shapes)
+        }
 
     @torch.no_grad()
     def reset_parameters(self) -> None:

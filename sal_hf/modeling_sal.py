@@ -476,6 +476,7 @@ class SALForImageClassification(SALPreTrainedModel):
                 seed=config.feedback_seed,
                 learned=config.effective_feedback_alignment == "kolen_pollack",
                 num_areas=config.num_areas if config.feedback_scope == "area" else 1,
+                gain=config.feedback_gain,
             )
         self.post_init()
 

@@ -196,6 +196,7 @@ SUITES["ablations_kp"] = {
 # of the batch, which the method notes suspect the paper does: about K times larger area steps when loads are
 # balanced (area lr x K is that step in expectation). A per-area output layer was the prototype's best
 # paper-protocol SAL.
+UNIT_FEEDBACK = {"feedback_gain": 11.3}
 PAPER_VARIANTS = {
     "defaults (area lr / 16)": SAL_PLUS,
     "foundation (area lr x1)": FOUNDATION,
@@ -205,6 +206,17 @@ PAPER_VARIANTS = {
     "foundation, area lr x16": {**FOUNDATION, "area_lr_scale": 16.0},
     "foundation, area lr x16, output areas": {**FOUNDATION, "area_lr_scale": 16.0, "output_areas": True},
     "foundation, per-area averaging, output areas": {**FOUNDATION, "area_update_norm": "area", "output_areas": True},
+    # Feedback drawn with unit-variance entries (`feedback_gain` sqrt(256 / 2) = 11.3 at width 256), as much DFA
+    # code draws it; under plain SGD it multiplies the hidden layer's step by 11.3. DFA with it is the control.
+    "defaults, feedback x11.3": {**SAL_PLUS, **UNIT_FEEDBACK},
+    "today's defaults (Kolen-Pollack, router lr x0.01), feedback x11.3": {**SAL_KP, **SLOW_ROUTER, **UNIT_FEEDBACK},
+    "foundation, area lr x16, output areas, feedback x11.3": {
+        **FOUNDATION,
+        "area_lr_scale": 16.0,
+        "output_areas": True,
+        **UNIT_FEEDBACK,
+    },
+    "DFA (K=1), feedback x11.3": {"learning_rule": "dfa", **UNIT_FEEDBACK},
 }
 SUITES["variants"] = {
     "methods": PAPER_VARIANTS,

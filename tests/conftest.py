@@ -93,9 +93,9 @@ def reload_identically(model, directory, x: torch.Tensor):
     return loaded
 
 
-def one_sgd_step(config, tmp_path):
+def one_sgd_step(config, tmp_path, **overrides):
     """(trainer, the change of every parameter) after one plain-SGD step of SALTrainer at lr 0.1 on 64 tiny samples:
-    the learning-rate multipliers' tests compare two of these."""
+    the learning-rate multipliers' tests compare two of these. ``overrides`` go to the TrainingArguments."""
     from sal_hf import SALForImageClassification, SALTrainer
 
     torch.manual_seed(0)
@@ -109,6 +109,7 @@ def one_sgd_step(config, tmp_path):
         max_steps=1,
         learning_rate=0.1,
         lr_scheduler_type="constant",
+        **overrides,
     )
     trainer = SALTrainer(model=model, args=args, train_dataset=as_dataset(x, y))
     trainer.train()

@@ -1,0 +1,51 @@
+"""`SALConfig.feedback_gain`: a constant multiple of the feedback matrices' random draw, which under plain SGD
+multiplies every hidden layer's step and leaves the output layer's and the router's alone."""
+
+import math
+
+import pytest
+import torch
+from conftest import defaults_config, one_sgd_step
+
+from sal_hf import SALConfig, SALForImageClassification
+
+
+@pytest.mark.parametrize("gain", [0, -1.0, math.nan, math.inf, True, "2"])
+def test_bad_gain_names_the_field(gain):
+    with pytest.raises(ValueError, match="feedback_gain"):
+        SALConfig(feedback_gain=gain)
+
+
+def test_backprop_has_no_feedback_to_scale():
+    with pytest.raises(ValueError, match="learning_rule='bp'"):
+        SALConfig(learning_rule="bp", feedback_gain=2.0)
+
+
+@pytest.mark.parametrize("alignment", ["fixed", "kolen_pollack"])
+def test_gain_multiplies_the_draw_and_survives_save_load(alignment, tmp_path):
+    plain = SALForImageClassification(defaults_config(feedback_alignment=alignment))
+    model = SALForImageClassification(defaults_config(feedback_alignment=alignment, feedback_gain=11.3))
+    for scaled, reference in zip(model.feedback.matrices(), plain.feedback.matrices()):
+        torch.testing.assert_close(scaled, 11.3 * reference)
+    model.save_pretrained(tmp_path)
+    loaded = SALForImageClassification.from_pretrained(tmp_path)
+    assert loaded.config.feedback_gain == 11.3
+    for again, saved in zip(loaded.feedback.matrices(), model.feedback.matrices()):
+        torch.testing.assert_close(again, saved)
+
+
+def test_under_sgd_only_the_hidden_layers_step_scales(tmp_path):
+    """The shipped defaults (learned router, areas, Kolen-Pollack feedback), one SGD step without clipping: every
+    hidden-layer parameter moves `gain` times as far, the output layer and the routing projections exactly as far."""
+    gain = 4.0
+    _, plain = one_sgd_step(defaults_config(), tmp_path / "plain", max_grad_norm=0.0)
+    _, scaled = one_sgd_step(defaults_config(feedback_gain=gain), tmp_path / "scaled", max_grad_norm=0.0)
+    hidden = [n for n in plain if n.startswith("sal.layers.") and ".router." not in n]
+    fixed = [n for n in plain if n.startswith("classifier.") or ".router." in n]
+    assert hidden and fixed
+    assert any(plain[n].abs().max() > 0 for n in hidden)  # the step moved them
+    # The changes are differences of float32 weights (~0.1) that moved ~1e-4: rounding allows ~1e-7 of slack.
+    for name in hidden:
+        torch.testing.assert_close(scaled[name], gain * plain[name], rtol=1e-3, atol=1e-6, msg=name)
+    for name in fixed:
+        torch.testing.assert_close(scaled[name], plain[name], rtol=1e-3, atol=1e-6, msg=name)
