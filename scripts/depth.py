@@ -35,7 +35,7 @@ from transformers import TrainingArguments
 from sal_hf import SALConfig, SALForImageClassification, SALTrainer
 from sal_hf.data import load_image_dataset
 from sal_hf.feedback import FEEDBACK_MODES
-from sal_hf.optim import lr_scaled_parameters, scale_learning_rates
+from sal_hf.optim import lr_scaled_parameters
 
 
 def load(
@@ -131,15 +131,17 @@ def run(rule: str, depth: int, data, args) -> dict:
     )
     model = SALForImageClassification(config)
     with tempfile.TemporaryDirectory() as tmp:
+        options = {"learning_rate": args.lr, "weight_decay": 0.0, "optim": "adamw_torch"}
         trainer = SALTrainer(
-            model=model, args=TrainingArguments(output_dir=tmp, report_to="none", use_cpu=True, disable_tqdm=True)
+            model=model,
+            args=TrainingArguments(output_dir=tmp, report_to="none", use_cpu=True, disable_tqdm=True, **options),
         )
-    # Through SALTrainer.create_optimizer, as in training: it keeps this optimizer and registers the pre-step hook
-    # that drops the zero gradients the masked area kernel (the default on CUDA) gives unselected areas.
-    trainer.optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    # SALTrainer.create_optimizer, as in training, registers the pre-step hook that drops the zero gradients the
+    # masked area kernel (the default on CUDA) gives unselected areas. With --lr-groups it makes the AdamW (torch's,
+    # the same betas and eps) with the config's multipliers; without, it keeps this flat one.
     lr_groups = lr_scaled_parameters(model, config) if args.lr_groups else {}
-    for scale, params in lr_groups.values():
-        scale_learning_rates(trainer.optimizer, params, scale)
+    if not args.lr_groups:
+        trainer.optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     optimizer = trainer.create_optimizer()
     hidden = depth - 1
     picks = sorted({0, hidden // 2, hidden - 1})
