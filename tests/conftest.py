@@ -95,22 +95,17 @@ def reload_identically(model, directory, x: torch.Tensor):
 
 def one_sgd_step(config, tmp_path, **overrides):
     """(trainer, the change of every parameter) after one plain-SGD step of SALTrainer at lr 0.1 on 64 tiny samples:
-    the learning-rate multipliers' tests compare two of these. ``overrides`` go to the TrainingArguments."""
+    the learning-rate multipliers' tests compare two of these. ``overrides`` replace TrainingArguments (``optim``...)."""
     from sal_hf import SALForImageClassification, SALTrainer
 
     torch.manual_seed(0)
     model = SALForImageClassification(config)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     x, y = tiny_batch(64)
-    args = training_args(
-        tmp_path,
-        optim="sgd",
-        per_device_train_batch_size=64,
-        max_steps=1,
-        learning_rate=0.1,
-        lr_scheduler_type="constant",
-        **overrides,
+    step = dict(
+        optim="sgd", per_device_train_batch_size=64, max_steps=1, learning_rate=0.1, lr_scheduler_type="constant"
     )
+    args = training_args(tmp_path, **{**step, **overrides})
     trainer = SALTrainer(model=model, args=args, train_dataset=as_dataset(x, y))
     trainer.train()
     return trainer, {name: p.detach() - before[name] for name, p in model.named_parameters()}

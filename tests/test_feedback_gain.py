@@ -49,3 +49,15 @@ def test_under_sgd_only_the_hidden_layers_step_scales(tmp_path):
         torch.testing.assert_close(scaled[name], gain * plain[name], rtol=1e-3, atol=1e-6, msg=name)
     for name in fixed:
         torch.testing.assert_close(scaled[name], plain[name], rtol=1e-3, atol=1e-6, msg=name)
+
+
+def test_under_adamw_the_gain_changes_almost_nothing(tmp_path):
+    """AdamW divides a gradient's scale out: the same first step of every forward parameter, gain or not, up to its
+    eps (1e-8) against gradients of ~1e-4 and up. (The Kolen-Pollack matrices themselves start `gain` times larger,
+    so their decay term, and their step, differ.)"""
+    _, plain = one_sgd_step(defaults_config(), tmp_path / "plain", optim="adamw_torch")
+    _, scaled = one_sgd_step(defaults_config(feedback_gain=4.0), tmp_path / "scaled", optim="adamw_torch")
+    hidden = [n for n in plain if n.startswith("sal.layers.") and ".router." not in n]
+    assert any(plain[n].abs().max() > 0.05 for n in hidden)  # a step of about lr (0.1) per entry
+    for name in [n for n in plain if not n.startswith("feedback.")]:
+        torch.testing.assert_close(scaled[name], plain[name], rtol=0, atol=1e-3, msg=name)
