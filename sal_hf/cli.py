@@ -277,6 +277,7 @@ def info(argv: list[str]) -> int:
     keys += ["area_init", "output_areas", "effective_dual_path", "routing_scope", "router", "router_lr_scale"]
     keys += ["routing_dim"]
     keys += ["area_update_norm", "effective_area_lr_scale", "routing_balance_rate", "routing_seed", "feedback_seed"]
+    keys += ["feedback_gain"]
     for key in keys:
         print(f"  {key.removeprefix('effective_'):22s} {getattr(config, key)}")
     total = model.num_parameters()

@@ -139,9 +139,12 @@ class SALConfig(PreTrainedConfig):
         feedback_gain (`float`, defaults to 1.0):
             Multiplies the feedback matrices' random draw (Kaiming-uniform with the output layer's fan-in, std
             `sqrt(2 / width)`; `sqrt(width / 2)`, 11.3 at width 256, gives unit-variance entries, the draw of much
-            DFA code). A constant, no weight transport. Under Adam-style optimizers it changes almost nothing (they
-            divide a gradient's scale out); under plain SGD it multiplies every hidden layer's step, as a
-            learning rate of the hidden layers would (docs/FEEDBACK.md). Not with `learning_rule="bp"`.
+            DFA code). A constant, no weight transport. Under plain SGD with fixed feedback it multiplies every
+            hidden layer's step by `g` with direct or stream feedback, and layer l's by `g ** (L - l)` with
+            layer-wise feedback (the signal passes through every matrix above it), as a learning rate of the hidden
+            layers would; Adam-style optimizers divide a gradient's scale out, so there its effect is small (through
+            gradient clipping, and with Kolen-Pollack the matrices' own pace). docs/FEEDBACK.md. Not with
+            `learning_rule="bp"`.
         feedback_scope (`str`, defaults to `"shared"`):
             `shared`: one feedback matrix per hidden layer, used by all its areas. `area`: every area of a layer has
             its own direct feedback matrix `B_l[k]` (K, C, d_l), and a sample's signal uses the matrix of the area

@@ -107,6 +107,7 @@ def _describe(model: Any, model_name: str) -> tuple[str, str, str, list, list, l
     )
     rule = [("learning_rule", config.learning_rule), ("feedback", config.feedback_mode)]
     rule += [("feedback_alignment", config.effective_feedback_alignment), ("feedback_scope", config.feedback_scope)]
+    rule += [("feedback_gain", config.feedback_gain)]
     rule += [("area_update_norm", config.area_update_norm), ("routing_loss_weight", config.routing_loss_weight)]
     architecture = [("input_size", config.input_size), ("image_size", config.image_size)]
     architecture += [("hidden_sizes", config.hidden_sizes), ("hidden_act", config.hidden_act)]

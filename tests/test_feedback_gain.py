@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 from conftest import defaults_config, one_sgd_step
+from safetensors.torch import load_file
 
 from sal_hf import SALConfig, SALForImageClassification
 
@@ -27,7 +28,12 @@ def test_gain_multiplies_the_draw_and_survives_save_load(alignment, tmp_path):
     model = SALForImageClassification(defaults_config(feedback_alignment=alignment, feedback_gain=11.3))
     for scaled, reference in zip(model.feedback.matrices(), plain.feedback.matrices()):
         torch.testing.assert_close(scaled, 11.3 * reference)
+    if alignment == "kolen_pollack":  # as if trained: loading must not redraw them
+        with torch.no_grad():
+            for matrix in model.feedback.matrices():
+                matrix.add_(torch.randn_like(matrix))
     model.save_pretrained(tmp_path)
+    assert {"feedback.layer_0", "feedback.layer_1"} <= set(load_file(tmp_path / "model.safetensors"))
     loaded = SALForImageClassification.from_pretrained(tmp_path)
     assert loaded.config.feedback_gain == 11.3
     for again, saved in zip(loaded.feedback.matrices(), model.feedback.matrices()):
@@ -49,6 +55,19 @@ def test_under_sgd_only_the_hidden_layers_step_scales(tmp_path):
         torch.testing.assert_close(scaled[name], gain * plain[name], rtol=1e-3, atol=1e-6, msg=name)
     for name in fixed:
         torch.testing.assert_close(scaled[name], plain[name], rtol=1e-3, atol=1e-6, msg=name)
+
+
+def test_under_sgd_layerwise_feedback_compounds_the_gain(tmp_path):
+    """Layer-wise fixed feedback carries the signal through every matrix above a layer: with two hidden layers the
+    last one's step grows by `gain`, the first one's by `gain ** 2`."""
+    gain, config = 3.0, {"feedback": "layerwise", "feedback_alignment": "fixed"}
+    _, plain = one_sgd_step(defaults_config(**config), tmp_path / "plain", max_grad_norm=0.0)
+    _, scaled = one_sgd_step(defaults_config(**config, feedback_gain=gain), tmp_path / "scaled", max_grad_norm=0.0)
+    for layer, factor in ((0, gain**2), (1, gain)):
+        names = [n for n in plain if n.startswith(f"sal.layers.{layer}.") and ".router." not in n]
+        assert names and any(plain[n].abs().max() > 0 for n in names)
+        for name in names:
+            torch.testing.assert_close(scaled[name], factor * plain[name], rtol=1e-3, atol=1e-6, msg=name)
 
 
 def test_under_adamw_the_gain_changes_almost_nothing(tmp_path):
