@@ -813,7 +813,7 @@ def variants_markdown(variants: dict, main: dict) -> str:
         return ""
     lines = [
         "",
-        "## SAL-16's step size under the paper protocol (Digits)",
+        "## SAL-16's step size under the paper protocol (Digits; other sets where named)",
         "",
         "The paper protocol fixes plain SGD at lr 1e-4, where a rule's accuracy follows its step size.",
         '`per-area averaging` (`area_update_norm="area"`) averages each area\'s update over its own samples (1/n_k)',
@@ -827,16 +827,20 @@ def variants_markdown(variants: dict, main: dict) -> str:
         "any norm also took the `B / n_k` step. Since commit bb3db39 only the area parameters are rescaled; the",
         "`foundation` rows (no shared path, no norm) are unaffected, the `defaults` row has not been re-run.",
         "",
-        "| SAL-16 variant | paper protocol | train acc % | published SAL-16 *(paper)* |",
-        "|---|---|---|---|",
+        "| dataset | SAL-16 variant | paper protocol | train acc % | same-protocol BP | published SAL-16 *(paper)* |",
+        "|---|---|---|---|---|---|",
     ]
     rows = {key: e for key, e in variants.items() if key[3] in PAPER_VARIANTS}  # records of retired rows: skipped
-    for key, e in sorted(rows.items(), key=lambda item: list(PAPER_VARIANTS).index(item[0][3])):
-        published = PAPER.get(key[1], {}).get("sal", "")
-        lines.append(f"| {key[3]} | {fmt(e)} | {e['train_accuracy']:.1f} | *{published}* |")
-    bp = [v for k, v in main.items() if k[1] == "digits" and k[2] == "paper" and k[3] == "bp"]
-    if bp:
-        lines += ["", f"Same-protocol BP on Digits: {fmt(bp[0])}."]
+    # Digits (the suite's dataset) first, then any other dataset a run asked for, each with BP of the same data,
+    # protocol and budget from the main suite.
+    order = lambda item: (item[0][1] != "digits", item[0][1], item[0][5] or 0, list(PAPER_VARIANTS).index(item[0][3]))  # noqa: E731
+    for key, e in sorted(rows.items(), key=order):
+        published = None if e["reduced"] else PAPER.get(key[1], {}).get("sal")  # the paper's are full-size runs
+        bp = main.get(("main", key[1], key[2], "bp", *key[4:]))
+        data = dataset_label(key[1], e["sizes"], key[4], e["reduced"])
+        lines.append(
+            f"| {data} | {key[3]} | {fmt(e)} | {e['train_accuracy']:.1f} | {fmt(bp)} | {f'*{published}*' if published else '-'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
