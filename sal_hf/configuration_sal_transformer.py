@@ -10,7 +10,7 @@ from transformers import PreTrainedConfig
 from .activations import ACTIVATIONS
 from .areas import AREA_IMPLEMENTATIONS
 from .block_rule import BLOCK_FEEDBACK_ALIGNMENTS, ERROR_SOURCES
-from .configuration_sal import AREA_INITS, ROUTERS, with_saved_defaults
+from .configuration_sal import AREA_INITS, ROUTERS, SALConfig, with_saved_defaults
 
 
 TRANSFORMER_RULES = ("sal", "dfa", "bp")
@@ -157,6 +157,15 @@ class SALTransformerConfig(PreTrainedConfig):
     eos_token_id: int | list[int] | None = None
 
     def __post_init__(self, **kwargs):
+        # PreTrainedConfig keeps any unknown keyword as an attribute; one that configures the MLP would then be saved
+        # and silently ignored, so those are refused by name.
+        mlp_only = sorted(set(kwargs) & (set(SALConfig.__dataclass_fields__) - set(type(self).__dataclass_fields__)))
+        if mlp_only:
+            raise ValueError(
+                f"{type(self).__name__} got {', '.join(f'{k}={kwargs[k]!r}' for k in mlp_only)}: SALConfig fields (the MLP "
+                "of SALForImageClassification) that the transformer does not use. Remove them; its feedback is set by "
+                "feedback_points, error_source and feedback_alignment (docs/TEXT.md)."
+            )
         super().__post_init__(**kwargs)
         self.validate_sal()
 

@@ -80,6 +80,9 @@ def surrogate(model, ids_, labels=None, **kwargs) -> torch.Tensor:
         ({"tie_word_embeddings": True}, "tie_word_embeddings"),
         ({"tie_word_embeddings": True, "learning_rule": "dfa"}, "tie_word_embeddings"),
         ({"hidden_act": "swish2"}, "hidden_act"),
+        # The MLP's fields would be stored and ignored (PreTrainedConfig keeps unknown keywords).
+        ({"feedback_gain": 11.3}, "feedback_gain"),
+        ({"hidden_sizes": [64], "norm": "layernorm"}, "hidden_sizes=.*norm="),
     ],
 )
 def test_invalid_config_raises_naming_the_field(overrides, field):
