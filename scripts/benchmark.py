@@ -217,6 +217,17 @@ PAPER_VARIANTS = {
         **UNIT_FEEDBACK,
     },
     "DFA (K=1), feedback x11.3": {"learning_rule": "dfa", **UNIT_FEEDBACK},
+    # The sweep that came first (seed 0 only): how accuracy follows the gain, for the same three rules.
+    **{
+        f"{name}, feedback x{gain:g}": {**fields, "feedback_gain": gain}
+        for gain in (1.0, 4.0, 32.0)
+        for name, fields in (
+            ("today's defaults (Kolen-Pollack, router lr x0.01)", {**SAL_KP, **SLOW_ROUTER}),
+            ("foundation, area lr x16, output areas", {**FOUNDATION, "area_lr_scale": 16.0, "output_areas": True}),
+            ("DFA (K=1)", {"learning_rule": "dfa"}),
+        )
+        if gain != 1.0 or name.startswith("today")  # the other two have their gain-1 rows (above, main table)
+    },
 }
 SUITES["variants"] = {
     "methods": PAPER_VARIANTS,
