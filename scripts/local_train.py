@@ -50,8 +50,11 @@ def build(fields: dict, *, input_size: int, num_labels: int, hidden_sizes: list[
     return model, rule, optimizer
 
 
-def train_epoch(model, rule, optimizer, x: torch.Tensor, y: torch.Tensor, batch_size: int, generator) -> float:
-    """One pass over (x, y) in a random order; returns the mean training loss."""
+def train_epoch(
+    model, rule, optimizer, x: torch.Tensor, y: torch.Tensor, batch_size: int, generator, before_forward=None
+) -> float:
+    """One pass over (x, y) in a random order; returns the mean training loss. `before_forward(xb, yb)`, when given,
+    runs before each batch's forward (continual.py's task-oracle routing reads the batch's labels there)."""
     model.train()
     order = torch.randperm(len(y), generator=generator)
     total, steps = 0.0, 0
@@ -59,6 +62,8 @@ def train_epoch(model, rule, optimizer, x: torch.Tensor, y: torch.Tensor, batch_
         index = order[start : start + batch_size]
         xb, yb = x[index], y[index]
         optimizer.zero_grad(set_to_none=True)
+        if before_forward is not None:
+            before_forward(xb, yb)
         if rule is None:
             loss = model(pixel_values=xb, labels=yb).loss
         else:

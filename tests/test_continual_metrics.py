@@ -31,3 +31,27 @@ def test_mutual_information_is_one_for_tasks_on_their_own_areas_and_zero_for_sha
     assert continual.normalised_mutual_information([[10, 10], [10, 10]]) == pytest.approx(0.0, abs=1e-12)
     assert 0.8 < continual.normalised_mutual_information(own) <= 1.0
     assert continual.normalised_mutual_information([[50, 0], [0, 50]]) == pytest.approx(1.0)
+
+
+def test_task_oracle_routes_every_layer_by_task_and_misroutes_the_asked_share():
+    from sal_hf import SALConfig, SALForImageClassification
+
+    config = SALConfig(input_size=12, hidden_sizes=[8, 8], num_labels=10, num_areas=16, output_areas=True)
+    model = SALForImageClassification(config)
+    oracle = continual.install_task_oracle(model, misroute=0.0, seed=0)
+    assert not model.routers  # every AreaRouter replaced, so routing statistics and losses have nothing to do
+    labels = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+    oracle.route(continual.TASK_OF_LABEL[labels])
+    areas = model(pixel_values=torch.randn(10, 12)).areas
+    assert len(areas) == 3  # two hidden layers and the per-area output layer
+    for area in areas:
+        assert area.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    with pytest.raises(RuntimeError, match="route"):
+        model(pixel_values=torch.randn(4, 12))
+
+    noisy = continual.TaskOracleRouter(misroute=0.3, seed=0)
+    task = torch.full((20_000,), 2)
+    noisy.route(task)
+    wrong = noisy.area != task
+    assert abs(float(wrong.float().mean()) - 0.3) < 0.02
+    assert set(noisy.area[wrong].tolist()) == {0, 1, 3, 4}  # another task's area, never an unused one
