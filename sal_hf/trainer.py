@@ -199,8 +199,9 @@ class SALTrainer(Trainer):
       processes), [`SALAreaHealthCallback`] adds area health (and the values of any [`SALDiagnosticsCallback`]) to
       every training log, and [`SALInterruptCallback`] turns Ctrl-C into "save a checkpoint and stop".
     - It refuses what would silently break SAL across devices (several GPUs in one process, i.e. DataParallel;
-      `area_update_norm="area"` with accumulation or several processes) and switches FSDP runs with several
-      processes to the masked area kernel (`prepare_areas_for_fsdp`).
+      `area_update_norm="area"` with accumulation or several processes; FSDP1 with `use_orig_params=False`, whose
+      flat parameters would drop the lr multipliers) and switches FSDP runs with several processes to the masked
+      area kernel (`prepare_areas_for_fsdp`).
 
     Everything else, the training loop included, is inherited unchanged.
 
@@ -313,7 +314,25 @@ class SALTrainer(Trainer):
                     f"error_source='vocab' differentiates the logits that DDP ({self.args.world_size} processes) "
                     "re-wraps after the forward. Use error_source='hidden' (the default), or train in one process."
                 )
+        if getattr(self, "is_fsdp_enabled", False) and not self._users_optimizer:
+            self.check_fsdp_lr_groups(core, self.accelerator.state.fsdp_plugin)
         self.prepare_areas_for_fsdp(core)
+
+    def check_fsdp_lr_groups(self, core: nn.Module, plugin: Any) -> None:
+        """Refuse FSDP1 with `use_orig_params=False` when the config scales some learning rates (`area_lr_scale`,
+        `router_lr_scale`): FSDP1 then flattens the parameters into new tensors, so the optimizer SALTrainer makes
+        would find none of the parameters its lr groups name, and every parameter would step at the full lr."""
+        if getattr(plugin, "fsdp_version", 1) != 1 or getattr(plugin, "use_orig_params", True):
+            return
+        scaled = lr_scaled_parameters(core, core.config)
+        if scaled:
+            values = ", ".join(f"{name}={scale:g}" for name, (scale, _) in scaled.items())
+            raise ValueError(
+                f"FSDP1 with use_orig_params=False flattens the parameters, so {values} would not reach the "
+                "optimizer: every parameter would step at the full learning rate. Use FSDP2 (fsdp_version: 2, as "
+                "examples/accelerate/fsdp_gpu.yaml does), or set use_orig_params: true in the fsdp_config (Trainer's "
+                "default), or pass your own optimizer."
+            )
 
     def prepare_areas_for_fsdp(self, core: nn.Module) -> int:
         """Under FSDP with several processes, switch every area layer to the masked kernel (returns how many): with

@@ -186,6 +186,23 @@ def test_fsdp_with_several_ranks_switches_the_areas_to_the_masked_kernel(tmp_pat
     assert all(layer.areas.implementation == "masked" for layer in model.sal.layers)
 
 
+def test_fsdp1_with_flat_parameters_is_refused_when_the_defaults_scale_learning_rates(tmp_path):
+    from types import SimpleNamespace
+
+    model = SALForImageClassification(SALConfig(**DEFAULTS))
+    trainer = SALTrainer(model=model, args=training_args(tmp_path))
+    trainer.is_fsdp_enabled = True
+    flat = SimpleNamespace(fsdp_version=1, use_orig_params=False)
+    with mock.patch.object(trainer.accelerator.state, "fsdp_plugin", flat, create=True):
+        with pytest.raises(ValueError, match=r"use_orig_params=False.*area_lr_scale=0\.0625, router_lr_scale=0\.01"):
+            trainer._check_parallelism(model)
+    for fine in (SimpleNamespace(fsdp_version=1, use_orig_params=True), SimpleNamespace(fsdp_version=2)):
+        trainer.check_fsdp_lr_groups(model, fine)
+    # Nothing to lose when no learning rate is scaled.
+    unscaled = SALForImageClassification(SALConfig(**DEFAULTS, area_lr_scale=1.0, router_lr_scale=1.0))
+    trainer.check_fsdp_lr_groups(unscaled, flat)
+
+
 @pytest.mark.parametrize("args", [{"gradient_accumulation_steps": 2}])
 def test_per_area_update_norm_refuses_what_would_not_equal_one_batch(args, tmp_path):
     model = SALForImageClassification(SALConfig(**DEFAULTS, area_update_norm="area"))
