@@ -143,8 +143,9 @@ class SALConfig(PreTrainedConfig):
             hidden layer's step by `g` with direct or stream feedback, and layer l's by `g ** (L - l)` with
             layer-wise feedback (the signal passes through every matrix above it), as a learning rate of the hidden
             layers would; Adam-style optimizers divide a gradient's scale out, so there its effect is small (through
-            gradient clipping, and with Kolen-Pollack the matrices' own pace). docs/FEEDBACK.md. Not with
-            `learning_rule="bp"`.
+            gradient clipping, and with Kolen-Pollack the matrices' own pace). It sets a fresh draw only: learned
+            matrices loaded from a checkpoint keep their trained values (with a warning if the gain differs).
+            docs/FEEDBACK.md. Not with `learning_rule="bp"`.
         feedback_scope (`str`, defaults to `"shared"`):
             `shared`: one feedback matrix per hidden layer, used by all its areas. `area`: every area of a layer has
             its own direct feedback matrix `B_l[k]` (K, C, d_l), and a sample's signal uses the matrix of the area

@@ -18,13 +18,16 @@ from torch.nn import functional as F
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutput
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .activations import ACTIVATIONS
 from .areas import SALAreaLinear, make_norm
 from .configuration_sal import SALConfig
 from .feedback import FeedbackMatrices, sign_concordant
 from .routing import AreaRouter, area_counts
+
+
+logger = logging.get_logger(__name__)
 
 
 @torch.no_grad()
@@ -269,6 +272,16 @@ class SALRoutingMixin:
                 "`feedback_scope` (or `feedback_points`) of its config.json, or train the new layout from a fresh "
                 "model."
             )
+        gain = getattr(model.config, "feedback_gain", None)
+        if learned and not lost and gain is not None and ("feedback_gain" in kwargs or "config" in kwargs):
+            saved = cls._saved_config(pretrained_model_name_or_path, kwargs)
+            saved_gain = gain if saved is None else saved.feedback_gain  # None: weights alone, a `config=` given
+            if saved_gain != gain:
+                logger.warning(
+                    f"feedback_gain={gain!r} (saved: {saved_gain!r}) scales the random draw of new feedback matrices "
+                    f"only; the learned (Kolen-Pollack) matrices in {source} load as trained, so it changes nothing "
+                    "here. Train a fresh model to use another gain."
+                )
         if isinstance(feedback, FeedbackMatrices) and not feedback.learned:
             # Frozen feedback is set by the config alone (seed, identity): rebuild it, so that a checkpoint loaded with
             # another rule or feedback_alignment uses the feedback its config derives (a `dfa` transformer's random
@@ -278,11 +291,17 @@ class SALRoutingMixin:
         return (model, info) if output_loading_info else model
 
     @classmethod
-    def _saved_feedback_learned(cls, source: str | os.PathLike, kwargs: dict) -> bool:
-        """Whether the checkpoint's own config.json (without this call's overrides) learned its feedback matrices."""
+    def _saved_config(cls, source: str | os.PathLike, kwargs: dict):
+        """The checkpoint's own config (its config.json, without this call's overrides); None when it has none."""
         hub = ("cache_dir", "force_download", "proxies", "token", "local_files_only", "revision", "subfolder")
         config_dict, _ = cls.config_class.get_config_dict(source, **{k: kwargs[k] for k in hub if k in kwargs})
-        saved = cls.config_class.from_dict(config_dict)
+        return cls.config_class.from_dict(config_dict) if config_dict else None
+
+    @classmethod
+    def _saved_feedback_learned(cls, source: str | os.PathLike, kwargs: dict) -> bool:
+        """Whether the checkpoint's own config.json (without this call's overrides) learned its feedback matrices
+        (without a config.json: whether the defaults do)."""
+        saved = cls._saved_config(source, kwargs) or cls.config_class()
         return saved.learning_rule != "bp" and saved.effective_feedback_alignment == "kolen_pollack"
 
     @classmethod

@@ -40,6 +40,26 @@ def test_gain_multiplies_the_draw_and_survives_save_load(alignment, tmp_path):
         torch.testing.assert_close(again, saved)
 
 
+def test_another_gain_at_load_warns_that_learned_matrices_keep_their_values(tmp_path, caplog):
+    """The defaults learn their feedback (Kolen-Pollack): a gain passed to from_pretrained cannot rescale trained
+    matrices, and says so; loaded with the saved gain, or with frozen feedback (redrawn with the new gain), it is silent."""
+    SALForImageClassification(defaults_config()).save_pretrained(tmp_path / "learned")
+    SALForImageClassification(defaults_config(feedback_alignment="fixed")).save_pretrained(tmp_path / "fixed")
+    with caplog.at_level("WARNING"):
+        SALForImageClassification.from_pretrained(tmp_path / "learned")
+        SALForImageClassification.from_pretrained(tmp_path / "fixed", feedback_gain=4.0)
+    assert "feedback_gain" not in caplog.text
+    with caplog.at_level("WARNING"):
+        loaded = SALForImageClassification.from_pretrained(tmp_path / "learned", feedback_gain=4.0)
+    assert "feedback_gain=4.0 (saved: 1.0)" in caplog.text and "load as trained" in caplog.text
+    assert loaded.config.feedback_gain == 4.0
+    caplog.clear()
+    (tmp_path / "learned" / "config.json").rename(tmp_path / "config.json")  # weights alone, the config given
+    with caplog.at_level("WARNING"):
+        SALForImageClassification.from_pretrained(tmp_path / "learned", config=defaults_config(feedback_gain=4.0))
+    assert "feedback_gain" not in caplog.text  # nothing saved to compare with: no warning, and no error
+
+
 def test_under_sgd_only_the_hidden_layers_step_scales(tmp_path):
     """The shipped defaults (learned router, areas, Kolen-Pollack feedback), one SGD step without clipping: every
     hidden-layer parameter moves `gain` times as far, the output layer and the routing projections exactly as far."""
