@@ -264,6 +264,9 @@ def info(argv: list[str]) -> int:
     import torch
     from transformers import AutoModelForImageClassification
 
+    from .configuration_sal import CLAIM_DEFAULTS
+    from .routing import AreaRouter, ClaimRouter
+
     directory = Path(options.directory)
     if not (directory / "config.json").is_file():
         raise ValueError(f"{directory} has no config.json; pass a directory written by save_pretrained.")
@@ -277,12 +280,13 @@ def info(argv: list[str]) -> int:
     keys += ["area_init", "output_areas", "effective_dual_path", "routing_scope", "router", "router_lr_scale"]
     keys += ["routing_dim"]
     keys += ["area_update_norm", "effective_area_lr_scale", "routing_balance_rate", "routing_seed", "feedback_seed"]
-    keys += ["feedback_gain"]
+    keys += ["feedback_gain"] + (list(CLAIM_DEFAULTS) if config.router == "claim" else [])
     for key in keys:
         print(f"  {key.removeprefix('effective_'):22s} {getattr(config, key)}")
     total = model.num_parameters()
     per_area = sum(p.numel() for layer in model.sal.layers for p in (layer.areas.weight_0, layer.areas.bias_0))
-    frozen = sum(b.numel() for name, b in model.named_buffers() if name.startswith("feedback") or "prototypes" in name)
+    frozen = sum(b.numel() for name, b in model.named_buffers() if name.startswith("feedback"))
+    frozen += sum(r.prototypes.numel() for r in model.routers if isinstance(r, AreaRouter))
     learned = sum(p.numel() for name, p in model.named_parameters() if name.startswith("feedback."))
     print(
         f"parameters: {total:,} (one area of every hidden layer: {per_area:,}; learned feedback matrices: {learned:,}); "
@@ -291,6 +295,13 @@ def info(argv: list[str]) -> int:
 
     print("routers:")
     for index, router in enumerate(model.routers):
+        if isinstance(router, ClaimRouter):
+            first, end = router.active_areas()
+            print(
+                f"  router_{index}: K={router.num_areas}, in={router.in_features}, claimed areas {int(router.claimed)}"
+                f" (latest claim: {first}..{end - 1}), {router.per_area} prototypes an area"
+            )
+            continue
         bias = router.area_bias
         print(
             f"  router_{index}: K={router.num_areas}, in={router.in_features}, updates={int(router.num_updates)}, "

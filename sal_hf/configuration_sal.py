@@ -36,6 +36,8 @@ def with_saved_defaults(config_dict: dict, kwargs: dict, before: dict = BEFORE_T
 AREA_INITS = ("independent", "identical")
 ROUTING_SCOPES = ("layer", "shared")
 ROUTERS = ("learned", "random")
+MLP_ROUTERS = (*ROUTERS, "claim")  # the transformer's routers route tokens; `claim` routes samples of a task stream
+CLAIM_DEFAULTS = {"claim_areas": 3, "claim_surprise": 3.0, "claim_window": 50, "claim_prototypes": 8}
 AREA_NORMS = ("batch", "area")
 ACTIVATION_NAMES = tuple(ACTIVATIONS)
 # The feedback each rule implies; `sal` may use either.
@@ -73,6 +75,18 @@ class SALConfig(PreTrainedConfig):
             that area.
         router (`str`, defaults to `"learned"`):
             `learned`: the routing projection learns by its local rule; `random`: it stays at its random draw.
+            `claim` (for continual learning, with `routing_scope="shared"`; [`SALTrainer`], one process): areas are
+            claimed when a training batch's loss jumps (`claim_*`), training routes among the latest claim's areas
+            and inference to the nearest prototype among all claimed ones (`routing.ClaimRouter`; docs/CONTINUAL.md).
+        claim_areas (`int`, defaults to 3):
+            With `router="claim"`: areas a claim takes (a sequence of T tasks needs `num_areas >= T * claim_areas`).
+        claim_surprise (`float`, defaults to 3.0):
+            With `router="claim"`: a batch whose loss, routed as in training, is this many nats above the mean of the
+            last `claim_window` batches claims new areas.
+        claim_window (`int`, defaults to 50):
+            With `router="claim"`: batches in that mean, and batches after a claim before the next.
+        claim_prototypes (`int`, defaults to 8):
+            With `router="claim"`: prototypes an area routes by (online k-means on the router's input).
         routing_dim (`int`, defaults to 32):
             Size of the routing space of the projection and the frozen prototypes.
         routing_balance_rate (`float`, defaults to 1e-3):
@@ -201,6 +215,10 @@ class SALConfig(PreTrainedConfig):
     routing_center_momentum: float = 0.01
     routing_loss_weight: float = 1.0
     router_lr_scale: float = 0.01
+    claim_areas: int = 3
+    claim_surprise: float = 3.0
+    claim_window: int = 50
+    claim_prototypes: int = 8
     output_areas: bool = False
     dual_path: bool | None = None
     residual: bool = False
@@ -268,7 +286,7 @@ class SALConfig(PreTrainedConfig):
             "area_mode": AREA_MODES,
             "area_init": AREA_INITS,
             "routing_scope": ROUTING_SCOPES,
-            "router": ROUTERS,
+            "router": MLP_ROUTERS,
             "learning_rule": LEARNING_RULES,
             "area_update_norm": AREA_NORMS,
             "norm": NORMS,
@@ -297,6 +315,7 @@ class SALConfig(PreTrainedConfig):
                 raise ValueError(f"SALConfig.{name} must be a number > 0 or None (derive); got {name}={value!r}.")
         if self.dual_path is not None and not isinstance(self.dual_path, bool):
             raise ValueError(f"SALConfig.dual_path must be a bool or None (derive); got dual_path={self.dual_path!r}.")
+        self._validate_claims()
         if not 0.0 < self.routing_center_momentum <= 1.0:
             raise ValueError(
                 f"SALConfig.routing_center_momentum must be in (0, 1]; got routing_center_momentum={self.routing_center_momentum!r}."
@@ -425,6 +444,35 @@ class SALConfig(PreTrainedConfig):
         output = super().to_dict()
         output.pop("area_implementation", None)
         return output
+
+    def _validate_claims(self) -> None:
+        """`router="claim"` and its `claim_*` fields: valid values, and no `claim_*` set for another router."""
+        given = {name: getattr(self, name) for name in CLAIM_DEFAULTS}
+        if self.router != "claim":
+            changed = {name: value for name, value in given.items() if value != CLAIM_DEFAULTS[name]}
+            if changed:
+                raise ValueError(
+                    f"{', '.join(f'{k}={v!r}' for k, v in changed.items())} only applies to router='claim'; got "
+                    f"router={self.router!r}. Set router='claim' or drop them."
+                )
+            return
+        for name in ("claim_areas", "claim_window", "claim_prototypes"):
+            value = given[name]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"SALConfig.{name} must be an int >= 1; got {name}={value!r}.")
+        surprise = self.claim_surprise
+        if isinstance(surprise, bool) or not isinstance(surprise, (int, float)) or not 0 < surprise < math.inf:
+            raise ValueError(f"SALConfig.claim_surprise must be a finite number > 0 (nats); got {surprise!r}.")
+        if self.claim_areas > self.num_areas:
+            raise ValueError(
+                f"router='claim' with claim_areas={self.claim_areas} needs num_areas >= claim_areas; got "
+                f"num_areas={self.num_areas}."
+            )
+        if self.routing_scope != "shared":
+            raise ValueError(
+                "router='claim' routes each sample once, on the network's input, and every layer uses that area; "
+                f"set routing_scope='shared' (got {self.routing_scope!r})."
+            )
 
     @property
     def feedback_mode(self) -> str | None:

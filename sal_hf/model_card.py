@@ -116,6 +116,8 @@ def _describe(model: Any, model_name: str) -> tuple[str, str, str, list, list, l
     architecture += [("dual_path", config.effective_dual_path), ("area_lr_scale", config.effective_area_lr_scale)]
     routing = ["routing_scope", "router", "router_lr_scale", "routing_dim", "routing_balance_rate"]
     routing += ["routing_center_momentum"]
+    if config.router == "claim":
+        routing += ["claim_areas", "claim_surprise", "claim_window", "claim_prototypes"]
     return "image-classification", what, usage, rule, architecture, routing
 
 

@@ -24,7 +24,7 @@ from .activations import ACTIVATIONS
 from .areas import SALAreaLinear, make_norm
 from .configuration_sal import SALConfig
 from .feedback import FeedbackMatrices, sign_concordant
-from .routing import AreaRouter, area_counts
+from .routing import AreaRouter, ClaimRouter, area_counts
 
 
 logger = logging.get_logger(__name__)
@@ -85,7 +85,16 @@ class SALLayer(nn.Module):
         self.residual_scale = config.effective_residual_scale
         self.norm = make_norm(config.norm, in_features)
         self.router = None
-        if route and num_areas > 1:
+        if route and num_areas > 1 and config.router == "claim":
+            self.router = ClaimRouter(
+                in_features,
+                num_areas,
+                areas_per_claim=config.claim_areas,
+                surprise=config.claim_surprise,
+                window=config.claim_window,
+                prototypes_per_area=config.claim_prototypes,
+            )
+        elif route and num_areas > 1:
             self.router = AreaRouter(
                 in_features,
                 num_areas,
@@ -313,9 +322,28 @@ class SALRoutingMixin:
         return not saved_by_this_class and key.startswith(cls._sal_new_head_prefixes)
 
     @property
-    def routers(self) -> list[AreaRouter]:
+    def routers(self) -> list[AreaRouter | ClaimRouter]:
         """Every router of the model, in layer order."""
-        return [module for module in self.modules() if isinstance(module, AreaRouter)]
+        return [module for module in self.modules() if isinstance(module, (AreaRouter, ClaimRouter))]
+
+    @torch.no_grad()
+    def observe_claims(self, inputs: dict[str, Any], forward: nn.Module | None = None) -> None:
+        """`router="claim"`: score the batch about to train (``inputs``, with its ``labels``) with the current model,
+        routed as in training (softmax cross-entropy), and let each claim router claim areas on a surprise (see
+        [`ClaimRouter.observe`]). Call before the batch's training forward; [`SALTrainer`] does. ``forward``: the
+        module to run (a trainer's wrapped model; default this one). One forward and one host sync more a batch."""
+        if getattr(self.config, "router", None) != "claim":
+            return
+        routers = [router for router in self.routers if isinstance(router, ClaimRouter)]
+        for router in routers:
+            router.probing = True
+        try:
+            loss = float((forward or self)(**inputs).loss)
+        finally:
+            for router in routers:
+                router.probing = False
+        for router in routers:
+            router.observe(loss)
 
     def update_routing_statistics(self) -> None:
         """Apply the routing statistics gathered since the last optimizer step (running input mean, balancing
@@ -365,7 +393,7 @@ class SALPreTrainedModel(SALRoutingMixin, PreTrainedModel):
             init.ones_(module.weight)
             if getattr(module, "bias", None) is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, (AreaRouter, FeedbackMatrices)):
+        elif isinstance(module, (AreaRouter, ClaimRouter, FeedbackMatrices)):
             for name, value in module.initial_values().items():
                 init.copy_(getattr(module, name), value)
 

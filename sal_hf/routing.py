@@ -47,7 +47,53 @@ def make_projection(routing_dim: int, in_features: int, seed: int) -> torch.Tens
     return seeded_normal((routing_dim, in_features), seed, std=in_features**-0.5)
 
 
-class AreaRouter(nn.Module):
+class RouterBase:
+    """What both routers share: floating buffers that never drop below fp32 when the model is cast, and the area health
+    they report from ``logged_load`` (K,) float64, the samples per area of the training forwards since the last read.
+    Mixed in before ``nn.Module``."""
+
+    def _apply(self, fn, recurse: bool = True):
+        """``Module.to``, ``.half()``, ``.bfloat16()``, ...: the buffers follow the device but never drop below
+        fp32. A cast to a lower precision keeps their fp32 values (the original tensor moved, not the rounded one)."""
+        before = dict(self._buffers)
+        super()._apply(fn, recurse)
+        for name, buffer in self._buffers.items():
+            if buffer is None or not buffer.is_floating_point() or torch.finfo(buffer.dtype).bits >= 32:
+                continue
+            original = before[name]
+            if torch.finfo(original.dtype).bits < 32:
+                original = original.float()
+            self._buffers[name] = original.to(buffer.device)
+        return self
+
+    @torch.no_grad()
+    def health(self, min_samples_per_area: float = 4.0) -> dict[str, float] | None:
+        """Area utilisation since the last report: ``min_share`` / ``max_share`` of the samples, ``dead`` areas (no
+        sample) and ``samples`` (the window), then a new window starts. None while the window holds fewer than
+        ``min_samples_per_area * K`` samples (batch size 1, or any batch far below K, logged often): the counts keep
+        accumulating over the next reports, since a few samples say nothing about balance (with n < K samples at
+        least K - n areas would look dead; with 4K samples a perfectly balanced router shows ~2% dead areas)."""
+        total = float(self.logged_load.sum())
+        if total < min_samples_per_area * self.num_areas:
+            return None
+        load = self.pop_load()
+        share = load / total
+        return {
+            "min_share": round(float(share.min()), 4),
+            "max_share": round(float(share.max()), 4),
+            "dead": int((load == 0).sum()),
+            "samples": int(total),
+        }
+
+    @torch.no_grad()
+    def pop_load(self) -> torch.Tensor:
+        """Samples routed to each area since the last call, (K,) float64; resets the count."""
+        load = self.logged_load.clone()
+        self.logged_load.zero_()
+        return load
+
+
+class AreaRouter(RouterBase, nn.Module):
     """Hard router of one layer (or of the whole network when routing is shared).
 
     Args:
@@ -128,20 +174,6 @@ class AreaRouter(nn.Module):
             getattr(self, name).copy_(value)
         for name in ("pending_input_sum", "pending_load", "logged_load"):
             getattr(self, name).zero_()
-
-    def _apply(self, fn, recurse: bool = True):
-        """``Module.to``, ``.half()``, ``.bfloat16()``, ...: the buffers follow the device but never drop below
-        fp32. A cast to a lower precision keeps their fp32 values (the original tensor moved, not the rounded one)."""
-        before = dict(self._buffers)
-        super()._apply(fn, recurse)
-        for name, buffer in self._buffers.items():
-            if buffer is None or not buffer.is_floating_point() or torch.finfo(buffer.dtype).bits >= 32:
-                continue
-            original = before[name]
-            if torch.finfo(original.dtype).bits < 32:
-                original = original.float()
-            self._buffers[name] = original.to(buffer.device)
-        return self
 
     def _statistics_on(self, device: torch.device) -> None:
         """Move the statistics to ``device`` (they are not buffers, so ``Module.to`` does not)."""
@@ -230,28 +262,150 @@ class AreaRouter(nn.Module):
         self.pending_input_sum.zero_()
         self.pending_load.zero_()
 
-    @torch.no_grad()
-    def health(self, min_samples_per_area: float = 4.0) -> dict[str, float] | None:
-        """Area utilisation since the last report: ``min_share`` / ``max_share`` of the samples, ``dead`` areas (no
-        sample) and ``samples`` (the window), then a new window starts. None while the window holds fewer than
-        ``min_samples_per_area * K`` samples (batch size 1, or any batch far below K, logged often): the counts keep
-        accumulating over the next reports, since a few samples say nothing about balance (with n < K samples at
-        least K - n areas would look dead; with 4K samples a perfectly balanced router shows ~2% dead areas)."""
-        total = float(self.logged_load.sum())
-        if total < min_samples_per_area * self.num_areas:
-            return None
-        load = self.pop_load()
-        share = load / total
-        return {
-            "min_share": round(float(share.min()), 4),
-            "max_share": round(float(share.max()), 4),
-            "dead": int((load == 0).sum()),
-            "samples": int(total),
-        }
+
+class ClaimRouter(RouterBase, nn.Module):
+    """Areas claimed when the stream shifts (``router="claim"``, an MLP option for continual learning): no task label
+    or task boundary is given, and a task's areas are kept by the data they were claimed for.
+
+    - Claim: before each training batch the trainer scores it with the current model routed as in training (a
+      forward under ``probing``, see :meth:`observe`); a loss more than ``surprise`` nats above the mean of the last
+      ``window`` batches' losses (or the first batch) claims the next ``areas_per_claim`` free areas, whose
+      prototypes start from rows of that batch (farthest-point). After a claim ``window`` batches pass before the
+      next; once every area is claimed, the last claim keeps training.
+    - Training routes among the latest claim's areas only, each row to the area of its nearest prototype (Euclidean,
+      on the router's input; ``prototypes_per_area`` of them an area). Each prototype is the running mean of the
+      rows it took (online k-means), applied once per optimizer step by :meth:`update_statistics`.
+    - Inference routes to the area of the nearest prototype among every claimed area.
+
+    No parameter and no gradient: the areas of older claims are never selected in training, so they get no update (no
+    gradient, or a zero one that the optimizer hook drops). Area health counts unclaimed areas as dead. Measured in
+    docs/CONTINUAL.md (split Fashion-MNIST).
+
+    Buffers (persistent): ``prototypes`` (K P, d_in), ``counts`` (K P), ``claimed`` and ``active`` (the number of
+    claimed areas, the first area of the latest claim), ``recent_losses`` (window) and ``num_losses`` (losses seen
+    since the last claim), all fp32 or long.
+    """
+
+    learned = False  # no routing loss and no lr group
+
+    def __init__(
+        self,
+        in_features: int,
+        num_areas: int,
+        *,
+        areas_per_claim: int = 3,
+        surprise: float = 3.0,
+        window: int = 50,
+        prototypes_per_area: int = 8,
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.num_areas = num_areas
+        self.areas_per_claim = areas_per_claim
+        self.surprise = surprise
+        self.window = window
+        self.per_area = prototypes_per_area
+        slots = num_areas * prototypes_per_area  # area k owns prototype rows k P .. k P + P - 1
+        self.register_buffer("prototypes", torch.empty(slots, in_features, dtype=torch.float32))
+        self.register_buffer("counts", torch.empty(slots, dtype=torch.float32))
+        self.register_buffer("claimed", torch.empty((), dtype=torch.long))
+        self.register_buffer("active", torch.empty((), dtype=torch.long))
+        self.register_buffer("recent_losses", torch.empty(window, dtype=torch.float32))
+        self.register_buffer("num_losses", torch.empty((), dtype=torch.long))
+        # Not state: what the training forwards since the last optimizer step took per prototype, the per-area load
+        # for the area health, and the input of the last probing forward (the rows a claim starts from).
+        self.pending_sum = torch.zeros(slots, in_features, dtype=torch.float64, device="cpu")
+        self.pending_count = torch.zeros(slots, dtype=torch.float64, device="cpu")
+        self.logged_load = torch.zeros(num_areas, dtype=torch.float64, device="cpu")
+        self.probing = False
+        self.probe_input: torch.Tensor | None = None
+        self.reset_parameters()
+
+    def initial_values(self) -> dict[str, torch.Tensor]:
+        """Fresh value of every buffer, by name (CPU tensors): nothing claimed."""
+        return {name: torch.zeros_like(buffer, device="cpu") for name, buffer in self._buffers.items()}
 
     @torch.no_grad()
-    def pop_load(self) -> torch.Tensor:
-        """Samples routed to each area since the last call, (K,) float64; resets the count."""
-        load = self.logged_load.clone()
-        self.logged_load.zero_()
-        return load
+    def reset_parameters(self) -> None:
+        for name, value in self.initial_values().items():
+            getattr(self, name).copy_(value)
+        for name in ("pending_sum", "pending_count", "logged_load"):
+            getattr(self, name).zero_()
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, num_areas={self.num_areas}, areas_per_claim={self.areas_per_claim}, "
+            f"prototypes_per_area={self.per_area}, surprise={self.surprise}, window={self.window}"
+        )
+
+    def slots(self, first_area: int, last_area: int) -> torch.Tensor:
+        """The prototype rows of areas ``first_area .. last_area - 1``."""
+        return torch.arange(first_area * self.per_area, last_area * self.per_area, device=self.prototypes.device)
+
+    def active_areas(self) -> tuple[int, int]:
+        """``(first, end)`` of the latest claim's areas."""
+        first = int(self.active)
+        return first, min(first + self.areas_per_claim, int(self.claimed))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
+        """Route a (B, d_in) batch: ``(area (B,) long, None)``. Nothing claimed yet (a first probe): area 0."""
+        if mask is not None:
+            raise ValueError("router='claim' routes MLP inputs, one row per sample; it takes no mask.")
+        x = x.detach().float()
+        training = is_training_forward(self)
+        if self.probing:
+            self.probe_input = x
+        claimed = int(self.claimed)
+        if claimed == 0:
+            return torch.zeros(x.shape[0], dtype=torch.long, device=x.device), None
+        candidates = self.slots(*self.active_areas()) if training or self.probing else self.slots(0, claimed)
+        with torch.no_grad():
+            slot = candidates[torch.cdist(x, self.prototypes[candidates]).argmin(1)]
+            area = slot // self.per_area
+            if training:
+                for name in ("pending_sum", "pending_count", "logged_load"):
+                    setattr(self, name, getattr(self, name).to(x.device))
+                self.pending_sum.index_add_(0, slot, x.double())
+                self.pending_count += area_counts(slot, len(self.counts)).double()
+                self.logged_load += area_counts(area, self.num_areas).double()
+        return area, None
+
+    @torch.no_grad()
+    def observe(self, loss: float) -> bool:
+        """Take the loss of the batch about to train, from a forward under ``probing`` (which kept its input);
+        claim areas on a surprise. Returns whether it claimed."""
+        claimed, seen = int(self.claimed), int(self.num_losses)
+        recent = self.recent_losses[: min(seen, self.window)]
+        shift = claimed == 0 or (seen >= self.window and loss > float(recent.mean()) + self.surprise)
+        if shift and claimed < self.num_areas:
+            if self.probe_input is None:
+                raise RuntimeError("ClaimRouter.observe needs a forward under `probing` first (its rows seed a claim).")
+            x = self.probe_input
+            end = min(claimed + self.areas_per_claim, self.num_areas)
+            slots = self.slots(claimed, end)
+            rows = [0]
+            for _ in range(min(len(slots), len(x)) - 1):  # farthest-point: each next row farthest from those taken
+                rows.append(int(torch.cdist(x, x[rows]).min(1).values.argmax()))
+            # A batch smaller than the claim's prototypes repeats its rows (a repeated prototype takes no rows).
+            rows = [rows[i % len(rows)] for i in range(len(slots))]
+            self.prototypes[slots] = x[rows]
+            self.counts[slots] = 1.0
+            self.active.fill_(claimed)
+            self.claimed.fill_(end)
+            self.num_losses.zero_()
+            return True
+        self.recent_losses[seen % self.window] = loss
+        self.num_losses += 1
+        return False
+
+    @torch.no_grad()
+    def update_statistics(self) -> None:
+        """Move each prototype to the running mean of the rows it took since the last optimizer step."""
+        taken = self.pending_count.to(self.counts.device)
+        self.counts += taken.float()
+        step = (self.pending_sum.to(self.prototypes.device) - taken[:, None] * self.prototypes.double()) / (
+            self.counts.double().clamp(min=1.0)[:, None]
+        )
+        self.prototypes += step.float()
+        self.pending_sum.zero_()
+        self.pending_count.zero_()

@@ -294,6 +294,11 @@ class SALTrainer(Trainer):
                 "select one GPU with CUDA_VISIBLE_DEVICES=0."
             )
         config = core.config
+        if getattr(config, "router", None) == "claim" and self.args.world_size > 1:
+            raise ValueError(
+                f"router='claim' claims areas from one process's batches; with {self.args.world_size} processes the "
+                "claims and prototypes would differ between ranks. Train it in one process."
+            )
         # The transformer's rule averages over the batch only (no `area_update_norm` field).
         if getattr(config, "area_update_norm", "batch") == "area" and (
             self.args.gradient_accumulation_steps > 1 or self.args.world_size > 1
@@ -319,19 +324,22 @@ class SALTrainer(Trainer):
         self.prepare_areas_for_fsdp(core)
 
     def check_fsdp_lr_groups(self, core: nn.Module, plugin: Any) -> None:
-        """Refuse FSDP1 with `use_orig_params=False` when the config scales some learning rates (`area_lr_scale`,
-        `router_lr_scale`): FSDP1 then flattens the parameters into new tensors, so the optimizer SALTrainer makes
-        would find none of the parameters its lr groups name, and every parameter would step at the full lr."""
+        """Refuse FSDP1 with `use_orig_params=False` for a model with areas or scaled learning rates (`area_lr_scale`,
+        `router_lr_scale`): FSDP1 then flattens the parameters into new tensors, so the optimizer's lr groups would
+        find none of the parameters they name (every one would step at the full lr), and the hook that keeps
+        unselected areas from stepping would clear gradients the optimizer no longer holds (Adam's momentum would
+        move them)."""
         if getattr(plugin, "fsdp_version", 1) != 1 or getattr(plugin, "use_orig_params", True):
             return
-        scaled = lr_scaled_parameters(core, core.config)
-        if scaled:
-            values = ", ".join(f"{name}={scale:g}" for name, (scale, _) in scaled.items())
+        scaled = [f"{name}={scale:g}" for name, (scale, _) in lr_scaled_parameters(core, core.config).items()]
+        areas = len(area_layers(core))
+        if scaled or areas:
+            lost = [f"{areas} area layers' rule that unselected areas do not step"] if areas else []
             raise ValueError(
-                f"FSDP1 with use_orig_params=False flattens the parameters, so {values} would not reach the "
-                "optimizer: every parameter would step at the full learning rate. Use FSDP2 (fsdp_version: 2, as "
-                "examples/accelerate/fsdp_gpu.yaml does), or set use_orig_params: true in the fsdp_config (Trainer's "
-                "default), or pass your own optimizer."
+                f"FSDP1 with use_orig_params=False flattens the parameters, so {' and '.join(lost + scaled)} would "
+                "not reach the optimizer. Use FSDP2 (fsdp_version: 2, as examples/accelerate/fsdp_gpu.yaml does), or "
+                "keep the original parameters (fsdp_use_orig_params: true in an accelerate config; use_orig_params in "
+                "TrainingArguments' fsdp_config, true by default)."
             )
 
     def prepare_areas_for_fsdp(self, core: nn.Module) -> int:
@@ -377,6 +385,8 @@ class SALTrainer(Trainer):
                 "columns the model does not take: map label names to ids (datasets' class_encode_column, or "
                 "config.label2id), name the column `label` or `labels`, or return `labels` from your data_collator."
             )
+        if model.training:  # router="claim": the batch may claim areas before it trains
+            self.accelerator.unwrap_model(model).observe_claims(inputs, forward=model)
         if self.learning_rule is None or not model.training:
             loss, outputs = super().compute_loss(
                 model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch

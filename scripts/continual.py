@@ -48,8 +48,10 @@ TASKS = [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
 # existed); `-r` rows take the default since (0.01, docs/ROUTING.md).
 SAL = {"learning_rule": "sal", "feedback_alignment": "fixed", "router_lr_scale": 1.0}
 FOLLOW = {"routing_balance_rate": 0.0, "routing_center_momentum": 1e-6}
-# 3 areas a claim: five claims fit in 16 areas (the one thing the method is told about the sequence).
-SHIFT = {"areas_per_claim": 3, "surprise": 3.0, "cooldown": 50}
+# router="claim" (sal_hf.routing.ClaimRouter): 3 areas a claim, so that five claims fit in 16 areas (the one thing the
+# method is told about the sequence); a loss 3 nats above the mean of the last 50 batches claims. Routed once, on the
+# pixels, with every layer using that area.
+CLAIM = {"router": "claim", "routing_scope": "shared", "claim_areas": 3, "claim_surprise": 3.0, "claim_window": 50}
 NODUAL = {"learning_rule": "sal", "num_areas": 16, "dual_path": False, "area_lr_scale": 1.0}
 METHODS = {
     "bp": {"learning_rule": "bp", "num_areas": 1},
@@ -90,20 +92,16 @@ METHODS = {
     "oracle-nodual-out": {**NODUAL, "output_areas": True, "task_oracle": 0.0},
     "oracle-nodual-m10": {**NODUAL, "task_oracle": 0.1},
     "oracle-nodual-m30": {**NODUAL, "task_oracle": 0.3},
-    # EXPERIMENT: label-free areas claimed on a loss surprise (ShiftClaimRouter), 3 per claim.
-    "shift-nodual": {**NODUAL, "shift_claims": SHIFT},
-    "shift-nodual-out": {**NODUAL, "output_areas": True, "shift_claims": SHIFT},
+    # Label-free areas claimed on a loss surprise, one prototype an area (the first setting tried).
+    "shift-nodual": {**NODUAL, **CLAIM, "claim_prototypes": 1},
+    "shift-nodual-out": {**NODUAL, **CLAIM, "claim_prototypes": 1, "output_areas": True},
     # Control: the same gated net and claims trained by backprop (is it the areas, or SAL's rule?).
-    "bp-shift-nodual": {**NODUAL, "learning_rule": "bp", "shift_claims": SHIFT},
-    "bp-shift-nodual-out": {**NODUAL, "learning_rule": "bp", "output_areas": True, "shift_claims": SHIFT},
-    # Scoring with fewer misrouted images: 8 prototypes an area (24 a claim; `ceiling`: 70.2% -> 76.3% at 10 a task).
-    "shift-nodual-out-p8": {**NODUAL, "output_areas": True, "shift_claims": {**SHIFT, "prototypes_per_area": 8}},
-    "bp-shift-nodual-out-p8": {
-        **NODUAL,
-        "learning_rule": "bp",
-        "output_areas": True,
-        "shift_claims": {**SHIFT, "prototypes_per_area": 8},
-    },
+    "bp-shift-nodual": {**NODUAL, **CLAIM, "claim_prototypes": 1, "learning_rule": "bp"},
+    "bp-shift-nodual-out": {**NODUAL, **CLAIM, "claim_prototypes": 1, "learning_rule": "bp", "output_areas": True},
+    # Scoring with fewer misrouted images: 8 prototypes an area, router="claim"'s default (24 a claim; `ceiling`:
+    # 70.2% -> 76.3% at 10 a task).
+    "shift-nodual-out-p8": {**NODUAL, **CLAIM, "claim_prototypes": 8, "output_areas": True},
+    "bp-shift-nodual-out-p8": {**NODUAL, **CLAIM, "claim_prototypes": 8, "learning_rule": "bp", "output_areas": True},
 }
 LABELS = {
     "bp": "BP",
@@ -170,108 +168,20 @@ class TaskOracleRouter(torch.nn.Module):
         return self.area, None
 
 
-class ShiftClaimRouter(torch.nn.Module):
-    """EXPERIMENT, label-free and task-free routing (a script method, not a SALConfig option): areas are claimed when
-    the stream shifts, and kept by the data they were claimed for.
+def claim_recorder(model) -> tuple[list[int], object]:
+    """For `router="claim"` rows: the `before_forward` that lets the model claim areas before each training batch
+    (as `SALTrainer` does), and the list of the batches that claimed (filled as training runs)."""
+    (router,) = model.routers
+    claims: list[int] = []
+    batches = iter(range(10**9))
 
-    - Shift: before each training batch the script scores it with the current model routed as in training, among
-      the latest claim's areas (:meth:`observe`). A loss more than `surprise` nats above the mean of the last
-      `cooldown` batches' losses claims the next `areas_per_claim` free areas (the first batch claims too); after a
-      claim, `cooldown` batches pass before the next. The loss needs the class labels every method trains on; no
-      task label or task boundary is given.
-    - Training routes among the latest claim's areas only, each row to the area of its nearest prototype (Euclidean,
-      on the layer's input; `prototypes_per_area` of them an area); each prototype is the running mean of the rows it
-      took (online k-means), started from rows of the claiming batch (farthest-point).
-    - Scoring (no autograd or eval mode) routes to the area of the nearest prototype among all claimed areas.
-
-    It routes on the first hidden layer's input (the pixels); a later layer that routes too (the per-area output
-    layer) takes the first layer's areas from the same forward."""
-
-    learned = False
-
-    def __init__(
-        self,
-        num_areas: int,
-        in_features: int,
-        areas_per_claim: int,
-        surprise: float,
-        cooldown: int,
-        prototypes_per_area: int = 1,
-    ):
-        super().__init__()
-        self.num_areas = num_areas
-        self.areas_per_claim = areas_per_claim
-        self.surprise = surprise  # nats above the recent mean loss
-        self.cooldown = cooldown  # batches after a claim before the next; also the window of the recent mean
-        self.per_area = prototypes_per_area
-        self.prototypes = torch.zeros(num_areas * prototypes_per_area, in_features)  # area k: rows k P .. k P + P - 1
-        self.counts = torch.zeros(num_areas * prototypes_per_area)
-        self.claimed = 0
-        self.active = torch.zeros(0, dtype=torch.long)
-        self.losses: list[float] = []  # the batches' losses since the last claim
-        self.probing = False  # True while `install_shift_claims` scores a batch: route as in training, learn nothing
-        self.claims: list[int] = []  # the training batch of each claim
-        self.batches = 0
-        self.last_area: torch.Tensor | None = None
-
-    def observe(self, x: torch.Tensor, loss: float | None) -> None:
-        """Called before each training batch's forward with its loss under the current model (None: no area yet)."""
-        recent = self.losses[-self.cooldown :]
-        shift = loss is None or (len(self.losses) >= self.cooldown and loss > sum(recent) / len(recent) + self.surprise)
-        if shift and self.claimed < self.num_areas:
-            new = torch.arange(self.claimed, min(self.claimed + self.areas_per_claim, self.num_areas))
-            slots = self.slots(new)
-            rows = [0]
-            for _ in range(len(slots) - 1):  # farthest-point start: each next row farthest from those taken
-                rows.append(int(torch.cdist(x, x[rows]).min(1).values.argmax()))
-            self.prototypes[slots] = x[rows].float()
-            self.counts[slots] = 1.0
-            self.claimed += len(new)
-            self.active = new
-            self.losses = []
-            self.claims.append(self.batches)
-        elif loss is not None:
-            self.losses.append(loss)
-        self.batches += 1
-
-    def slots(self, areas: torch.Tensor) -> torch.Tensor:
-        """The prototype rows of `areas`."""
-        return (areas.unsqueeze(1) * self.per_area + torch.arange(self.per_area)).reshape(-1)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
-        if x.shape[-1] != self.prototypes.shape[1]:  # a later layer: the first layer's areas
-            return self.last_area, None
-        x = x.detach().float()
-        training = self.training and torch.is_grad_enabled()
-        candidates = self.slots(self.active if training or self.probing else torch.arange(self.claimed))
-        slot = candidates[torch.cdist(x, self.prototypes[candidates]).argmin(1)]
-        area = slot // self.per_area
-        if training:
-            for k in slot.unique():
-                taken = x[slot == k]
-                self.counts[k] += len(taken)
-                self.prototypes[k] += (taken.sum(0) - len(taken) * self.prototypes[k]) / self.counts[k]
-        self.last_area = area
-        return area, None
-
-
-def install_shift_claims(model, fields: dict) -> tuple[ShiftClaimRouter, object]:
-    """Replace every router by one `ShiftClaimRouter`; returns it and the `before_forward` that feeds it."""
-    layers = [m for m in model.modules() if isinstance(getattr(m, "router", None), AreaRouter)]
-    router = ShiftClaimRouter(model.config.num_areas, layers[0].router.in_features, **fields["shift_claims"])
-    for layer in layers:
-        layer.router = router
-
-    @torch.no_grad()
     def before_forward(xb: torch.Tensor, yb: torch.Tensor) -> None:
-        loss = None
-        if router.claimed:
-            router.probing = True
-            loss = float(model(pixel_values=xb, labels=yb).loss)
-            router.probing = False
-        router.observe(xb.reshape(len(xb), -1), loss)
+        batch, before = next(batches), int(router.claimed)
+        model.observe_claims({"pixel_values": xb, "labels": yb})
+        if int(router.claimed) != before:
+            claims.append(batch)
 
-    return router, before_forward
+    return claims, before_forward
 
 
 def install_task_oracle(model: torch.nn.Module, misroute: float, seed: int) -> TaskOracleRouter:
@@ -315,7 +225,7 @@ def run_one(method: str, seed: int, args: argparse.Namespace, data: dict) -> dic
     x_train, y_train = data["train"]
     x_test, y_test = data["test"]
     fields = METHODS[method]
-    config_fields = {k: v for k, v in fields.items() if k not in ("task_oracle", "shift_claims")}
+    config_fields = {k: v for k, v in fields.items() if k != "task_oracle"}
     model, rule, optimizer = build(
         config_fields, input_size=x_train.shape[1], num_labels=10, hidden_sizes=[args.width], seed=seed, lr=args.lr
     )
@@ -323,9 +233,9 @@ def run_one(method: str, seed: int, args: argparse.Namespace, data: dict) -> dic
     if "task_oracle" in fields:
         oracle = install_task_oracle(model, fields["task_oracle"], seed=7919 + seed)
         before_forward = lambda xb, yb: oracle.route(TASK_OF_LABEL[yb])  # noqa: E731
-    shift = None
-    if "shift_claims" in fields:
-        shift, before_forward = install_shift_claims(model, fields)
+    claims = None
+    if fields.get("router") == "claim":
+        claims, before_forward = claim_recorder(model)
 
     def scored(j: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if oracle is not None:  # the same misrouted test images at every evaluation of task j
@@ -384,7 +294,7 @@ def run_one(method: str, seed: int, args: argparse.Namespace, data: dict) -> dic
         "area_share_after_own_task": after_own,
         "area_share_final": final_areas,
         "train_loss_per_epoch": losses,
-        **({"claims_at_batch": shift.claims} if shift is not None else {}),
+        **({"claims_at_batch": claims} if claims is not None else {}),
         "wall_seconds": round(seconds, 1),
         "hardware": f"{cpu_name()}, {os.cpu_count()} logical CPUs, 1 torch thread",
         "dataset": args.dataset,

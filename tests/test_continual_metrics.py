@@ -55,29 +55,3 @@ def test_task_oracle_routes_every_layer_by_task_and_misroutes_the_asked_share():
     wrong = noisy.area != task
     assert abs(float(wrong.float().mean()) - 0.3) < 0.02
     assert set(noisy.area[wrong].tolist()) == {0, 1, 3, 4}  # another task's area, never an unused one
-
-
-def test_shift_claims_take_new_areas_on_a_loss_surprise_and_score_over_every_claim():
-    router = continual.ShiftClaimRouter(num_areas=5, in_features=2, areas_per_claim=2, surprise=3.0, cooldown=2)
-    near_a, near_b = torch.tensor([[0.0, 0.0], [0.1, 0.0]]), torch.tensor([[10.0, 10.0], [10.1, 10.0]])
-    router.observe(torch.cat([near_a, torch.tensor([[0.0, 4.0]])]), loss=None)  # the first batch claims areas 0, 1
-    assert router.claimed == 2 and router.active.tolist() == [0, 1]
-    for loss in (1.0, 1.0, 3.9):  # not more than 3 nats above the mean of the last two: no claim
-        router.observe(near_b, loss)
-    assert router.claimed == 2
-    router.observe(near_b, loss=5.5)  # 5.5 > 2.45 + 3 (the last two: 1.0, 3.9): areas 2, 3 from this batch's rows
-    assert router.claims == [0, 4] and router.active.tolist() == [2, 3]
-    with torch.no_grad():  # scoring: the nearest prototype over every claim
-        assert set(router(near_a)[0].tolist()) <= {0, 1}
-        assert set(router(near_b)[0].tolist()) <= {2, 3}
-        assert router(torch.ones(2, 7))[0] is router.last_area  # a later (wider) layer reuses the first's areas
-    before = router.prototypes.clone()
-    router.probing = True  # the surprise forward: routed as in training, and nothing learned
-    with torch.no_grad():
-        assert set(router(near_a)[0].tolist()) <= {2, 3}
-    assert torch.equal(router.prototypes, before)
-    router.probing = False
-    with torch.enable_grad():  # training routes among the latest claim only, even rows nearer an older one
-        assert set(router(near_a)[0].tolist()) <= {2, 3}
-    router.observe(near_a, loss=100.0)  # cooldown: two batches must follow a claim before the next
-    assert router.claimed == 4

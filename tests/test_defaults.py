@@ -186,7 +186,7 @@ def test_fsdp_with_several_ranks_switches_the_areas_to_the_masked_kernel(tmp_pat
     assert all(layer.areas.implementation == "masked" for layer in model.sal.layers)
 
 
-def test_fsdp1_with_flat_parameters_is_refused_when_the_defaults_scale_learning_rates(tmp_path):
+def test_fsdp1_with_flat_parameters_is_refused_for_areas_and_scaled_learning_rates(tmp_path):
     from types import SimpleNamespace
 
     model = SALForImageClassification(SALConfig(**DEFAULTS))
@@ -194,13 +194,15 @@ def test_fsdp1_with_flat_parameters_is_refused_when_the_defaults_scale_learning_
     trainer.is_fsdp_enabled = True
     flat = SimpleNamespace(fsdp_version=1, use_orig_params=False)
     with mock.patch.object(trainer.accelerator.state, "fsdp_plugin", flat, create=True):
-        with pytest.raises(ValueError, match=r"use_orig_params=False.*area_lr_scale=0\.0625, router_lr_scale=0\.01"):
+        with pytest.raises(ValueError, match=r"use_orig_params=False.*area_lr_scale=0\.0625 and router_lr_scale=0\.01"):
             trainer._check_parallelism(model)
     for fine in (SimpleNamespace(fsdp_version=1, use_orig_params=True), SimpleNamespace(fsdp_version=2)):
         trainer.check_fsdp_lr_groups(model, fine)
-    # Nothing to lose when no learning rate is scaled.
+    # Areas at the full lr still lose the unselected-area rule; a model without areas loses nothing.
     unscaled = SALForImageClassification(SALConfig(**DEFAULTS, area_lr_scale=1.0, router_lr_scale=1.0))
-    trainer.check_fsdp_lr_groups(unscaled, flat)
+    with pytest.raises(ValueError, match="2 area layers' rule that unselected areas do not step would not reach"):
+        trainer.check_fsdp_lr_groups(unscaled, flat)
+    trainer.check_fsdp_lr_groups(SALForImageClassification(SALConfig(**DEFAULTS, num_areas=1)), flat)
 
 
 @pytest.mark.parametrize("args", [{"gradient_accumulation_steps": 2}])
