@@ -168,3 +168,17 @@ def test_prototypes_stay_fp32_in_a_bf16_model():
     torch.testing.assert_close(router.prototypes, saved, rtol=0, atol=0)
     with torch.no_grad():  # bf16 inputs route on fp32 distances, as close as their rounding allows
         assert (model(pixel_values=x.bfloat16()).areas[0] == areas).float().mean() > 0.9
+
+
+def test_info_and_the_model_card_name_the_claims(tmp_path, capsys):
+    from sal_hf import cli
+    from sal_hf.model_card import _describe
+
+    model = SALForImageClassification(claim_config()).train()
+    (x, y), _ = two_tasks(16)
+    model.observe_claims({"pixel_values": x, "labels": y})
+    model.save_pretrained(tmp_path)
+    assert cli.main(["info", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "claim_prototypes       8" in out and "router_0: K=16, in=16, claimed areas 3 (latest claim: 0..2)" in out
+    assert "claim_window" in _describe(model, "m")[-1]  # the routing settings the model card lists
