@@ -38,7 +38,7 @@ from .modeling_sal_transformer import (
     SALTransformerPreTrainedModel,
 )
 from .optim import clear_unselected_area_grads
-from .routing import AreaRouter
+from .routing import AreaRouter, ClaimRouter
 
 
 __version__ = "0.1.0"
@@ -88,6 +88,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AreaRouter",
+    "ClaimRouter",
     "SALAreaHealthCallback",
     "SALAreaLinear",
     "LocalLearningRule",

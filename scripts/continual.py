@@ -15,9 +15,10 @@ normalised mutual information between task and area (1: areas follow the tasks; 
 
     python scripts/continual.py run --methods bp dfa sal --seeds 0 1 2     # records in docs/results/continual/
     python scripts/continual.py report                                      # docs/CONTINUAL.md + two plots
-    python scripts/continual.py ceiling     # how well pixel-based routing could follow the tasks at best
+    python scripts/continual.py ceiling     # task-routing accuracy of pixel prototypes (a reference, not a bound)
 
-The `oracle*` methods are diagnostics, not methods: their routing reads the task label (see TaskOracleRouter).
+The `oracle*` methods are diagnostics, not methods: their routing reads the task label (see TaskOracleRouter). The
+`shift-*` methods use `router="claim"` (sal_hf.routing.ClaimRouter), the `bp-shift-*` ones are its backprop control.
 
 Every method: input-256-10 MLP, AdamW lr 1e-3 (no weight decay), batch 32, clipping at 1.0 (scripts/local_train.py),
 one torch thread. The lr is the same for every method and not tuned for the sequence.
@@ -466,10 +467,10 @@ def kmeans(x: torch.Tensor, k: int, seed: int = 0, iterations: int = 25) -> torc
 
 
 def ceiling(args: argparse.Namespace) -> None:
-    """How well could any router that sees only the pixels follow these tasks? Task-routing accuracy on the test
-    images of nearest-prototype routing with each task's own k-means prototypes (the best case for areas claimed
-    per task: every task's boundary known, its prototypes fitted on all its training images) and of 1-NN over the
-    whole training set."""
+    """How well does routing on the pixels separate these tasks? Task-routing accuracy on the test images of
+    nearest-prototype routing with each task's own k-means prototypes (every task's boundary known, its prototypes
+    fitted on all its training images) and of 1-NN over the whole training set (on 2,000 test images). A reference,
+    not a bound: routing with more prototypes a task does better."""
     torch.set_num_threads(1)
     data = load_tensors(args.dataset)
     (x, y), (x_test, y_test) = data["train"], data["test"]
