@@ -297,9 +297,10 @@ def info(argv: list[str]) -> int:
     for index, router in enumerate(model.routers):
         if isinstance(router, ClaimRouter):
             first, end = router.active_areas()
+            latest = f"latest claim: {first}..{end - 1}" if end > first else "none claimed yet"
             print(
                 f"  router_{index}: K={router.num_areas}, in={router.in_features}, claimed areas {int(router.claimed)}"
-                f" (latest claim: {first}..{end - 1}), {router.per_area} prototypes an area"
+                f" ({latest}), {router.per_area} prototypes an area"
             )
             continue
         bias = router.area_bias

@@ -78,11 +78,13 @@ class SALConfig(PreTrainedConfig):
             `claim` (for continual learning, with `routing_scope="shared"`; [`SALTrainer`], one process): areas are
             claimed when a training batch's loss jumps (`claim_*`), training routes among the latest claim's areas
             and inference to the nearest prototype among all claimed ones (`routing.ClaimRouter`; docs/CONTINUAL.md).
+            Pair it with `dual_path=False, area_lr_scale=1.0`: the shared path (and a norm) learn from every task.
         claim_areas (`int`, defaults to 3):
             With `router="claim"`: areas a claim takes (a sequence of T tasks needs `num_areas >= T * claim_areas`).
         claim_surprise (`float`, defaults to 3.0):
             With `router="claim"`: a batch whose loss, routed as in training, is this many nats above the mean of the
-            last `claim_window` batches claims new areas.
+            last `claim_window` batches claims new areas. The loss is a batch mean: with batches under about 16 rows
+            (micro-batches, under gradient accumulation) single batches cross 3 nats by chance; raise it.
         claim_window (`int`, defaults to 50):
             With `router="claim"`: batches in that mean, and batches after a claim before the next.
         claim_prototypes (`int`, defaults to 8):
@@ -215,10 +217,10 @@ class SALConfig(PreTrainedConfig):
     routing_center_momentum: float = 0.01
     routing_loss_weight: float = 1.0
     router_lr_scale: float = 0.01
-    claim_areas: int = 3
-    claim_surprise: float = 3.0
-    claim_window: int = 50
-    claim_prototypes: int = 8
+    claim_areas: int = CLAIM_DEFAULTS["claim_areas"]
+    claim_surprise: float = CLAIM_DEFAULTS["claim_surprise"]
+    claim_window: int = CLAIM_DEFAULTS["claim_window"]
+    claim_prototypes: int = CLAIM_DEFAULTS["claim_prototypes"]
     output_areas: bool = False
     dual_path: bool | None = None
     residual: bool = False

@@ -244,8 +244,8 @@ class SALRoutingMixin:
             if "ignore_mismatched_sizes" not in str(error):
                 raise
             raise ValueError(
-                f"The weights in {source} do not fit its config.json (shapes differ; num_areas, hidden sizes or "
-                f"routing_dim changed?). Re-save the model, fix the config, or pass ignore_mismatched_sizes=True to "
+                f"The weights in {source} do not fit its config.json (shapes differ; num_areas, hidden sizes, "
+                f"routing_dim, router or claim_* settings changed?). Re-save the model, fix the config, or pass ignore_mismatched_sizes=True to "
                 f"re-initialise the mismatched weights. ({error})"
             ) from error
         except SafetensorError as error:
@@ -332,13 +332,13 @@ class SALRoutingMixin:
         routed as in training (softmax cross-entropy), and let each claim router claim areas on a surprise (see
         [`ClaimRouter.observe`]). Call before the batch's training forward; [`SALTrainer`] does. ``forward``: the
         module to run (a trainer's wrapped model; default this one). One forward and one host sync more a batch."""
-        if getattr(self.config, "router", None) != "claim":
+        routers = [r for r in self.routers if isinstance(r, ClaimRouter)] if self.config.router == "claim" else []
+        if not routers:
             return
-        routers = [router for router in self.routers if isinstance(router, ClaimRouter)]
         for router in routers:
             router.probing = True
         try:
-            loss = float((forward or self)(**inputs).loss)
+            loss = float((forward if forward is not None else self)(**inputs, return_dict=True).loss)
         finally:
             for router in routers:
                 router.probing = False

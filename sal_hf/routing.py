@@ -16,6 +16,8 @@ Routing runs in fp32 whatever the autocast context: a bf16 cosine flips ties bet
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -360,7 +362,10 @@ class ClaimRouter(RouterBase, nn.Module):
             return torch.zeros(x.shape[0], dtype=torch.long, device=x.device), None
         candidates = self.slots(*self.active_areas()) if training or self.probing else self.slots(0, claimed)
         with torch.no_grad():
-            slot = candidates[torch.cdist(x, self.prototypes[candidates]).argmin(1)]
+            # Distances relative to the first prototype (a point of the data): cdist's matrix-product form cancels
+            # digits when the inputs sit far from the origin.
+            origin = self.prototypes[0].float()
+            slot = candidates[torch.cdist(x - origin, self.prototypes[candidates].float() - origin).argmin(1)]
             area = slot // self.per_area
             if training:
                 for name in ("pending_sum", "pending_count", "logged_load"):
@@ -373,7 +378,11 @@ class ClaimRouter(RouterBase, nn.Module):
     @torch.no_grad()
     def observe(self, loss: float) -> bool:
         """Take the loss of the batch about to train, from a forward under ``probing`` (which kept its input);
-        claim areas on a surprise. Returns whether it claimed."""
+        claim areas on a surprise. Returns whether it claimed. A loss that is not finite is ignored (the trainer stops
+        on it). The loss is a batch mean: with small batches (under about 16 rows) single batches cross the surprise
+        by chance, so raise `surprise` or the batch size."""
+        if not math.isfinite(loss):
+            return False
         claimed, seen = int(self.claimed), int(self.num_losses)
         recent = self.recent_losses[: min(seen, self.window)]
         shift = claimed == 0 or (seen >= self.window and loss > float(recent.mean()) + self.surprise)

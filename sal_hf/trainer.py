@@ -319,7 +319,7 @@ class SALTrainer(Trainer):
                     f"error_source='vocab' differentiates the logits that DDP ({self.args.world_size} processes) "
                     "re-wraps after the forward. Use error_source='hidden' (the default), or train in one process."
                 )
-        if getattr(self, "is_fsdp_enabled", False) and not self._users_optimizer:
+        if getattr(self, "is_fsdp_enabled", False):
             self.check_fsdp_lr_groups(core, self.accelerator.state.fsdp_plugin)
         self.prepare_areas_for_fsdp(core)
 
@@ -328,10 +328,11 @@ class SALTrainer(Trainer):
         `router_lr_scale`): FSDP1 then flattens the parameters into new tensors, so the optimizer's lr groups would
         find none of the parameters they name (every one would step at the full lr), and the hook that keeps
         unselected areas from stepping would clear gradients the optimizer no longer holds (Adam's momentum would
-        move them)."""
+        move them; the hook is registered on an optimizer of your own too)."""
         if getattr(plugin, "fsdp_version", 1) != 1 or getattr(plugin, "use_orig_params", True):
             return
-        scaled = [f"{name}={scale:g}" for name, (scale, _) in lr_scaled_parameters(core, core.config).items()]
+        groups = {} if self._users_optimizer else lr_scaled_parameters(core, core.config)  # yours: no lr groups
+        scaled = [f"{name}={scale:g}" for name, (scale, _) in groups.items()]
         areas = len(area_layers(core))
         if scaled or areas:
             lost = [f"{areas} area layers' rule that unselected areas do not step"] if areas else []

@@ -139,13 +139,39 @@ def test_trainer_claims_a_new_task_and_leaves_the_old_claims_areas_as_they_were(
 
 
 def test_the_probe_records_no_area_selection_and_no_statistics():
-    model = SALForImageClassification(claim_config()).train()
-    (x, y), _ = two_tasks(16)
-    model.observe_claims({"pixel_values": x, "labels": y})
+    """The masked kernel (CUDA's default) records the selected areas for the optimizer hook; the probe, a second
+    one included (areas claimed by then), records none and gathers no routing statistics."""
+    model = SALForImageClassification(claim_config(area_implementation="masked")).train()
+    (x, y), (xb, yb) = two_tasks(16)
+    for batch in ({"pixel_values": x, "labels": y}, {"pixel_values": xb, "labels": yb}):
+        model.observe_claims(batch)
     (router,) = model.routers
-    assert int(router.claimed) == 3  # the first batch claims the default 3 areas
+    assert int(router.claimed) == 3 and int(router.num_losses) == 1  # the first claimed, the second was scored
     assert all(layer.areas.selected_areas is None for layer in model.sal.layers)
     assert not router.pending_count.any() and not router.logged_load.any()
+    model(pixel_values=x, labels=y)  # a training forward, by contrast, records both
+    assert router.pending_count.any() and model.sal.layers[0].areas.selected_areas is not None
+
+
+def test_the_surprise_is_over_the_last_window_of_losses_and_ignores_non_finite_ones():
+    router = ClaimRouter(2, 8, areas_per_claim=2, surprise=3.0, window=2, prototypes_per_area=1)
+    router.probing = True
+    with torch.no_grad():
+        router(torch.randn(4, 2))
+    router.probing = False
+    assert router.observe(0.0)  # the first batch claims
+    for loss in (1.0, 1.0, 3.9, 3.9, math.nan, math.inf):  # the last two: ignored, not recorded
+        assert not router.observe(loss)
+    assert int(router.num_losses) == 4
+    assert not router.observe(6.5)  # 6.5 < 3.9 + 3: the window is the last two losses, not all four
+    assert router.observe(10.5)  # 10.5 > mean(3.9, 6.5) + 3
+
+
+def test_a_compiled_model_can_probe(tmp_path):
+    model = SALForImageClassification(claim_config()).train()
+    (x, y), _ = two_tasks(16)
+    model.observe_claims({"pixel_values": x, "labels": y}, forward=torch.compile(model, backend="eager"))
+    assert int(model.routers[0].claimed) == 3
 
 
 def test_several_processes_are_refused(tmp_path):
