@@ -15,6 +15,8 @@ from huggingface_hub import EvalResult, ModelCardData
 from transformers import Trainer
 from transformers.modelcard import extract_hyperparameters_from_trainer, make_markdown_table, parse_log_history
 
+from .configuration_sal import CLAIM_DEFAULTS
+
 
 RULE_NAMES = {
     "sal": "SAL (area-local feedback alignment, arXiv 2601.21561)",
@@ -117,7 +119,7 @@ def _describe(model: Any, model_name: str) -> tuple[str, str, str, list, list, l
     routing = ["routing_scope", "router", "router_lr_scale", "routing_dim", "routing_balance_rate"]
     routing += ["routing_center_momentum"]
     if config.router == "claim":
-        routing += ["claim_areas", "claim_surprise", "claim_window", "claim_prototypes"]
+        routing += list(CLAIM_DEFAULTS)
     return "image-classification", what, usage, rule, architecture, routing
 
 

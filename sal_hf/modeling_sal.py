@@ -245,7 +245,8 @@ class SALRoutingMixin:
                 raise
             raise ValueError(
                 f"The weights in {source} do not fit its config.json (shapes differ; num_areas, hidden sizes, "
-                f"routing_dim, router or claim_* settings changed?). Re-save the model, fix the config, or pass ignore_mismatched_sizes=True to "
+                f"routing_dim, router or claim_* settings changed?). Re-save the model, fix the config, or pass "
+                f"ignore_mismatched_sizes=True to "
                 f"re-initialise the mismatched weights. ({error})"
             ) from error
         except SafetensorError as error:

@@ -200,8 +200,8 @@ class SALTrainer(Trainer):
       every training log, and [`SALInterruptCallback`] turns Ctrl-C into "save a checkpoint and stop".
     - It refuses what would silently break SAL across devices (several GPUs in one process, i.e. DataParallel;
       `area_update_norm="area"` with accumulation or several processes; FSDP1 with `use_orig_params=False`, whose
-      flat parameters would drop the lr multipliers) and switches FSDP runs with several processes to the masked
-      area kernel (`prepare_areas_for_fsdp`).
+      flat parameters would drop the lr multipliers and the unselected-area rule; `router="claim"` in several
+      processes) and switches FSDP runs with several processes to the masked area kernel (`prepare_areas_for_fsdp`).
 
     Everything else, the training loop included, is inherited unchanged.
 
