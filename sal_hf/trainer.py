@@ -177,6 +177,8 @@ class SALTrainer(Trainer):
       gradient accumulation, clipping, schedulers, mixed precision and DDP are Trainer's, unchanged. With
       `bp` it is Trainer's `compute_loss`. A NaN or infinite loss stops training with an error before any
       update is applied, so the weights and the saved checkpoints stay as they were.
+      With `router="claim"` it first scores the batch (`observe_claims`: one no-grad forward), which may claim
+      areas before the batch trains.
     - `create_optimizer`: with `config.effective_area_lr_scale != 1` (`1 / num_areas` unless set), moves the area
       parameters into their own parameter groups with the learning rate scaled, and likewise the learned routing
       projections with `config.router_lr_scale` (schedulers then scale every group alike). On every optimizer, the
