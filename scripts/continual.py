@@ -125,12 +125,12 @@ LABELS = {
     "oracle-nodual-out": "DIAGNOSTIC: SAL-16, areas only (area lr x1), per-area output layer, task-oracle routing",
     "oracle-nodual-m10": "DIAGNOSTIC: SAL-16, areas only (area lr x1), task-oracle routing, 10% misrouted",
     "oracle-nodual-m30": "DIAGNOSTIC: SAL-16, areas only (area lr x1), task-oracle routing, 30% misrouted",
-    "shift-nodual": "SAL-16, areas only (area lr x1), areas claimed on a loss surprise (label-free)",
-    "shift-nodual-out": "SAL-16, areas only (area lr x1), per-area output layer, areas claimed on a loss surprise",
-    "bp-shift-nodual": "CONTROL: BP, the same 16 areas claimed on a loss surprise (areas only)",
-    "bp-shift-nodual-out": "CONTROL: BP, the same 16 areas and per-area output layer claimed on a loss surprise",
-    "shift-nodual-out-p8": "SAL-16, areas only (area lr x1), per-area output layer, loss-surprise claims, 8 prototypes an area",
-    "bp-shift-nodual-out-p8": "CONTROL: BP, per-area output layer, loss-surprise claims, 8 prototypes an area",
+    "shift-nodual": 'SAL-16, router="claim" (1 prototype an area), areas only (area lr x1)',
+    "shift-nodual-out": 'SAL-16, router="claim" (1 prototype an area), areas only (area lr x1), per-area output layer',
+    "bp-shift-nodual": 'CONTROL: BP, the same 16 areas and router="claim" (1 prototype an area), areas only',
+    "bp-shift-nodual-out": 'CONTROL: BP, the same 16 areas and router="claim" (1 prototype an area), per-area output layer',
+    "shift-nodual-out-p8": 'SAL-16, router="claim" (8 prototypes an area), areas only (area lr x1), per-area output layer',
+    "bp-shift-nodual-out-p8": 'CONTROL: BP, the same 16 areas and router="claim" (8 prototypes an area), per-area output layer',
 }
 # The plots show these (every method is in the table): the baselines, today's default, the label-free claims, its
 # backprop control and the oracle.
