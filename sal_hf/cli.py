@@ -265,7 +265,7 @@ def info(argv: list[str]) -> int:
     from transformers import AutoModelForImageClassification
 
     from .configuration_sal import CLAIM_DEFAULTS
-    from .routing import AreaRouter, ClaimRouter
+    from .routing import AreaRouter
 
     directory = Path(options.directory)
     if not (directory / "config.json").is_file():
@@ -295,19 +295,7 @@ def info(argv: list[str]) -> int:
 
     print("routers:")
     for index, router in enumerate(model.routers):
-        if isinstance(router, ClaimRouter):
-            first, end = router.active_areas()
-            latest = f"latest claim: {first}..{end - 1}" if end > first else "none claimed yet"
-            print(
-                f"  router_{index}: K={router.num_areas}, in={router.in_features}, claimed areas {int(router.claimed)}"
-                f" ({latest}), {router.per_area} prototypes an area"
-            )
-            continue
-        bias = router.area_bias
-        print(
-            f"  router_{index}: K={router.num_areas}, in={router.in_features}, updates={int(router.num_updates)}, "
-            f"balancing bias in [{float(bias.min()):+.4f}, {float(bias.max()):+.4f}]"
-        )
+        print(f"  router_{index}: {router.summary()}")
     state = directory / "trainer_state.json"
     if state.is_file():
         history = json.loads(state.read_text())["log_history"]

@@ -52,7 +52,22 @@ def make_projection(routing_dim: int, in_features: int, seed: int) -> torch.Tens
 class RouterBase:
     """What both routers share: floating buffers that never drop below fp32 when the model is cast, and the area health
     they report from ``logged_load`` (K,) float64, the samples per area of the training forwards since the last read.
-    Mixed in before ``nn.Module``."""
+    Mixed in before ``nn.Module``. A router names its statistics (plain tensors, not buffers) in ``statistics``."""
+
+    statistics: tuple[str, ...] = ()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        for name, value in self.initial_values().items():
+            getattr(self, name).copy_(value)
+        for name in self.statistics:
+            getattr(self, name).zero_()
+
+    def _statistics_on(self, device: torch.device) -> None:
+        """Move the statistics to ``device`` (they are not buffers, so ``Module.to`` does not)."""
+        if self.logged_load.device != device:
+            for name in self.statistics:
+                setattr(self, name, getattr(self, name).to(device))
 
     def _apply(self, fn, recurse: bool = True):
         """``Module.to``, ``.half()``, ``.bfloat16()``, ...: the buffers follow the device but never drop below
@@ -116,6 +131,8 @@ class AreaRouter(RouterBase, nn.Module):
     batch.
     """
 
+    statistics = ("pending_input_sum", "pending_load", "logged_load")
+
     def __init__(
         self,
         in_features: int,
@@ -170,18 +187,13 @@ class AreaRouter(RouterBase, nn.Module):
             },
         }
 
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        for name, value in self.initial_values().items():
-            getattr(self, name).copy_(value)
-        for name in ("pending_input_sum", "pending_load", "logged_load"):
-            getattr(self, name).zero_()
-
-    def _statistics_on(self, device: torch.device) -> None:
-        """Move the statistics to ``device`` (they are not buffers, so ``Module.to`` does not)."""
-        if self.pending_load.device != device:
-            for name in ("pending_input_sum", "pending_load", "logged_load"):
-                setattr(self, name, getattr(self, name).to(device))
+    def summary(self) -> str:
+        """One line for `sal-hf info`."""
+        bias = self.area_bias
+        return (
+            f"K={self.num_areas}, in={self.in_features}, updates={int(self.num_updates)}, "
+            f"balancing bias in [{float(bias.min()):+.4f}, {float(bias.max()):+.4f}]"
+        )
 
     def extra_repr(self) -> str:
         return (
@@ -289,6 +301,7 @@ class ClaimRouter(RouterBase, nn.Module):
     """
 
     learned = False  # no routing loss and no lr group
+    statistics = ("pending_sum", "pending_count", "logged_load")
 
     def __init__(
         self,
@@ -327,17 +340,19 @@ class ClaimRouter(RouterBase, nn.Module):
         """Fresh value of every buffer, by name (CPU tensors): nothing claimed."""
         return {name: torch.zeros_like(buffer, device="cpu") for name, buffer in self._buffers.items()}
 
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        for name, value in self.initial_values().items():
-            getattr(self, name).copy_(value)
-        for name in ("pending_sum", "pending_count", "logged_load"):
-            getattr(self, name).zero_()
-
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, num_areas={self.num_areas}, areas_per_claim={self.areas_per_claim}, "
             f"prototypes_per_area={self.per_area}, surprise={self.surprise}, window={self.window}"
+        )
+
+    def summary(self) -> str:
+        """One line for `sal-hf info`."""
+        first, end = self.active_areas()
+        latest = f"latest claim: {first}..{end - 1}" if end > first else "none claimed yet"
+        return (
+            f"K={self.num_areas}, in={self.in_features}, claimed areas {int(self.claimed)} ({latest}), "
+            f"{self.per_area} prototypes an area"
         )
 
     def slots(self, first_area: int, last_area: int) -> torch.Tensor:
@@ -368,8 +383,7 @@ class ClaimRouter(RouterBase, nn.Module):
             slot = candidates[torch.cdist(x - origin, self.prototypes[candidates].float() - origin).argmin(1)]
             area = slot // self.per_area
             if training:
-                for name in ("pending_sum", "pending_count", "logged_load"):
-                    setattr(self, name, getattr(self, name).to(x.device))
+                self._statistics_on(x.device)
                 self.pending_sum.index_add_(0, slot, x.double())
                 self.pending_count += area_counts(slot, len(self.counts)).double()
                 self.logged_load += area_counts(area, self.num_areas).double()
