@@ -174,13 +174,14 @@ def claim_recorder(model) -> tuple[list[int], object]:
     (as `SALTrainer` does), and the list of the batches that claimed (filled as training runs)."""
     (router,) = model.routers
     claims: list[int] = []
-    batches = iter(range(10**9))
+    seen = [0]  # training batches so far
 
     def before_forward(xb: torch.Tensor, yb: torch.Tensor) -> None:
-        batch, before = next(batches), int(router.claimed)
+        before = int(router.claimed)
         model.observe_claims({"pixel_values": xb, "labels": yb})
         if int(router.claimed) != before:
-            claims.append(batch)
+            claims.append(seen[0])
+        seen[0] += 1
 
     return claims, before_forward
 
