@@ -6,7 +6,8 @@ Pure torch; knows the area layer (``areas.SALAreaLinear``), never the reverse. A
   apply to (the areas, :func:`area_parameters`, at ``area_lr_scale``; the learned routing projections,
   :func:`router_parameters`, at ``router_lr_scale``), each moved into param groups of their own at the scaled lr;
 - :func:`clear_unselected_area_grads` / :func:`reset_area_selection`: before a step, drop the zero gradients that
-  the masked kernel hands unselected areas, so momentum and weight decay cannot move them;
+  the masked kernel hands unselected areas, and those of areas whose rows carried no error, so momentum and weight
+  decay cannot move them;
 - :func:`in_place_sgd_problems` and :func:`in_place_area_sgd`: plain SGD applied to every area inside the backward
   pass, installed on the layers through their ``area_linear`` hook for the duration of one step;
 
@@ -108,15 +109,18 @@ class _InPlaceSGDLinear(torch.autograd.Function):
 
 
 def clear_unselected_area_grads(model: nn.Module) -> int:
-    """Before an optimizer step: set ``.grad = None`` on every area that the masked forwards since the last call
-    did not select, and start a new record. The masked implementation gives such areas an all-zero gradient;
-    without this, momentum and weight decay would move them. A no-op for areas run by the split implementation.
+    """Before an optimizer step: set ``.grad = None`` on every area that takes no step, and start a new record. An
+    area takes no step when the masked forwards since the last call did not select it (the masked implementation
+    gives it an all-zero gradient), or when its gradient is exactly zero although rows selected it: every row it took
+    carried no error (a token labelled -100, the last token of a causal LM, a classifier's non-pooled tokens in the
+    local modes). Without this, momentum and weight decay would move such areas.
 
     [`SALTrainer`] registers it on its optimizer (`register_step_pre_hook`); a hand-written loop calls it between
     `backward` and `optimizer.step()`, once per optimizer step (after all micro-batches of gradient accumulation).
-    One host sync for the whole model. Under `torch.distributed`, the records are combined over all processes
-    first (gradients were averaged over them, so an area selected on any process has a real gradient); every
-    process must call it at the same step, as it does in an optimizer step.
+    One host sync for the whole model (two when a selected area's bias gradient is zero: then its weight gradient
+    decides). Under `torch.distributed`, the records are combined over all processes first (gradients were averaged
+    over them, so an area selected on any process has a real gradient; a sharded gradient is nonzero when any
+    process's shard is); every process must call it at the same step, as it does in an optimizer step.
 
     Args:
         model: a SAL model, or any module containing ``SALAreaLinear`` layers (a DDP wrapper, for instance).
@@ -124,26 +128,63 @@ def clear_unselected_area_grads(model: nn.Module) -> int:
     Returns:
         The number of area parameters whose gradient was cleared.
     """
-    layers = [m for m in model.modules() if isinstance(m, SALAreaLinear) and m.selected_areas is not None]
-    if not layers:
+    layers = [m for m in model.modules() if isinstance(m, SALAreaLinear)]
+    areas = [(weight, bias) for layer in layers for weight, bias in zip(layer.weights, layer.biases)]
+    grads = [param.grad for pair in areas for param in pair if param.grad is not None]
+    if not grads:  # no backward since the last step, or an engine that keeps gradients elsewhere
+        reset_area_selection(model)
         return 0
-    selected = torch.cat([layer.selected_areas for layer in layers]).to(torch.int32)  # (sum of K,)
+    device = grads[0].device
+    selected = torch.cat(
+        [
+            layer.selected_areas.to(device)
+            if layer.selected_areas is not None
+            else torch.ones(layer.num_areas, dtype=torch.bool, device=device)
+            for layer in layers
+        ]
+    )
+    # An area's bias gradient sums the error of the rows it took: zero when none carried error. Cheap, so read first.
+    flags = torch.stack([selected, _nonzero([bias for _, bias in areas], device)])
+    flags = _combined(flags).tolist()  # the one host sync
+    keep = [chosen and moved for chosen, moved in zip(*flags)]
+    unsure = [i for i, (chosen, moved) in enumerate(zip(*flags)) if chosen and not moved]
+    if unsure:  # rare: a zero bias gradient, so the weight gradient decides
+        moved = _combined(_nonzero([areas[i][0] for i in unsure], device)).tolist()
+        for i, weight_moved in zip(unsure, moved):
+            keep[i] = bool(weight_moved)
+    cleared = 0
+    for (weight, bias), kept in zip(areas, keep):
+        for param in () if kept else (weight, bias):
+            if param.grad is not None:
+                param.grad = None
+                cleared += 1
+    reset_area_selection(model)
+    return cleared
+
+
+def _nonzero(params: list[nn.Parameter], device: torch.device) -> torch.Tensor:
+    """(n,) bool on ``device``: whether each parameter's gradient (this process's shard of it: FSDP2's DTensor) has
+    a nonzero entry (NaN counts). A few kernels for all of them, not one per parameter."""
+    local = [
+        None if param.grad is None else (param.grad.to_local() if hasattr(param.grad, "to_local") else param.grad)
+        for param in params
+    ]
+    sizes = torch.tensor([0 if grad is None else grad.numel() for grad in local], device=device)
+    present = [grad.reshape(-1).to(device) for grad in local if grad is not None]
+    if not present:
+        return torch.zeros(len(params), dtype=torch.bool, device=device)
+    hits = torch.cat(present).ne(0).to(torch.int32)
+    owner = torch.repeat_interleave(torch.arange(len(params), device=device), sizes)
+    return torch.zeros(len(params), dtype=torch.int32, device=device).index_add_(0, owner, hits) > 0
+
+
+def _combined(flags: torch.Tensor) -> torch.Tensor:
+    """``flags`` OR-ed over every process (no-op in one process), as int32."""
+    flags = flags.to(torch.int32)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         if torch.distributed.get_world_size() > 1:
-            torch.distributed.all_reduce(selected, op=torch.distributed.ReduceOp.MAX)
-    flags = selected.tolist()  # the one host sync
-    cleared, start = 0, 0
-    for layer in layers:
-        for k, (weight, bias) in enumerate(zip(layer.weights, layer.biases)):
-            if flags[start + k]:
-                continue
-            for param in (weight, bias):
-                if param.grad is not None:
-                    param.grad = None
-                    cleared += 1
-        start += layer.num_areas
-        layer.selected_areas = None
-    return cleared
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+    return flags
 
 
 def reset_area_selection(model: nn.Module) -> None:

@@ -15,10 +15,16 @@ from conftest import tiny_config, training_args
 from ddp_transformer_worker import parse_fields
 from safetensors.torch import load_file, save_file
 from test_distributed import free_port
-from test_transformer import lm, one_thread, tiny, token_batch  # noqa: F401 (one_thread: autouse fixture)
+from test_transformer import TINY, lm, one_thread, tiny, token_batch  # noqa: F401 (one_thread: autouse fixture)
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from sal_hf import SALForImageClassification, SALTrainer, SALTransformerForSequenceClassification
+from sal_hf import (
+    SALForImageClassification,
+    SALTrainer,
+    SALTransformerConfig,
+    SALTransformerForCausalLM,
+    SALTransformerForSequenceClassification,
+)
 from sal_hf.areas import SALAreaLinear
 
 
@@ -26,6 +32,7 @@ from sal_hf.areas import SALAreaLinear
 # id, padding routes to an area no real token selects in every area layer, padded on either side (the tests assert
 # it: the precondition, so that they cannot pass vacuously).
 LENGTH, REAL, PAD = 16, 6, 2
+PROMPT = 10  # the prompt's tokens, labelled -100 in the fine-tuning test
 
 
 def padded(side: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,6 +46,18 @@ def padded(side: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     else:
         mask[:, -REAL:] = 1
     return ids, mask
+
+
+def routed_areas(layers: dict) -> dict[str, list[torch.Tensor]]:
+    """By name, the (tokens,) area of each token in each training forward of each `SALAreaLinear` (forward hooks)."""
+    routed: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    for name, layer in layers.items():
+        layer.register_forward_hook(
+            lambda module, inputs, output, name=name: (
+                routed[name].append(inputs[1].clone()) if module.training else None
+            )
+        )
+    return routed
 
 
 def padded_lm(**overrides):
@@ -64,7 +83,10 @@ def classifier(**overrides) -> SALTransformerForSequenceClassification:
 )
 def test_an_area_only_padding_selects_stays_bit_identical_under_adamw(head, side, implementation, tmp_path):
     """Mirrors `test_transformer.py::test_unselected_areas_stay_bit_identical_under_adamw` with a padded batch: an
-    area that only padding tokens route to gets no gradient (None), so AdamW's weight decay cannot move it."""
+    area that only padding tokens route to gets no gradient (None), so AdamW's weight decay cannot move it. Nor can
+    it move an area that only real tokens without error select (the LM's last real token, whose next token is
+    padding; the classifier's tokens before the pooled one, in the local rule): their gradient is zero, and the
+    pre-step hook drops it."""
     overrides = {"num_areas": 16, "area_down_proj": True, "area_implementation": implementation}
     model = padded_lm(**overrides) if head == "lm" else classifier(**overrides)
     ids, mask = padded(side)
@@ -72,29 +94,66 @@ def test_an_area_only_padding_selects_stays_bit_identical_under_adamw(head, side
     labels = ids[0].masked_fill(~mask[0].bool(), -100) if head == "lm" else 1
     before = copy.deepcopy(model.state_dict())
     layers = {n: m for n, m in model.named_modules() if isinstance(m, SALAreaLinear)}
-    routed: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
-    for name, layer in layers.items():
-        layer.register_forward_hook(
-            lambda module, inputs, output, name=name: (
-                routed[name].append(inputs[1].clone()) if module.training else None
-            )
-        )
+    routed = routed_areas(layers)
     args = training_args(tmp_path, per_device_train_batch_size=1, max_steps=1, weight_decay=0.1, learning_rate=1e-2)
     data = [{"input_ids": ids[0], "attention_mask": mask[0], "labels": labels}]
     SALTrainer(model=model, args=args, train_dataset=data).train()
     state = model.state_dict()
+    if head == "lm":  # position t carries error when it and the token it predicts are real
+        erring = keep & torch.cat([keep[1:], torch.tensor([False])])
+    else:  # the pooled token: the last real one
+        erring = torch.zeros_like(keep)
+        erring[int(keep.nonzero().max())] = True
+    silent = 0
     for name in layers:
         (area,) = routed[name]  # one training forward
-        real, pads = set(area[keep].tolist()), set(area[~keep].tolist())
+        real, pads, learning = set(area[keep].tolist()), set(area[~keep].tolist()), set(area[erring].tolist())
         only_padding = pads - real
         assert only_padding, (name, real, pads)  # the precondition: some area is selected by padding alone
+        silent += len(real - learning)
         for k in range(16):
             for part in ("weight", "bias"):
                 key = f"{name}.{part}_{k}"
-                if k not in real:
+                if k not in learning:
                     assert torch.equal(state[key], before[key]), (key, k in only_padding)
-                elif part == "weight":  # a real token's area takes the step (weight decay at least)
+                elif part == "weight":  # an area that took error takes the step (weight decay at least)
                     assert not torch.equal(state[key], before[key]), key
+    if head == "classifier":  # (the LM's one error-free real token shares its area; the next test covers the LM)
+        assert silent, "no area was selected by error-free real tokens alone: that case is not exercised"
+
+
+@pytest.mark.parametrize("implementation", ["split", "masked"])
+def test_an_area_only_prompt_tokens_select_stays_bit_identical_under_adamw(implementation, tmp_path):
+    """Fine-tuning on answers only: the prompt's labels are -100, so its tokens carry no error. With the transformer's
+    shipped feedback (identity for `sal`) an area that only prompt tokens select gets a zero gradient, which the
+    pre-step hook drops before AdamW's momentum and weight decay can move it; the areas the answer selects step."""
+    config = {k: v for k, v in TINY.items() if k != "feedback_alignment"}  # the shipped feedback default
+    torch.manual_seed(0)
+    model = SALTransformerForCausalLM(
+        SALTransformerConfig(
+            **{**config, "num_areas": 16, "area_down_proj": True, "area_implementation": implementation}
+        )
+    )
+    ids = token_batch(1, length=LENGTH, seed=3)[0]
+    labels = ids.clone()
+    labels[:PROMPT] = -100
+    erring = torch.arange(LENGTH) >= PROMPT - 1  # position t predicts label t + 1 ...
+    erring[-1] = False  # ... and the last one predicts nothing
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, SALAreaLinear)}
+    seen = routed_areas(layers)
+    before = copy.deepcopy(model.state_dict())
+    args = training_args(tmp_path, per_device_train_batch_size=1, max_steps=1, weight_decay=0.1, learning_rate=1e-2)
+    SALTrainer(model=model, args=args, train_dataset=[{"input_ids": ids, "labels": labels}]).train()
+    state, silent = model.state_dict(), 0
+    for name in layers:
+        (area,) = seen[name]
+        area = area.view(-1)
+        learning = set(area[erring].tolist())
+        silent += len(set(area.tolist()) - learning)
+        for k in range(16):
+            key = f"{name}.weight_{k}"
+            assert torch.equal(state[key], before[key]) == (k not in learning), (key, k in learning)
+    assert silent, "no area was selected by prompt tokens alone: the case is not exercised"
 
 
 @pytest.mark.parametrize("implementation", ["split", "masked"])
