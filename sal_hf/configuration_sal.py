@@ -75,7 +75,7 @@ class SALConfig(PreTrainedConfig):
             that area.
         router (`str`, defaults to `"learned"`):
             `learned`: the routing projection learns by its local rule; `random`: it stays at its random draw.
-            `claim` (for continual learning, with `routing_scope="shared"`; [`SALTrainer`], one process): areas are
+            `claim` (for continual learning, with `routing_scope="shared"`; through [`SALTrainer`]): areas are
             claimed when a training batch's loss jumps (`claim_*`), training routes among the latest claim's areas
             and inference to the nearest prototype among all claimed ones (`routing.ClaimRouter`; docs/CONTINUAL.md).
             Pair it with `dual_path=False, area_lr_scale=1.0`: the shared path (and a norm) learn from every task.

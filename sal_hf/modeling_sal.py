@@ -332,19 +332,25 @@ class SALRoutingMixin:
         """`router="claim"`: score the batch about to train (``inputs``, with its ``labels``) with the current model,
         routed as in training (softmax cross-entropy), and let each claim router claim areas on a surprise (see
         [`ClaimRouter.observe`]). Call before the batch's training forward; [`SALTrainer`] does. ``forward``: the
-        module to run (a trainer's wrapped model; default this one). One forward and one host sync more a batch."""
+        module to run (a trainer's wrapped model; default this one). One forward and one host sync more a batch.
+        Under ``torch.distributed`` every process calls it at the same batch: the loss is averaged over the processes
+        (and a claim starts from the rows of all), so every process claims alike."""
         routers = [r for r in self.routers if isinstance(r, ClaimRouter)] if self.config.router == "claim" else []
         if not routers:
             return
         for router in routers:
             router.probing = True
         try:
-            loss = float((forward if forward is not None else self)(**inputs, return_dict=True).loss)
+            loss = (forward if forward is not None else self)(**inputs, return_dict=True).loss.detach().float()
         finally:
             for router in routers:
                 router.probing = False
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            if torch.distributed.get_world_size() > 1:
+                torch.distributed.all_reduce(loss)
+                loss = loss / torch.distributed.get_world_size()
         for router in routers:
-            router.observe(loss)
+            router.observe(float(loss))
 
     def update_routing_statistics(self) -> None:
         """Apply the routing statistics gathered since the last optimizer step (running input mean, balancing

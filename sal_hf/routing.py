@@ -49,12 +49,33 @@ def make_projection(routing_dim: int, in_features: int, seed: int) -> torch.Tens
     return seeded_normal((routing_dim, in_features), seed, std=in_features**-0.5)
 
 
+def gathered_rows(x: torch.Tensor) -> torch.Tensor:
+    """Under ``torch.distributed`` with several processes, every process's (n_r, d) rows, concatenated in rank order
+    (the processes may hold different numbers of rows); else ``x``. Every process must call it at the same point."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return x
+    world = torch.distributed.get_world_size()
+    if world == 1:
+        return x
+    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
+    torch.distributed.all_gather(sizes, torch.tensor([len(x)], device=x.device))
+    sizes = [int(size) for size in sizes]
+    padded = x.new_zeros(max(sizes), x.shape[1])
+    padded[: len(x)] = x
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    torch.distributed.all_gather(parts, padded)
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+
+
 class RouterBase:
     """What both routers share: floating buffers that never drop below fp32 when the model is cast, and the area health
     they report from ``logged_load`` (K,) float64, the samples per area of the training forwards since the last read.
-    Mixed in before ``nn.Module``. A router names its statistics (plain tensors, not buffers) in ``statistics``."""
+    Mixed in before ``nn.Module``. A router names its statistics (plain tensors, not buffers) in ``statistics``, and
+    among them the sums gathered since the last optimizer step in ``pending``: a multi-process trainer sums those over
+    the processes before :meth:`update_statistics`, so that every process moves its routing state alike."""
 
     statistics: tuple[str, ...] = ()
+    pending: tuple[str, ...] = ()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -131,7 +152,8 @@ class AreaRouter(RouterBase, nn.Module):
     batch.
     """
 
-    statistics = ("pending_input_sum", "pending_load", "logged_load")
+    pending = ("pending_input_sum", "pending_load")
+    statistics = (*pending, "logged_load")
 
     def __init__(
         self,
@@ -295,13 +317,18 @@ class ClaimRouter(RouterBase, nn.Module):
     gradient, or a zero one that the optimizer hook drops). Area health counts unclaimed areas as dead. Measured in
     docs/CONTINUAL.md (split Fashion-MNIST).
 
+    Several processes (``torch.distributed``) claim alike: the model averages the probe loss over them before
+    :meth:`observe`, a claim starts from every process's rows (``gathered_rows``), and the trainer sums the k-means
+    sums (``pending``) over them before :meth:`update_statistics`.
+
     Buffers (persistent): ``prototypes`` (K P, d_in), ``counts`` (K P), ``claimed`` and ``active`` (the number of
     claimed areas, the first area of the latest claim), ``recent_losses`` (window) and ``num_losses`` (losses seen
     since the last claim), all fp32 or long.
     """
 
     learned = False  # no routing loss and no lr group
-    statistics = ("pending_sum", "pending_count", "logged_load")
+    pending = ("pending_sum", "pending_count")
+    statistics = (*pending, "logged_load")
 
     def __init__(
         self,
@@ -403,7 +430,7 @@ class ClaimRouter(RouterBase, nn.Module):
         if shift and claimed < self.num_areas:
             if self.probe_input is None:
                 raise RuntimeError("ClaimRouter.observe needs a forward under `probing` first (its rows seed a claim).")
-            x = self.probe_input
+            x = gathered_rows(self.probe_input)
             end = min(claimed + self.areas_per_claim, self.num_areas)
             slots = self.slots(claimed, end)
             rows = [0]

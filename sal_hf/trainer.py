@@ -54,7 +54,8 @@ class SALRoutingCallback(TrainerCallback):
             return
         if self.accelerator is not None and self.accelerator.num_processes > 1:
             for router in model.routers:
-                for buffer in (router.pending_input_sum, router.pending_load):
+                for name in router.pending:
+                    buffer = getattr(router, name)
                     buffer.copy_(self.accelerator.reduce(buffer, reduction="sum"))
         model.update_routing_statistics()
         # The optimizer's pre-step hook has used the areas' selection record; a step the optimizer skipped (fp16
@@ -178,7 +179,7 @@ class SALTrainer(Trainer):
       `bp` it is Trainer's `compute_loss`. A NaN or infinite loss stops training with an error before any
       update is applied, so the weights and the saved checkpoints stay as they were.
       With `router="claim"` it first scores the batch (`observe_claims`: one no-grad forward), which may claim
-      areas before the batch trains.
+      areas before the batch trains (with several processes, on the loss averaged over them and the rows of all).
     - `create_optimizer`: with `config.effective_area_lr_scale != 1` (`1 / num_areas` unless set), moves the area
       parameters into their own parameter groups with the learning rate scaled, and likewise the learned routing
       projections with `config.router_lr_scale` (schedulers then scale every group alike). On every optimizer, the
@@ -202,8 +203,7 @@ class SALTrainer(Trainer):
       every training log, and [`SALInterruptCallback`] turns Ctrl-C into "save a checkpoint and stop".
     - It refuses what would silently break SAL across devices (several GPUs in one process, i.e. DataParallel;
       `area_update_norm="area"` with accumulation or several processes; FSDP1 with `use_orig_params=False`, whose
-      flat parameters would drop the lr multipliers and the unselected-area rule; `router="claim"` in several
-      processes) and switches FSDP runs with several processes to the masked area kernel (`prepare_areas_for_fsdp`).
+      flat parameters would drop the lr multipliers and the unselected-area rule) and switches FSDP runs with several processes to the masked area kernel (`prepare_areas_for_fsdp`).
 
     Everything else, the training loop included, is inherited unchanged.
 
@@ -296,11 +296,6 @@ class SALTrainer(Trainer):
                 "select one GPU with CUDA_VISIBLE_DEVICES=0."
             )
         config = core.config
-        if getattr(config, "router", None) == "claim" and self.args.world_size > 1:
-            raise ValueError(
-                f"router='claim' claims areas from one process's batches; with {self.args.world_size} processes the "
-                "claims and prototypes would differ between ranks. Train it in one process."
-            )
         # The transformer's rule averages over the batch only (no `area_update_norm` field).
         if getattr(config, "area_update_norm", "batch") == "area" and (
             self.args.gradient_accumulation_steps > 1 or self.args.world_size > 1
