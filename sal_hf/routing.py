@@ -67,9 +67,16 @@ def gathered_rows(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([part[:size] for part, size in zip(parts, sizes)])
 
 
+def statistics_dtype(device: torch.device) -> torch.dtype:
+    """The per-step sums' dtype on ``device``: float64, or float32 on Apple's MPS, which has no float64 (the sums
+    restart at every optimizer step, so float32 loses nothing that routing could see)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 class RouterBase:
     """What both routers share: floating buffers that never drop below fp32 when the model is cast, and the area health
-    they report from ``logged_load`` (K,) float64, the samples per area of the training forwards since the last read.
+    they report from ``logged_load`` (K,) float64 (float32 on MPS, `statistics_dtype`), the samples per area of the
+    training forwards since the last read.
     Mixed in before ``nn.Module``. A router names its statistics (plain tensors, not buffers) in ``statistics``, and
     among them the sums gathered since the last optimizer step in ``pending``: a multi-process trainer sums those over
     the processes before :meth:`update_statistics`, so that every process moves its routing state alike."""
@@ -84,11 +91,14 @@ class RouterBase:
         for name in self.statistics:
             getattr(self, name).zero_()
 
-    def _statistics_on(self, device: torch.device) -> None:
-        """Move the statistics to ``device`` (they are not buffers, so ``Module.to`` does not)."""
-        if self.logged_load.device != device:
+    def _statistics_on(self, device: torch.device) -> torch.dtype:
+        """Move the statistics to ``device`` in its `statistics_dtype` (they are not buffers, so ``Module.to`` does
+        not); returns that dtype."""
+        dtype = statistics_dtype(device)
+        if self.logged_load.device != device or self.logged_load.dtype != dtype:
             for name in self.statistics:
-                setattr(self, name, getattr(self, name).to(device))
+                setattr(self, name, getattr(self, name).to(device, dtype))
+        return dtype
 
     def _apply(self, fn, recurse: bool = True):
         """``Module.to``, ``.half()``, ``.bfloat16()``, ...: the buffers follow the device but never drop below
@@ -125,7 +135,7 @@ class RouterBase:
 
     @torch.no_grad()
     def pop_load(self) -> torch.Tensor:
-        """Samples routed to each area since the last call, (K,) float64; resets the count."""
+        """Samples routed to each area since the last call, (K,) float64 (float32 on MPS); resets the count."""
         load = self.logged_load.clone()
         self.logged_load.zero_()
         return load
@@ -253,13 +263,13 @@ class AreaRouter(RouterBase, nn.Module):
             scores = routed @ self.prototypes.float().T + self.area_bias.float()  # (B, K)
             area = scores.argmax(dim=-1)
             if training:
-                self._statistics_on(x.device)
+                dtype = self._statistics_on(x.device)
                 if mask is None:
-                    self.pending_input_sum += x.sum(dim=0, dtype=torch.float64)
-                    load = area_counts(area, self.num_areas).double()
+                    self.pending_input_sum += x.sum(dim=0, dtype=dtype)
+                    load = area_counts(area, self.num_areas).to(dtype)
                 else:  # weighted sums, not boolean indexing (no host sync)
-                    keep = mask.to(torch.float64).unsqueeze(-1)  # (B, 1)
-                    self.pending_input_sum += (x.double() * keep).sum(dim=0)
+                    keep = mask.to(dtype).unsqueeze(-1)  # (B, 1)
+                    self.pending_input_sum += (x.to(dtype) * keep).sum(dim=0)
                     load = ((area.unsqueeze(-1) == torch.arange(self.num_areas, device=area.device)) * keep).sum(0)
                 self.pending_load += load
                 self.logged_load += load
@@ -282,13 +292,13 @@ class AreaRouter(RouterBase, nn.Module):
         ``pending_input_sum`` and ``pending_load``, so that every rank routes identically."""
         # Every decision stays on the device (no host sync, so a GPU step never waits here): a step that routed no
         # sample (`seen` False) moves nothing.
-        self._statistics_on(self.area_bias.device)
+        dtype = self._statistics_on(self.area_bias.device)
         count = self.pending_load.sum()
         seen = count > 0
         count = count.clamp(min=1.0)
         batch_mean = self.pending_input_sum / count
         # A cumulative average for the first steps, then an exponential one.
-        momentum = (1.0 / (self.num_updates + 1).double()).clamp(min=self.center_momentum) * seen
+        momentum = (1.0 / (self.num_updates + 1).to(dtype)).clamp(min=self.center_momentum) * seen
         self.input_mean.lerp_(batch_mean.to(self.input_mean.dtype), momentum.to(self.input_mean.dtype))
         # An area that took less than its share 1/K is made cheaper to select, one that took more dearer;
         # a dead area (no samples) keeps gaining until it wins some. No gradient is involved.
@@ -410,10 +420,10 @@ class ClaimRouter(RouterBase, nn.Module):
             slot = candidates[torch.cdist(x - origin, self.prototypes[candidates].float() - origin).argmin(1)]
             area = slot // self.per_area
             if training:
-                self._statistics_on(x.device)
-                self.pending_sum.index_add_(0, slot, x.double())
-                self.pending_count += area_counts(slot, len(self.counts)).double()
-                self.logged_load += area_counts(area, self.num_areas).double()
+                dtype = self._statistics_on(x.device)
+                self.pending_sum.index_add_(0, slot, x.to(dtype))
+                self.pending_count += area_counts(slot, len(self.counts)).to(dtype)
+                self.logged_load += area_counts(area, self.num_areas).to(dtype)
         return area, None
 
     @torch.no_grad()
@@ -451,10 +461,11 @@ class ClaimRouter(RouterBase, nn.Module):
     @torch.no_grad()
     def update_statistics(self) -> None:
         """Move each prototype to the running mean of the rows it took since the last optimizer step."""
-        taken = self.pending_count.to(self.counts.device)
+        dtype = self._statistics_on(self.prototypes.device)
+        taken = self.pending_count
         self.counts += taken.float()
-        step = (self.pending_sum.to(self.prototypes.device) - taken[:, None] * self.prototypes.double()) / (
-            self.counts.double().clamp(min=1.0)[:, None]
+        step = (self.pending_sum - taken[:, None] * self.prototypes.to(dtype)) / (
+            self.counts.to(dtype).clamp(min=1.0)[:, None]
         )
         self.prototypes += step.float()
         self.pending_sum.zero_()

@@ -1,5 +1,6 @@
 """The router, pure torch."""
 
+import pytest
 import torch
 
 from sal_hf.routing import AreaRouter, make_prototypes
@@ -98,3 +99,29 @@ def test_eval_mode_gathers_no_statistics():
     router = AreaRouter(4, 3, 2, seed=0).eval()
     router(torch.randn(8, 4))
     assert router.pending_load.sum() == 0 and router.logged_load.sum() == 0
+
+
+@pytest.mark.parametrize("router", ["learned", "claim"])
+def test_float32_statistics_as_on_mps_route_like_float64(router, tmp_path, monkeypatch):
+    """Apple's MPS has no float64, so there the per-step sums are float32 (`statistics_dtype`). The same code path,
+    forced on the CPU, trains the shipped defaults (and the claim router) to the same routing state as float64."""
+    from conftest import DEFAULTS, as_dataset, tiny_batch, training_args
+
+    from sal_hf import SALConfig, SALForImageClassification, SALTrainer, routing
+
+    assert routing.statistics_dtype(torch.device("mps")) == torch.float32
+    assert routing.statistics_dtype(torch.device("cpu")) == torch.float64
+    fields = {"router": "claim", "routing_scope": "shared"} if router == "claim" else {}
+    x, y = tiny_batch(64)
+    states = {}
+    for dtype in (torch.float64, torch.float32):
+        monkeypatch.setattr(routing, "statistics_dtype", lambda device, dtype=dtype: dtype)
+        torch.manual_seed(0)
+        model = SALForImageClassification(SALConfig(**{**DEFAULTS, **fields}))
+        args = training_args(tmp_path / str(dtype), num_train_epochs=2)
+        SALTrainer(model=model, args=args, train_dataset=as_dataset(x, y)).train()
+        assert {getattr(r, name).dtype for r in model.routers for name in r.statistics} == {dtype}
+        states[dtype] = {k: v for k, v in model.state_dict().items() if ".router." in k}
+        assert int(model.routers[0].num_updates if router == "learned" else model.routers[0].claimed) > 0
+    for key, value in states[torch.float64].items():
+        torch.testing.assert_close(states[torch.float32][key], value, rtol=1e-5, atol=1e-6, msg=key)
