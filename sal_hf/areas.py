@@ -28,6 +28,13 @@ def is_training_forward(module: nn.Module) -> bool:
     return module.training and torch.is_grad_enabled()
 
 
+def process_count() -> int:
+    """The number of ``torch.distributed`` processes: 1 unless a process group with several runs."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
+
+
 class _ScaleGrad(torch.autograd.Function):
     """The identity whose backward multiplies the gradient by ``scale`` (a constant)."""
 

@@ -21,7 +21,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import ModelOutput, logging
 
 from .activations import ACTIVATIONS
-from .areas import SALAreaLinear, make_norm
+from .areas import SALAreaLinear, make_norm, process_count
 from .configuration_sal import SALConfig
 from .feedback import FeedbackMatrices, sign_concordant
 from .routing import AreaRouter, ClaimRouter, area_counts
@@ -345,10 +345,9 @@ class SALRoutingMixin:
         finally:
             for router in routers:
                 router.probing = False
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            if torch.distributed.get_world_size() > 1:
-                torch.distributed.all_reduce(loss)
-                loss = loss / torch.distributed.get_world_size()
+        if process_count() > 1:
+            torch.distributed.all_reduce(loss)
+            loss = loss / process_count()
         for router in routers:
             router.observe(float(loss))
 

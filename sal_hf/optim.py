@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .areas import SALAreaLinear
+from .areas import SALAreaLinear, process_count
 from .feedback import FeedbackMatrices
 from .routing import AreaRouter
 
@@ -129,12 +129,16 @@ def clear_unselected_area_grads(model: nn.Module) -> int:
         The number of area parameters whose gradient was cleared.
     """
     layers = [m for m in model.modules() if isinstance(m, SALAreaLinear)]
+    if not layers:
+        return 0
     areas = [(weight, bias) for layer in layers for weight, bias in zip(layer.weights, layer.biases)]
     grads = [param.grad for pair in areas for param in pair if param.grad is not None]
-    if not grads:  # no backward since the last step, or an engine that keeps gradients elsewhere
+    # No gradient: no backward since the last step, or an engine that keeps them elsewhere. (Several processes go on
+    # to the collective all the same: under FSDP another process's shard may hold gradients.)
+    if not grads and process_count() == 1:
         reset_area_selection(model)
         return 0
-    device = grads[0].device
+    device = grads[0].device if grads else areas[0][0].device
     selected = torch.cat(
         [
             layer.selected_areas.to(device)
@@ -181,9 +185,8 @@ def _nonzero(params: list[nn.Parameter], device: torch.device) -> torch.Tensor:
 def _combined(flags: torch.Tensor) -> torch.Tensor:
     """``flags`` OR-ed over every process (no-op in one process), as int32."""
     flags = flags.to(torch.int32)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        if torch.distributed.get_world_size() > 1:
-            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+    if process_count() > 1:
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
     return flags
 
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .areas import is_training_forward
+from .areas import is_training_forward, process_count
 
 
 def area_counts(area: torch.Tensor, num_areas: int) -> torch.Tensor:
@@ -52,9 +52,7 @@ def make_projection(routing_dim: int, in_features: int, seed: int) -> torch.Tens
 def gathered_rows(x: torch.Tensor) -> torch.Tensor:
     """Under ``torch.distributed`` with several processes, every process's (n_r, d) rows, concatenated in rank order
     (the processes may hold different numbers of rows); else ``x``. Every process must call it at the same point."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return x
-    world = torch.distributed.get_world_size()
+    world = process_count()
     if world == 1:
         return x
     sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
