@@ -334,7 +334,8 @@ class SALRoutingMixin:
         [`ClaimRouter.observe`]). Call before the batch's training forward; [`SALTrainer`] does. ``forward``: the
         module to run (a trainer's wrapped model; default this one). One forward and one host sync more a batch.
         Under ``torch.distributed`` every process calls it at the same batch: the loss is averaged over the processes
-        (and a claim starts from the rows of all), so every process claims alike."""
+        (and a claim starts from the rows of all), so every process claims alike. (The mean of the processes' batch
+        means is the global batch's mean when their batches are equal, as Accelerate's `even_batches` makes them.)"""
         routers = [r for r in self.routers if isinstance(r, ClaimRouter)] if self.config.router == "claim" else []
         if not routers:
             return

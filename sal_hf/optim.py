@@ -82,12 +82,16 @@ class _InPlaceSGDLinear(torch.autograd.Function):
     """``x W^T + b`` whose backward applies plain SGD to ``W`` and ``b`` in place and hands them no ``.grad``:
     ``W <- (1 - lr wd) W - lr g^T x`` in one ``addmm_`` (no gradient tensor is written or read back), likewise
     ``b``, with ``lr`` and ``wd`` read from their optimizer param groups at that moment (so schedulers apply). The
-    input gradient is computed from ``W`` before the update. See :func:`in_place_area_sgd`."""
+    input gradient is computed from ``W`` before the update. With ``idle_rule`` (areas of K > 1 layers), rows that
+    all carried no error (``g = 0``) decay nothing either, as :func:`clear_unselected_area_grads` drops such an area's
+    gradient on the optimizer path. See :func:`in_place_area_sgd`."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: nn.Parameter, bias: nn.Parameter, groups: tuple[dict, dict]):
+    def forward(
+        ctx, x: torch.Tensor, weight: nn.Parameter, bias: nn.Parameter, groups: tuple[dict, dict], idle_rule: bool
+    ):
         ctx.save_for_backward(x)
-        ctx.weight, ctx.bias, ctx.groups = weight, bias, groups
+        ctx.weight, ctx.bias, ctx.groups, ctx.idle_rule = weight, bias, groups, idle_rule
         return F.linear(x, weight, bias)
 
     @staticmethod
@@ -100,27 +104,33 @@ class _InPlaceSGDLinear(torch.autograd.Function):
         with torch.no_grad():
             # torch.optim.SGD without momentum: p <- p - lr (grad + wd p).
             lr, decay = weight_group["lr"], weight_group["weight_decay"]
-            weight.addmm_(grad.t(), x.to(weight.dtype), beta=1.0 - lr * decay, alpha=-lr)
+            if decay and ctx.idle_rule:  # no host sync: the decay factor is 1 when no row carried error
+                weight.mul_(torch.where(grad.ne(0).any(), 1.0 - lr * decay, 1.0))
+                weight.addmm_(grad.t(), x.to(weight.dtype), alpha=-lr)
+            else:
+                weight.addmm_(grad.t(), x.to(weight.dtype), beta=1.0 - lr * decay, alpha=-lr)
             lr, decay = bias_group["lr"], bias_group["weight_decay"]
             if decay:
-                bias.mul_(1.0 - lr * decay)
+                bias.mul_(torch.where(grad.ne(0).any(), 1.0 - lr * decay, 1.0) if ctx.idle_rule else 1.0 - lr * decay)
             bias.add_(grad.sum(0), alpha=-lr)
-        return grad_x, None, None, None
+        return grad_x, None, None, None, None
 
 
 def clear_unselected_area_grads(model: nn.Module) -> int:
     """Before an optimizer step: set ``.grad = None`` on every area that takes no step, and start a new record. An
     area takes no step when the masked forwards since the last call did not select it (the masked implementation
-    gives it an all-zero gradient), or when its gradient is exactly zero although rows selected it: every row it took
-    carried no error (a token labelled -100, the last token of a causal LM, a classifier's non-pooled tokens in the
-    local modes). Without this, momentum and weight decay would move such areas.
+    gives it an all-zero gradient), or, in a layer with K > 1 areas, when its gradient is exactly zero although rows
+    selected it: every row it took carried no error (a token labelled -100, the last token of a causal LM, a
+    classifier's non-pooled tokens in the local modes; also units dead for all its rows). Without this, momentum and
+    weight decay would move such areas. (A K = 1 layer, a dense one, keeps the optimizer's usual behaviour.)
 
     [`SALTrainer`] registers it on its optimizer (`register_step_pre_hook`); a hand-written loop calls it between
     `backward` and `optimizer.step()`, once per optimizer step (after all micro-batches of gradient accumulation).
-    One host sync for the whole model (two when a selected area's bias gradient is zero: then its weight gradient
-    decides). Under `torch.distributed`, the records are combined over all processes first (gradients were averaged
-    over them, so an area selected on any process has a real gradient; a sharded gradient is nonzero when any
-    process's shard is); every process must call it at the same step, as it does in an optimizer step.
+    One host sync for the whole model (two when a selected area's bias gradient is zero, common with error-free
+    tokens: then its weight gradient decides). Under `torch.distributed`, the records are combined over all
+    processes first (gradients were averaged over them, so an area selected on any process has a real gradient; a
+    sharded gradient is nonzero when any process's shard is); every process must call it at the same step, as it
+    does in an optimizer step.
 
     Args:
         model: a SAL model, or any module containing ``SALAreaLinear`` layers (a DDP wrapper, for instance).
@@ -138,7 +148,7 @@ def clear_unselected_area_grads(model: nn.Module) -> int:
     if not grads and process_count() == 1:
         reset_area_selection(model)
         return 0
-    device = grads[0].device if grads else areas[0][0].device
+    device = _collective_device(layers, grads, areas)
     selected = torch.cat(
         [
             layer.selected_areas.to(device)
@@ -150,9 +160,11 @@ def clear_unselected_area_grads(model: nn.Module) -> int:
     # An area's bias gradient sums the error of the rows it took: zero when none carried error. Cheap, so read first.
     flags = torch.stack([selected, _nonzero([bias for _, bias in areas], device)])
     flags = _combined(flags).tolist()  # the one host sync
-    keep = [chosen and moved for chosen, moved in zip(*flags)]
-    unsure = [i for i, (chosen, moved) in enumerate(zip(*flags)) if chosen and not moved]
-    if unsure:  # rare: a zero bias gradient, so the weight gradient decides
+    # A K = 1 layer counts as moved: the zero-gradient rule is the areas'.
+    dense = [layer.num_areas == 1 for layer in layers for _ in range(layer.num_areas)]
+    keep = [chosen and (moved or one) for chosen, moved, one in zip(*flags, dense)]
+    unsure = [i for i, (chosen, kept) in enumerate(zip(flags[0], keep)) if chosen and not kept]
+    if unsure:  # a zero bias gradient, so the weight gradient decides
         moved = _combined(_nonzero([areas[i][0] for i in unsure], device)).tolist()
         for i, weight_moved in zip(unsure, moved):
             keep[i] = bool(weight_moved)
@@ -168,18 +180,25 @@ def clear_unselected_area_grads(model: nn.Module) -> int:
 
 def _nonzero(params: list[nn.Parameter], device: torch.device) -> torch.Tensor:
     """(n,) bool on ``device``: whether each parameter's gradient (this process's shard of it: FSDP2's DTensor) has
-    a nonzero entry (NaN counts). A few kernels for all of them, not one per parameter."""
-    local = [
-        None if param.grad is None else (param.grad.to_local() if hasattr(param.grad, "to_local") else param.grad)
-        for param in params
-    ]
-    sizes = torch.tensor([0 if grad is None else grad.numel() for grad in local], device=device)
-    present = [grad.reshape(-1).to(device) for grad in local if grad is not None]
-    if not present:
-        return torch.zeros(len(params), dtype=torch.bool, device=device)
-    hits = torch.cat(present).ne(0).to(torch.int32)
-    owner = torch.repeat_interleave(torch.arange(len(params), device=device), sizes)
-    return torch.zeros(len(params), dtype=torch.int32, device=device).index_add_(0, owner, hits) > 0
+    a nonzero entry (NaN counts). No host sync, and no copy of the gradients."""
+    flags = []
+    for param in params:
+        grad = param.grad
+        if grad is None:
+            flags.append(torch.zeros((), dtype=torch.bool, device=device))
+            continue
+        local = grad.to_local() if hasattr(grad, "to_local") else grad
+        flags.append(local.ne(0).any().to(device))
+    return torch.stack(flags)
+
+
+def _collective_device(layers: list[SALAreaLinear], grads: list[torch.Tensor], areas: list) -> torch.device:
+    """Where the flags are combined: the device the forward recorded its selection on (the model's, for NCCL; FSDP2
+    may offload gradients to the CPU), else that of the gradients, else of the parameters."""
+    for layer in layers:
+        if layer.selected_areas is not None:
+            return layer.selected_areas.device
+    return grads[0].device if grads else areas[0][0].device
 
 
 def _combined(flags: torch.Tensor) -> torch.Tensor:
@@ -237,8 +256,8 @@ def in_place_area_sgd(model: nn.Module, optimizer: torch.optim.Optimizer) -> Ite
                 )
             groups = [(group_of[id(w)], group_of[id(b)]) for w, b in zip(layer.weights, layer.biases)]
 
-            def area_linear(x, weight, bias, k, groups=groups):
-                return _InPlaceSGDLinear.apply(x, weight, bias, groups[k])
+            def area_linear(x, weight, bias, k, groups=groups, idle_rule=layer.num_areas > 1):
+                return _InPlaceSGDLinear.apply(x, weight, bias, groups[k], idle_rule)
 
             layer.area_linear = area_linear
         yield

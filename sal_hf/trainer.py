@@ -183,9 +183,10 @@ class SALTrainer(Trainer):
     - `create_optimizer`: with `config.effective_area_lr_scale != 1` (`1 / num_areas` unless set), moves the area
       parameters into their own parameter groups with the learning rate scaled, and likewise the learned routing
       projections with `config.router_lr_scale` (schedulers then scale every group alike). On every optimizer, the
-      user's included, registers [`clear_unselected_area_grads`] as a step pre-hook: areas that the masked
-      implementation (`config.area_implementation`) handed a zero gradient but no sample selected get
-      `.grad = None` before the step, as with the split implementation (a no-op there).
+      user's included, registers [`clear_unselected_area_grads`] as a step pre-hook: areas that no sample selected
+      (the masked implementation, `config.area_implementation`, hands them a zero gradient) and areas whose rows all
+      carried no error (tokens labelled -100, a classifier's non-pooled tokens) get `.grad = None` before the step,
+      so momentum and weight decay leave them as they are.
     - `training_step` (with `in_place_area_update=True` only): plain SGD is applied to every area's weight and bias
       inside the backward pass, in one `addmm_` per area, with the lr and weight decay of its param group, and the
       areas get no `.grad`: no gradient tensor is written and read back, and none is kept (about 25% faster steps

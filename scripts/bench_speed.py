@@ -107,7 +107,7 @@ class Variant:
         else:
             self.trainer.optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01, **extra)
         # SALTrainer keeps an optimizer it is given and registers its pre-step hook on it (clear_unselected_area_grads:
-        # areas the masked implementation gave a zero gradient but no sample selected get none), as in training.
+        # areas no sample selected, or whose rows carried no error, get no gradient), as in training.
         self.optimizer = self.trainer.create_optimizer()
         # The forward and the local rule (what SALTrainer.compute_loss runs), compiled with --compile.
         self.compute_loss = self.trainer.compute_loss

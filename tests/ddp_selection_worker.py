@@ -3,7 +3,8 @@
     python -m torch.distributed.run --nproc_per_node 2 tests/ddp_selection_worker.py
 
 Two gloo processes, one masked SAL model under DDP, different data on each: DDP averages the gradients, so an area
-that only the other process selected has a real gradient here, and `clear_unselected_area_grads` must keep it.
+that only the other process selected has a real gradient here, and `clear_unselected_area_grads` must keep it. Then
+one process holds no area gradient at all (as a shard under FSDP may): both must still meet in the collective.
 Exits non-zero (assertion) if it does not.
 """
 
@@ -21,7 +22,8 @@ from sal_hf import SALForImageClassification, clear_unselected_area_grads
 def check(rank: int) -> None:
     torch.manual_seed(0)
     model = SALForImageClassification(tiny_config(num_areas=8, hidden_sizes=[32], area_implementation="masked"))
-    ddp = DistributedDataParallel(model.train())
+    # As Trainer builds it for these models: the routers' projections take no gradient from this loss.
+    ddp = DistributedDataParallel(model.train(), find_unused_parameters=True)
     x, y = tiny_batch(3, seed=rank)
     ddp(pixel_values=x, labels=y).loss.backward()
     layer = model.sal.layers[0].areas
@@ -35,6 +37,14 @@ def check(rank: int) -> None:
     kept = {k for k, weight in enumerate(layer.weights) if weight.grad is not None}
     assert kept == union, f"rank {rank}: kept gradients of {kept}, areas selected on any rank {union}"
     print(f"rank {rank}: selected {sorted(mine)}, kept the gradients of {sorted(kept)}", flush=True)
+    # As under FSDP, where one process's shard may hold no area gradient: rank 1 has none, rank 0 has some. Both must
+    # reach the collective (a process that returned early would leave the other waiting until the timeout).
+    if rank == 1:
+        for param in model.parameters():
+            param.grad = None
+    clear_unselected_area_grads(ddp)
+    kept = {k for k, weight in enumerate(layer.weights) if weight.grad is not None}
+    assert kept == (union if rank == 0 else set()), f"rank {rank}: kept {kept} with no gradient on rank 1"
 
 
 def main() -> None:

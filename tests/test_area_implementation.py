@@ -236,3 +236,19 @@ def test_trainer_with_torch_compile_trains_as_eager(tmp_path):
         torch.testing.assert_close(weights[1][name], value, msg=name)
     untouched = [name for name, value in weights[1].items() if ".areas." in name and torch.equal(value, before[name])]
     assert untouched, "every area was selected: selectivity under compile is not exercised"
+
+
+def test_the_hook_keeps_every_area_gradient_with_a_nonzero_entry_and_dense_layers_as_they_are():
+    """Which gradients `clear_unselected_area_grads` drops, by hand: an area's exactly-zero gradient (its rows carried
+    no error), not one whose bias gradient alone is zero, nor a NaN one (the trainer must see it), nor a K = 1 layer's
+    (a dense layer keeps the optimizer's usual behaviour)."""
+    areas, dense = SALAreaLinear(3, 2, 4), SALAreaLinear(3, 2, 1)
+    model = torch.nn.ModuleList([areas, dense])
+    for param in model.parameters():
+        param.grad = torch.zeros_like(param)
+    areas.weight_1.grad[0, 0] = 1.0  # bias gradient zero, weight gradient not: kept
+    areas.bias_2.grad[1] = float("nan")  # kept
+    areas.weight_3.grad = areas.bias_3.grad = None  # area 3 was not in the graph (split): nothing to clear
+    assert clear_unselected_area_grads(model) == 2  # area 0's weight and bias
+    assert [areas.weights[k].grad is not None for k in range(4)] == [False, True, True, False]
+    assert dense.weight_0.grad is not None and dense.bias_0.grad is not None

@@ -461,13 +461,18 @@ def test_eager_and_sdpa_attention_agree_with_padding():
     assert torch.allclose(outputs[0][1], outputs[1][1], atol=1e-5)
 
 
-def test_in_place_area_sgd_equals_the_optimizer_path(tmp_path):
+@pytest.mark.parametrize("prompt", [0, 5])
+def test_in_place_area_sgd_equals_the_optimizer_path(prompt, tmp_path):
+    """With weight decay, and with a prompt labelled -100 (5 of 8 tokens): areas that only error-free tokens select
+    take no step on either path (the optimizer path drops their zero gradient; in place, their decay is skipped)."""
     x = token_batch(4, seed=8)
-    data = [{"input_ids": row, "labels": row} for row in x]
+    data = [{"input_ids": row, "labels": torch.where(torch.arange(LENGTH) < prompt, -100, row)} for row in x]
     models = []
     for in_place in (False, True):
-        model = lm(num_areas=4, area_down_proj=True)
-        args = training_args(tmp_path, per_device_train_batch_size=4, max_steps=2, optim="sgd", max_grad_norm=0.0)
+        model = lm(num_areas=8, area_down_proj=True)
+        args = training_args(
+            tmp_path, per_device_train_batch_size=4, max_steps=2, optim="sgd", max_grad_norm=0.0, weight_decay=0.1
+        )
         SALTrainer(model=model, args=args, train_dataset=data, in_place_area_update=in_place).train()
         models.append(model)
     for (name, p), q in zip(models[0].named_parameters(), models[1].parameters()):

@@ -151,8 +151,9 @@ def test_an_area_only_prompt_tokens_select_stays_bit_identical_under_adamw(imple
         learning = set(area[erring].tolist())
         silent += len(set(area.tolist()) - learning)
         for k in range(16):
-            key = f"{name}.weight_{k}"
-            assert torch.equal(state[key], before[key]) == (k not in learning), (key, k in learning)
+            for part in ("weight", "bias"):
+                key = f"{name}.{part}_{k}"
+                assert torch.equal(state[key], before[key]) == (k not in learning), (key, k in learning)
     assert silent, "no area was selected by prompt tokens alone: the case is not exercised"
 
 
