@@ -55,3 +55,26 @@ def test_task_oracle_routes_every_layer_by_task_and_misroutes_the_asked_share():
     wrong = noisy.area != task
     assert abs(float(wrong.float().mean()) - 0.3) < 0.02
     assert set(noisy.area[wrong].tolist()) == {0, 1, 3, 4}  # another task's area, never an unused one
+
+
+def test_paired_differences_and_claim_routing_shares_by_hand():
+    """The report's paired table (method minus reference, per seed both ran) and a claim row's routing line."""
+
+    def record(seed, final, forgetting, areas=None):  # a 5-task matrix with the given final mean and forgetting
+        rows = [[final] * 5 for _ in range(5)]
+        for j in range(4):  # each of the first four tasks was best right after its own training
+            rows[j][j] = final + forgetting
+        shares = areas or [[0.0] * 16 for _ in range(5)]
+        return {"seed": seed, "task_incremental": rows, "area_share_final": shares}
+
+    claims = [[1 / 3 if 3 * j <= k < 3 * j + 3 else 0.0 for k in range(16)] for j in range(5)]
+    claims[1] = [0.5 if k in (3, 0) else 0.0 for k in range(16)]  # task 2: half its images reach task 1's claim
+    method = [record(s, 90.0 + s, 2.0, claims) for s in (0, 1, 2)]
+    for r in method:
+        r.update(claims_at_batch=[0, 4, 8, 12, 16], train_per_task=[64] * 5, epochs_per_task=2, batch_size=32)
+    by_method = {"shift-nodual-out-p8": method, "bp": [record(s, 88.0, 2.0 + 4 * s) for s in (1, 2, 3)]}
+    (row,) = [line for line in continual.paired_lines(by_method) if line.startswith("| SAL-16")]
+    # seeds 1, 2: forgetting 2 - 6 = -4 and 2 - 10 = -8 (mean -6, s.e. 2); accuracy 91 - 88, 92 - 88 (+3.5, 0.5)
+    assert "| BP | 2 | -6.00 (2.00) | 2 of 2 | +3.50 (0.50) | 2 of 2 |" in row
+    (line,) = [line for line in continual.claim_lines(by_method) if line]
+    assert "in 3 of 3 runs" in line and "1.00 / 0.50 / 1.00 / 1.00 / 1.00 (10.0% misrouted" in line
