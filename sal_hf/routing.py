@@ -66,18 +66,19 @@ def gathered_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def statistics_dtype(device: torch.device) -> torch.dtype:
-    """The per-step sums' dtype on ``device``: float64, or float32 on Apple's MPS, which has no float64 (the sums
-    restart at every optimizer step, so float32 loses nothing that routing could see)."""
+    """The routers' statistics' dtype on ``device``: float64, or float32 on Apple's MPS, which has no float64 (the
+    per-step sums restart at every optimizer step, so float32 loses nothing routing could see; the area-health counts
+    stay exact up to 2^24 samples an area between two logs)."""
     return torch.float32 if device.type == "mps" else torch.float64
 
 
 class RouterBase:
     """What both routers share: floating buffers that never drop below fp32 when the model is cast, and the area health
     they report from ``logged_load`` (K,) float64 (float32 on MPS, `statistics_dtype`), the samples per area of the
-    training forwards since the last read.
-    Mixed in before ``nn.Module``. A router names its statistics (plain tensors, not buffers) in ``statistics``, and
-    among them the sums gathered since the last optimizer step in ``pending``: a multi-process trainer sums those over
-    the processes before :meth:`update_statistics`, so that every process moves its routing state alike."""
+    training forwards since the last read. Mixed in before ``nn.Module``. A router names its statistics (plain
+    tensors, not buffers) in ``statistics``, and among them the sums gathered since the last optimizer step in
+    ``pending``: a multi-process trainer sums those over the processes before :meth:`update_statistics`, so that every
+    process moves its routing state alike."""
 
     statistics: tuple[str, ...] = ()
     pending: tuple[str, ...] = ()
