@@ -324,7 +324,7 @@ class ClaimRouter(RouterBase, nn.Module):
 
     No parameter and no gradient: the areas of older claims are never selected in training, so they get no update (no
     gradient, or a zero one that the optimizer hook drops). Area health counts unclaimed areas as dead. Measured in
-    docs/CONTINUAL.md (split Fashion-MNIST).
+    docs/CONTINUAL.md (split Fashion-MNIST, split MNIST).
 
     Several processes (``torch.distributed``) claim alike: the model averages the probe loss over them before
     :meth:`observe`, a claim starts from every process's rows (``gathered_rows``), and the trainer sums the k-means
@@ -445,8 +445,12 @@ class ClaimRouter(RouterBase, nn.Module):
             rows = [0]
             for _ in range(min(len(slots), len(x)) - 1):  # farthest-point: each next row farthest from those taken
                 rows.append(int(torch.cdist(x, x[rows]).min(1).values.argmax()))
-            # A batch smaller than the claim's prototypes repeats its rows (a repeated prototype takes no rows).
-            rows = [rows[i % len(rows)] for i in range(len(slots))]
+            if len(rows) < len(slots):
+                # A batch smaller than the claim's prototypes: deal the rows round-robin over the claim's areas, so
+                # that each area starts from rows of its own (were they repeated in order, every area would hold the
+                # same rows and the first would win every tie). Repeats within an area take no rows.
+                areas = len(slots) // self.per_area
+                rows = [rows[(j * areas + a) % len(rows)] for a in range(areas) for j in range(self.per_area)]
             self.prototypes[slots] = x[rows]
             self.counts[slots] = 1.0
             self.active.fill_(claimed)

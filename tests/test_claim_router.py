@@ -88,13 +88,19 @@ def test_claims_on_a_surprise_route_training_to_the_latest_claim_and_inference_t
     torch.testing.assert_close(router.prototypes[:2], before[:2], rtol=0, atol=0)  # older claims: untouched
 
 
-def test_a_batch_smaller_than_a_claim_repeats_its_rows():
-    router = ClaimRouter(2, 4, areas_per_claim=2, prototypes_per_area=3)
+def test_a_batch_smaller_than_a_claim_deals_its_rows_over_the_claims_areas():
+    """2 areas x 3 prototypes from 4 rows: farthest-point order 0, 3, 1, 2 (row 3 is farthest from row 0, ...),
+    dealt round-robin, so each area starts from rows of its own and both take rows (repeated in order, every area
+    would hold every row and the first would win each tie)."""
+    router = ClaimRouter(1, 4, areas_per_claim=2, prototypes_per_area=3)
     router.probing = True
+    x = torch.tensor([[0.0], [4.0], [6.0], [10.0]])
     with torch.no_grad():
-        router(torch.tensor([[0.0, 0.0], [5.0, 0.0]]))
+        router(x)
     assert router.observe(1.0)
-    assert {tuple(p) for p in router.prototypes[:6].tolist()} == {(0.0, 0.0), (5.0, 0.0)}
+    assert router.prototypes[:6].flatten().tolist() == [0.0, 4.0, 0.0, 10.0, 6.0, 10.0]
+    router.eval()
+    assert router(x)[0].tolist() == [0, 0, 1, 1]
 
 
 def two_tasks(n: int = 128):
