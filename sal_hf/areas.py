@@ -94,7 +94,8 @@ class SALAreaLinear(nn.Module):
       areas get a zero ``.grad``. A training forward therefore records the areas it selected in
       ``selected_areas`` (device-side, OR-ed over the forwards of one optimizer step), and
       ``optim.clear_unselected_area_grads`` sets ``.grad = None`` on the others before the optimizer step (and,
-      with either implementation, on areas whose rows all carried no error: their gradient is exactly zero).
+      with either implementation and K > 1, on areas whose rows all carried no error: their gradient is exactly
+      zero).
 
     Rows a ``mask`` drops (padding tokens) go through no area in either implementation: their output is zero and
     they select nothing, so an area that only such rows were routed to takes no optimizer step.

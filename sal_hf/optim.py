@@ -80,7 +80,8 @@ def lr_scaled_parameters(model: nn.Module, config) -> dict[str, tuple[float, lis
 
 class _InPlaceSGDLinear(torch.autograd.Function):
     """``x W^T + b`` whose backward applies plain SGD to ``W`` and ``b`` in place and hands them no ``.grad``:
-    ``W <- (1 - lr wd) W - lr g^T x`` in one ``addmm_`` (no gradient tensor is written or read back), likewise
+    ``W <- (1 - lr wd) W - lr g^T x`` in one ``addmm_`` (with weight decay in an area of a K > 1 layer, a scaling
+    first; no gradient tensor is written or read back), likewise
     ``b``, with ``lr`` and ``wd`` read from their optimizer param groups at that moment (so schedulers apply). The
     input gradient is computed from ``W`` before the update. With ``idle_rule`` (areas of K > 1 layers), rows that
     all carried no error (``g = 0``) decay nothing either, as :func:`clear_unselected_area_grads` drops such an area's

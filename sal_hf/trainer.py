@@ -188,7 +188,7 @@ class SALTrainer(Trainer):
       carried no error (tokens labelled -100, a classifier's non-pooled tokens) get `.grad = None` before the step,
       so momentum and weight decay leave them as they are.
     - `training_step` (with `in_place_area_update=True` only): plain SGD is applied to every area's weight and bias
-      inside the backward pass, in one `addmm_` per area, with the lr and weight decay of its param group, and the
+      inside the backward pass, in one `addmm_` per area (and a scaling with weight decay), with the lr and weight decay of its param group, and the
       areas get no `.grad`: no gradient tensor is written and read back, and none is kept (about 25% faster steps
       and half the memory of a 16-area MLP on a CPU, docs/PERFORMANCE.md). The routers, norms and shared paths
       still go through the optimizer. The weights equal those of `optim="sgd"` (tested). It needs what applying

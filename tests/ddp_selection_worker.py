@@ -37,8 +37,9 @@ def check(rank: int) -> None:
     kept = {k for k, weight in enumerate(layer.weights) if weight.grad is not None}
     assert kept == union, f"rank {rank}: kept gradients of {kept}, areas selected on any rank {union}"
     print(f"rank {rank}: selected {sorted(mine)}, kept the gradients of {sorted(kept)}", flush=True)
-    # As under FSDP, where one process's shard may hold no area gradient: rank 1 has none, rank 0 has some. Both must
-    # reach the collective (a process that returned early would leave the other waiting until the timeout).
+    # As under FSDP, where one process's shard may hold no area gradient: rank 1 has none, rank 0 has some. What this
+    # tests is that both reach the collective (a process that returned early would leave the other waiting until the
+    # 120 s timeout, and the test fail); the kept sets follow from the first phase.
     if rank == 1:
         for param in model.parameters():
             param.grad = None
