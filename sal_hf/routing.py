@@ -446,11 +446,13 @@ class ClaimRouter(RouterBase, nn.Module):
             for _ in range(min(len(slots), len(x)) - 1):  # farthest-point: each next row farthest from those taken
                 rows.append(int(torch.cdist(x, x[rows]).min(1).values.argmax()))
             if len(rows) < len(slots):
-                # A batch smaller than the claim's prototypes: deal the rows round-robin over the claim's areas, so
-                # that each area starts from rows of its own (were they repeated in order, every area would hold the
-                # same rows and the first would win every tie). Repeats within an area take no rows.
+                # A batch smaller than the claim's prototypes: area a of the claim takes every A-th row of the
+                # farthest-point order (A areas), repeated to fill its prototypes, so that the areas start from rows
+                # of their own (were the rows repeated in order, every area would hold them all and the first would
+                # win every tie). Repeats within an area take no rows. (Fewer rows than areas: shared, in turn.)
                 areas = len(slots) // self.per_area
-                rows = [rows[(j * areas + a) % len(rows)] for a in range(areas) for j in range(self.per_area)]
+                own = [rows[a::areas] or [rows[a % len(rows)]] for a in range(areas)]
+                rows = [own[a][j % len(own[a])] for a in range(areas) for j in range(self.per_area)]
             self.prototypes[slots] = x[rows]
             self.counts[slots] = 1.0
             self.active.fill_(claimed)
