@@ -1,0 +1,27 @@
+"""examples/train_continual.py end to end on the bundled digits, tiny settings: the claims keep the old classes
+(class-incremental accuracy far above backprop's), and a sequence the claims cannot follow is refused up front."""
+
+import pytest
+from test_text_examples import load_example
+
+
+# The example's model (SAL-16, width 256) and claim defaults but for a shorter window, so that 3 epochs a task (27-30
+# batches) suffice, at a larger lr.
+FAST = ["--epochs_per_task", "3", "--claim_window", "20", "--learning_rate", "3e-3", "--logging_steps", "1000"]
+
+
+def test_claimed_areas_keep_the_old_classes_where_backprop_forgets_them(tmp_path):
+    results = load_example("train_continual").main([*FAST, "--output_dir", str(tmp_path)])
+    claim, bp = results["sal-claim"], results["bp"]
+    assert claim["claimed_areas"] == 15  # five tasks x claim_areas=3, each claimed at its first batch
+    (task_il, _), (class_il, class_forgetting) = (
+        claim["summary"][k] for k in ("task-incremental", "class-incremental")
+    )
+    assert task_il > 90 and class_il > 70 and class_forgetting < 20, claim["summary"]
+    assert bp["summary"]["class-incremental"][0] < 30  # backprop keeps only the last task's two classes
+    assert (tmp_path / "sal-claim" / "model.safetensors").exists()
+
+
+def test_a_task_too_short_for_the_claim_window_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="claim_window=50.*--epochs_per_task"):
+        load_example("train_continual").main(["--epochs_per_task", "1", "--output_dir", str(tmp_path)])
