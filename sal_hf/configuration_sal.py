@@ -88,7 +88,9 @@ class SALConfig(PreTrainedConfig):
         claim_window (`int`, defaults to 50):
             With `router="claim"`: batches in that mean, and batches after a claim before the next.
         claim_prototypes (`int`, defaults to 8):
-            With `router="claim"`: prototypes an area routes by (online k-means on the router's input).
+            With `router="claim"`: prototypes an area routes by (online k-means on the router's input). More route
+            test inputs better (32 misrouted 20.0% of split Fashion-MNIST's test images against 22.6% with 8, and
+            were 2.1 points more accurate; docs/CONTINUAL.md) at `num_areas * claim_prototypes * input size` floats.
         routing_dim (`int`, defaults to 32):
             Size of the routing space of the projection and the frozen prototypes.
         routing_balance_rate (`float`, defaults to 1e-3):
