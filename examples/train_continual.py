@@ -7,7 +7,7 @@ After each task every task is scored two ways: task-incremental (logits masked t
 class-incremental (the plain argmax over all classes). A plain backprop MLP runs the same sequence for comparison.
 The measured version of this experiment (split Fashion-MNIST and split MNIST, 10 seeds) is docs/CONTINUAL.md.
 
-    python examples/train_continual.py                  # digits, SAL with claims and BP, a few minutes
+    python examples/train_continual.py                  # digits, SAL with claims and BP, under a minute
     python examples/train_continual.py --dataset fashion_mnist --epochs_per_task 1 --output_dir outputs/fmnist
     torchrun --nproc_per_node 2 examples/train_continual.py --use_cpu true   # DDP: the processes claim alike
 """
