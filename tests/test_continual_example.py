@@ -1,4 +1,4 @@
-"""examples/train_continual.py end to end on the bundled digits, tiny settings: the claims keep the old classes
+"""examples/train_continual.py end to end on the bundled digits, short settings: the claims keep the old classes
 (class-incremental accuracy far above backprop's), and a sequence the claims cannot follow is refused up front."""
 
 import pytest
