@@ -144,8 +144,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         model = AutoModelForImageClassification.from_config(config)
         matrix = {"task-incremental": [], "class-incremental": []}
         args.num_train_epochs = cli.epochs_per_task
+        processor = sal_hf.SALImageProcessor.from_sal_config(config)  # saved with the model: pipeline-ready
         for task_train, _ in per_task:  # a new trainer (and optimizer) a task, the same model
-            trainer = sal_hf.SALTrainer(model=model, args=args, train_dataset=task_train)
+            trainer = sal_hf.SALTrainer(model=model, args=args, train_dataset=task_train, processing_class=processor)
             trainer.train()
             rows = [scores(trainer, task_test, classes) for (_, task_test), classes in zip(per_task, tasks)]
             matrix["task-incremental"].append([task for task, _ in rows])

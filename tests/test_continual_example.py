@@ -1,6 +1,7 @@
 """examples/train_continual.py end to end on the bundled digits, short settings: the claims keep the old classes
 (class-incremental accuracy far above backprop's), and a sequence the claims cannot follow is refused up front."""
 
+import numpy as np
 import pytest
 from test_text_examples import load_example
 
@@ -19,7 +20,10 @@ def test_claimed_areas_keep_the_old_classes_where_backprop_forgets_them(tmp_path
     )
     assert task_il > 90 and class_il > 70 and class_forgetting < 20, claim["summary"]
     assert bp["summary"]["class-incremental"][0] < 30  # backprop keeps only the last task's two classes
-    assert (tmp_path / "sal-claim" / "model.safetensors").exists()
+    from transformers import pipeline
+
+    classify = pipeline("image-classification", model=str(tmp_path / "sal-claim"))  # the saved folder is pipeline-ready
+    assert len(classify(np.zeros((8, 8), dtype=np.uint8), top_k=3)) == 3
 
 
 def test_a_task_too_short_for_the_claim_window_is_refused(tmp_path):
