@@ -103,16 +103,19 @@ class _InPlaceSGDLinear(torch.autograd.Function):
         grad_x = (grad @ weight).to(x.dtype) if ctx.needs_input_grad[0] else None
         weight_group, bias_group = ctx.groups
         with torch.no_grad():
-            # torch.optim.SGD without momentum: p <- p - lr (grad + wd p).
+            # torch.optim.SGD without momentum: p <- p - lr (grad + wd p). With the idle rule no decay either when no
+            # row carried error, decided on the device (no host sync).
+            decays = weight_group["weight_decay"] or bias_group["weight_decay"]
+            moved = grad.ne(0).any() if ctx.idle_rule and decays else None
             lr, decay = weight_group["lr"], weight_group["weight_decay"]
-            if decay and ctx.idle_rule:  # no host sync: the decay factor is 1 when no row carried error
-                weight.mul_(torch.where(grad.ne(0).any(), 1.0 - lr * decay, 1.0))
+            if decay and moved is not None:
+                weight.mul_(torch.where(moved, 1.0 - lr * decay, 1.0))
                 weight.addmm_(grad.t(), x.to(weight.dtype), alpha=-lr)
             else:
                 weight.addmm_(grad.t(), x.to(weight.dtype), beta=1.0 - lr * decay, alpha=-lr)
             lr, decay = bias_group["lr"], bias_group["weight_decay"]
             if decay:
-                bias.mul_(torch.where(grad.ne(0).any(), 1.0 - lr * decay, 1.0) if ctx.idle_rule else 1.0 - lr * decay)
+                bias.mul_(1.0 - lr * decay if moved is None else torch.where(moved, 1.0 - lr * decay, 1.0))
             bias.add_(grad.sum(0), alpha=-lr)
         return grad_x, None, None, None, None
 
