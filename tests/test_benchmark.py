@@ -48,15 +48,63 @@ def test_quick_paper_protocol_smoke(benchmark, tmp_path):
 
 
 def test_fair_protocol_tunes_on_validation_then_retrains(benchmark, tmp_path):
+    """The main suite on 300 Digits: under 2,000 training samples, so each lr is scored by 5-fold CV."""
     results, _ = run(benchmark, tmp_path, "--suite", "main", "--methods", "dfa", "--protocols", "fair")
     records = [json.loads(p.read_text()) for p in (results / "runs").glob("*.json")]
     tune = [r for r in records if r["job"]["stage"] == "tune"]
     final = [r for r in records if r["job"]["stage"] == "final"]
-    assert sorted(r["job"]["lr"] for r in tune) == [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
+    lrs = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
+    assert sorted((r["job"]["lr"], r["job"]["fold"]) for r in tune) == [(lr, f) for lr in lrs for f in range(5)]
     assert all(r["input_range"] == [0.0, 1.0] and r["max_grad_norm"] == 1.0 for r in records)
-    assert all(r["eval_split"] == "validation" and r["sizes"] == {"train": 270, "eval": 30} for r in tune)
-    best = max(tune, key=lambda r: (r["accuracy"], -r["job"]["lr"]))
-    assert len(final) == 1 and final[0]["job"]["lr"] == best["job"]["lr"] and final[0]["eval_split"] == "test"
+    assert all(r["eval_split"] == "validation" and r["sizes"] == {"train": 240, "eval": 60} for r in tune)
+    assert all(r["eval_loss"] > 0 for r in tune)
+    # The lr with the most validation hits over the five folds (ties: the lower summed loss, then the smaller lr).
+    hits = {lr: sum(round(60 * r["accuracy"]) for r in tune if r["job"]["lr"] == lr) for lr in lrs}
+    loss = {lr: sum(r["eval_loss"] for r in tune if r["job"]["lr"] == lr) for lr in lrs}
+    best = max(lrs, key=lambda lr: (hits[lr], -loss[lr], -lr))
+    assert len(final) == 1 and final[0]["job"]["lr"] == best and final[0]["eval_split"] == "test"
+    assert final[0]["job"]["fold"] is None and final[0]["sizes"] == {"train": 300, "eval": 100}
+
+
+def test_cross_validation_folds_partition_the_training_set_by_class(benchmark):
+    labels = [c for c in range(3) for _ in range(10 + 7 * c)]  # 10, 17 and 24 samples
+    folds = [benchmark.fold_rows(labels, f) for f in range(5)]
+    validated = sorted(i for _, rows in folds for i in rows)
+    assert validated == list(range(len(labels)))  # each row validated exactly once
+    for train_rows, eval_rows in folds:
+        assert sorted(train_rows + eval_rows) == list(range(len(labels)))
+        for c, n in enumerate((10, 17, 24)):  # stratified: a fifth of each class, give or take one
+            assert abs(sum(labels[i] == c for i in eval_rows) - n / 5) < 1
+    assert folds[0][1] != list(range(len(folds[0][1])))  # shuffled: not simply the first rows
+
+
+def test_which_lr_searches_cross_validate(benchmark):
+    folds = benchmark.tuning_folds
+    assert folds("main", "wine", "fair", None) == folds("main", "digits", "fair", None) == [0, 1, 2, 3, 4]
+    assert folds("main", "fashion_mnist", "fair", 1000) == [0, 1, 2, 3, 4]  # a reduced run under 2,000 samples
+    assert folds("main", "mnist1d", "fair", None) == folds("main", "fashion_mnist", "fair", 2000) == [None]
+    assert folds("ablations", "digits", "fair", None) == [None]  # the ablation suites keep the 10% split
+    assert folds("main", "wine", "paper", None) == [None]  # one lr: nothing to search
+
+
+def test_the_lr_search_pools_the_folds_and_breaks_ties_by_loss(benchmark):
+    def record(lr, fold, hits, size, loss=None):
+        job = benchmark.Job("main", "wine", "dfa", "fair", "tune", 0, lr, 25, None, None, fold=fold)
+        return {"job": dict(vars(job)), "accuracy": hits / size, "sizes": {"eval": size}, "eval_loss": loss}
+
+    # Folds of 30 and 10 samples: 1e-3 has more hits in all (30 + 5 = 35 of 40 against 25 + 9 = 34), though the
+    # mean of its two fold accuracies is lower (0.75 against 0.87).
+    records = [record(1e-3, 0, 30, 30, 0.3), record(1e-3, 1, 5, 10, 0.9)]
+    records += [record(1e-2, 0, 25, 30, 0.2), record(1e-2, 1, 9, 10, 0.2)]
+    assert benchmark.lr_scores(records)[1e-3] == (35 / 40, (0.3 * 30 + 0.9 * 10) / 40)
+    assert benchmark.best_lr(records) == 1e-3
+    # A tie on hits goes to the lower pooled loss, even the larger lr; with no losses, to the smaller lr.
+    tied = [record(1e-3, 0, 25, 30, 0.5), record(1e-3, 1, 9, 10, 0.5)] + records[2:]
+    assert benchmark.best_lr(tied) == 1e-2
+    assert benchmark.best_lr([{**r, "eval_loss": None} for r in tied]) == 1e-3
+    # A single-split record of an earlier protocol in the same search is left out.
+    old = record(3e-4, None, 30, 30)
+    assert benchmark.best_lr([old, *records]) == 1e-3 and 3e-4 not in benchmark.lr_scores([old, *records])
 
 
 def test_paper_protocol_scales_image_pixels_only(benchmark):
@@ -78,7 +126,7 @@ def test_report_keeps_only_the_finals_of_the_chosen_lr(benchmark):
             "curve": [accuracy],
             "seconds_per_epoch": 1.0,
             "area_health": {},
-            "sizes": {"train": 1, "eval": 1},
+            "sizes": {"train": 100, "eval": 100},
             "config": {"num_areas": 1},
         }
 
