@@ -317,7 +317,7 @@ def info(argv: list[str]) -> int:
             test_set = test_set.select(range(min(options.max_samples, len(test_set))))
         batch = test_set[:]
         with torch.no_grad():
-            outputs = model(pixel_values=batch["pixel_values"])
+            outputs = model(pixel_values=batch["pixel_values"], return_areas=True)
         accuracy = float((outputs.logits.argmax(-1) == batch["labels"]).float().mean())
         print(f"{options.dataset} test split ({len(test_set)} samples): accuracy {accuracy:.4f}")
         from .diagnostics import routed_layers

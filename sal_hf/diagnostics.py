@@ -123,7 +123,7 @@ class SALDiagnosticsCallback(TrainerCallback):
     def probe_areas(self, model: SALForImageClassification) -> list[torch.Tensor]:
         """The area of every probe sample at every router, (N,) each, in eval mode."""
         with torch.no_grad():
-            areas = model(pixel_values=self.pixel_values.to(model.device)).areas
+            areas = model(pixel_values=self.pixel_values.to(model.device), return_areas=True).areas
         return [areas[index].cpu() for index, _ in routed_layers(model)]
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):

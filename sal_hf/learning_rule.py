@@ -49,7 +49,7 @@ def output_error(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     (B, C) fp32, no graph."""
     with torch.no_grad():
         probs = torch.softmax(logits.float(), dim=-1)  # (B, C)
-        return (probs - F.one_hot(labels, probs.shape[-1]).to(probs.dtype)) / probs.shape[0]
+        return (probs - F.one_hot(labels.long(), probs.shape[-1]).to(probs.dtype)) / probs.shape[0]
 
 
 def gate(signal: torch.Tensor, pre_activation: torch.Tensor, activation: Callable, scale: float = 1.0) -> torch.Tensor:

@@ -166,7 +166,8 @@ class SALModelOutput(ModelOutput):
         hidden_states (`tuple[torch.Tensor]`, *optional*): input and every hidden layer's output, with
             `output_hidden_states=True`.
         areas (`tuple[torch.Tensor | None]`): area selected by each sample in each hidden layer, `(batch_size,)`
-            long, or None for a layer without areas.
+            long, or None for a layer without areas. Returned in training and local forwards, and with
+            `return_areas=True` (see `SALModel.forward`).
         pre_activations (`tuple[torch.Tensor]`, *optional*): pre-activation of each hidden layer, with `local=True`.
         routing_losses (`tuple[torch.Tensor]`, *optional*): the learned routers' local objectives, with `local=True`.
     """
@@ -358,6 +359,13 @@ class SALRoutingMixin:
         for router in self.routers:
             router.update_statistics()
 
+    def discard_routing_statistics(self) -> None:
+        """Drop the routing statistics gathered since the last optimizer step without applying them: those of a step
+        that never happened (a NaN loss, an exception or an interrupt between the forward and the step)."""
+        for router in self.routers:
+            for name in router.pending:
+                getattr(router, name).zero_()
+
     def area_health(self) -> dict[str, float]:
         """Per router, the area utilisation since its last report (see [`AreaRouter.health`]): min / max share of
         samples, dead areas (no sample) and the window's sample count. A router whose window is still too small for
@@ -441,6 +449,34 @@ class SALPreTrainedModel(SALRoutingMixin, PreTrainedModel):
         return pixel_values.reshape(pixel_values.shape[0], per_sample).to(self.dtype)  # (B, input_size)
 
 
+def class_ids(labels: Any, batch_size: int, num_labels: int, hint: str = "") -> torch.Tensor:
+    """``labels`` as int64 class ids, after raising a ValueError that names the value and the fix unless it is a
+    (batch_size,) tensor of integer class ids (any integer dtype, not bool) in ``[0, num_labels)``. ``hint`` ends the
+    message on a dtype or shape mismatch."""
+    if not isinstance(labels, torch.Tensor):
+        raise ValueError(
+            f"labels must be a tensor of integer class ids; got a {type(labels).__name__}: {str(labels)[:80]}. "
+            "Map label names to ids (config.label2id, or datasets' class_encode_column) before batching."
+        )
+    if labels.dim() != 1 or labels.shape[0] != batch_size or labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError(
+            f"labels must be integer class ids of shape ({batch_size},); got shape {tuple(labels.shape)}, "
+            f"dtype {labels.dtype}.{hint}"
+        )
+    labels = labels.long()
+    if torch.compiler.is_compiling():
+        # Reading the range back is a host sync and a graph break; compiled, cross_entropy's own check remains.
+        return labels
+    low, high = torch.stack(torch.aminmax(labels)).tolist()  # one host sync for both
+    if low < 0 or high >= num_labels:
+        bad = low if low < 0 else high
+        raise ValueError(
+            f"Label {bad} is outside [0, {num_labels}) (config.num_labels={num_labels}). Map the "
+            "labels to 0..num_labels-1 or build the model with a larger num_labels."
+        )
+    return labels
+
+
 class SALModel(SALPreTrainedModel):
     """The routed MLP without a task head: inputs of any shape are flattened to `config.input_size`."""
 
@@ -468,6 +504,7 @@ class SALModel(SALPreTrainedModel):
         local: bool = False,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        return_areas: bool | None = None,
     ) -> SALModelOutput | tuple:
         r"""
         Args:
@@ -476,6 +513,10 @@ class SALModel(SALPreTrainedModel):
                 Run each layer on a detached copy of its input (no gradient can cross a layer boundary) and
                 return `pre_activations` and `routing_losses` for a local learning rule.
             output_hidden_states (`bool`, *optional*): return every layer's output.
+            return_areas (`bool`, *optional*): return `areas`, the area each sample selected in each layer.
+                Defaults to True in training mode and in local forwards, False otherwise: like transformers' optional
+                outputs, off at inference (pipelines split every output tensor per sample, and a per-layer tuple
+                cannot be split so).
         """
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
@@ -494,10 +535,11 @@ class SALModel(SALPreTrainedModel):
             pre_activations.append(a)
             if routing_loss is not None:
                 routing_losses.append(routing_loss)
+        return_areas = (local or self.training) if return_areas is None else return_areas
         output = SALModelOutput(
             last_hidden_state=h,
             hidden_states=tuple(hidden_states) if output_hidden_states else None,
-            areas=tuple(areas),
+            areas=tuple(areas) if return_areas else None,
             pre_activations=tuple(pre_activations) if local else None,
             routing_losses=tuple(routing_losses) if local else None,
         )
@@ -549,28 +591,6 @@ class SALForImageClassification(SALPreTrainedModel):
         readers = [*self.sal.layers[1:], self.classifier]  # layer l's output is read by layer l + 1
         return [sign_concordant(b, reader.mean_forward_weight()) for b, reader in zip(matrices, readers)]
 
-    def _check_labels(self, labels: torch.Tensor, batch_size: int) -> None:
-        if not isinstance(labels, torch.Tensor):
-            raise ValueError(
-                f"labels must be a tensor of integer class ids; got a {type(labels).__name__}: {str(labels)[:80]}. "
-                "Map label names to ids (config.label2id, or datasets' class_encode_column) before batching."
-            )
-        if labels.dim() != 1 or labels.shape[0] != batch_size or labels.is_floating_point():
-            raise ValueError(
-                f"labels must be integer class ids of shape ({batch_size},); got shape {tuple(labels.shape)}, "
-                f"dtype {labels.dtype}."
-            )
-        if torch.compiler.is_compiling():
-            # Reading the range back is a host sync and a graph break; compiled, cross_entropy's own check remains.
-            return
-        low, high = torch.stack(torch.aminmax(labels)).tolist()  # one host sync for both
-        if low < 0 or high >= self.num_labels:
-            bad = low if low < 0 else high
-            raise ValueError(
-                f"Label {bad} is outside [0, {self.num_labels}) (config.num_labels={self.num_labels}). Map the "
-                "labels to 0..num_labels-1 or build the model with a larger num_labels."
-            )
-
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -578,6 +598,7 @@ class SALForImageClassification(SALPreTrainedModel):
         local: bool = False,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        return_areas: bool | None = None,
     ) -> SALImageClassifierOutput | tuple:
         r"""
         Args:
@@ -587,11 +608,15 @@ class SALForImageClassification(SALPreTrainedModel):
             local (`bool`, defaults to `False`): see [`SALModel.forward`]; the output layer also gets a
                 detached input.
             output_hidden_states (`bool`, *optional*): return every layer's output.
+            return_areas (`bool`, *optional*): see [`SALModel.forward`] (here the output layer's area is last).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if labels is not None and pixel_values is not None:
-            self._check_labels(labels, pixel_values.shape[0])
-        outputs = self.sal(pixel_values, local=local, output_hidden_states=output_hidden_states, return_dict=True)
+        return_areas = (local or self.training) if return_areas is None else return_areas
+        if labels is not None:  # the inputs first: their errors name the batch the labels are checked against
+            labels = class_ids(labels, self.sal._flatten_inputs(pixel_values).shape[0], self.num_labels)
+        outputs = self.sal(
+            pixel_values, local=local, output_hidden_states=output_hidden_states, return_dict=True, return_areas=True
+        )
         shared_area = outputs.areas[0] if self.config.routing_scope == "shared" and self.config.output_areas else None
         h = outputs.last_hidden_state
         logits, _, area, routing_loss = self.classifier(h.detach() if local else h, area=shared_area, local=local)
@@ -606,7 +631,7 @@ class SALForImageClassification(SALPreTrainedModel):
             loss=loss,
             logits=logits,
             hidden_states=outputs.hidden_states,
-            areas=(*outputs.areas, area),
+            areas=(*outputs.areas, area) if return_areas else None,
             pre_activations=outputs.pre_activations,
             routing_losses=routing_losses,
             feedback=self._feedback_views(local),

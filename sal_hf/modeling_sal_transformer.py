@@ -31,7 +31,7 @@ from .activations import ACTIVATIONS
 from .areas import SALAreaLinear
 from .configuration_sal_transformer import SALTransformerConfig
 from .feedback import FeedbackMatrices
-from .modeling_sal import SALRoutingMixin
+from .modeling_sal import SALRoutingMixin, class_ids
 from .routing import AreaRouter
 
 
@@ -220,7 +220,7 @@ class SALTransformerModelOutput(BaseModelOutputWithPast):
 
     Args:
         areas (`tuple[torch.Tensor | None]`): area of every token in each block's MLP, `(batch, length)` long (None
-            when `num_areas == 1`).
+            when `num_areas == 1`). Returned in training and local forwards, and with `return_areas=True`.
         feedback_outputs (`tuple[torch.Tensor]`, *optional*): with `local=True`, the output of each feedback
             point (per block: after attention if `feedback_points="micro"`, then the block output), each with a
             graph inside its block only.
@@ -359,6 +359,7 @@ class SALTransformerModel(SALTransformerPreTrainedModel):
         local: bool = False,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        return_areas: bool | None = None,
         **kwargs: Any,
     ) -> SALTransformerModelOutput | tuple:
         r"""
@@ -371,9 +372,17 @@ class SALTransformerModel(SALTransformerPreTrainedModel):
             use_cache (`bool`, *optional*): return the cache; defaults to `config.use_cache` outside training.
             local (`bool`, defaults to `False`): block-local forward for the local rules (see the module doc).
             output_hidden_states (`bool`, *optional*): return the embedding and every block's output.
+            return_areas (`bool`, *optional*): return `areas`, the area of every token in each block. Defaults to True
+                in training mode and in local forwards, False otherwise: like transformers' optional outputs, off at
+                inference (pipelines split every output tensor per sample, and a per-block tuple cannot be split so).
         """
         if cache is None:
             cache = kwargs.pop("past_key_values", None)
+        if kwargs.get("output_attentions"):
+            raise ValueError(
+                "output_attentions=True is not supported: the attention kernels (sdpa by default) do not return their "
+                "weights here. Call without it."
+            )
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
@@ -390,6 +399,12 @@ class SALTransformerModel(SALTransformerPreTrainedModel):
         if not use_cache:
             cache = None
         length = inputs_embeds.shape[1]
+        if position_ids is not None:
+            if position_ids.dim() not in (1, 2) or position_ids.shape[-1] != length:
+                raise ValueError(
+                    f"position_ids must have shape (batch, {length}) or ({length},); got {tuple(position_ids.shape)}."
+                )
+            position_ids = position_ids.view(-1, length)  # (T,) -> (1, T), shared by the batch
         if position_ids is None:
             past = cache.get_seq_length() if cache is not None else 0
             position_ids = (torch.arange(length, device=inputs_embeds.device) + past).unsqueeze(0)  # (1, T)
@@ -428,7 +443,7 @@ class SALTransformerModel(SALTransformerPreTrainedModel):
             last_hidden_state=self.norm(head_input if local else h),
             cache=cache,
             hidden_states=tuple(hidden_states) if output_hidden_states else None,
-            areas=tuple(areas),
+            areas=tuple(areas) if ((local or self.training) if return_areas is None else return_areas) else None,
             feedback_outputs=tuple(points) if local else None,
             head_input=head_input,
             routing_losses=tuple(routing_losses) if local else None,
@@ -480,6 +495,7 @@ class SALTransformerForCausalLM(SALTransformerPreTrainedModel, GenerationMixin):
         local: bool = False,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        return_areas: bool | None = None,
         **kwargs: Any,
     ) -> SALTransformerCausalLMOutput | tuple:
         r"""
@@ -504,6 +520,8 @@ class SALTransformerForCausalLM(SALTransformerPreTrainedModel, GenerationMixin):
             local=local,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            return_areas=return_areas,
+            **({"output_attentions": True} if kwargs.get("output_attentions") else {}),
         )
         hidden = outputs.last_hidden_state
         if isinstance(logits_to_keep, int):
@@ -513,9 +531,13 @@ class SALTransformerForCausalLM(SALTransformerPreTrainedModel, GenerationMixin):
         logits = self.lm_head(hidden)  # (B, T, V)
         loss = None
         if labels is not None:
-            loss = self.loss_function(
-                logits=logits, labels=labels, vocab_size=self.config.vocab_size, **_loss_kwargs(kwargs)
-            )
+            loss_kwargs = _loss_kwargs(kwargs)
+            if "num_items_in_batch" not in loss_kwargs:
+                # The mean over the positions that count, and 0 (not 0/0) where none does: a prompt-only row
+                # (labels all -100) in a micro-batch of its own. No host sync.
+                ignore = loss_kwargs.get("ignore_index", -100)
+                loss_kwargs["num_items_in_batch"] = (labels[..., 1:] != ignore).sum().clamp(min=1)
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **loss_kwargs)
         output = SALTransformerCausalLMOutput(
             loss=loss,
             logits=logits,
@@ -561,6 +583,12 @@ class SALTransformerForSequenceClassification(SALTransformerPreTrainedModel):
 
     def __init__(self, config: SALTransformerConfig) -> None:
         super().__init__(config)
+        if config.learning_rule != "bp" and config.num_labels < 2:
+            raise ValueError(
+                f"learning_rule={config.learning_rule!r} trains classifiers (softmax cross-entropy, num_labels >= 2); "
+                f"got num_labels={config.num_labels} (transformers' regression). Use learning_rule='bp' for "
+                "regression, or num_labels >= 2 classes."
+            )
         self.num_labels = config.num_labels
         self.model = SALTransformerModel(config)
         self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
@@ -586,11 +614,14 @@ class SALTransformerForSequenceClassification(SALTransformerPreTrainedModel):
         local: bool = False,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        return_areas: bool | None = None,
         **kwargs: Any,
     ) -> SALTransformerSequenceClassifierOutput | tuple:
         r"""
         Args:
-            labels (`torch.LongTensor` of shape `(batch,)`, *optional*): class ids in `[0, num_labels)`.
+            labels (`torch.Tensor` of shape `(batch,)`, *optional*): class ids in `[0, num_labels)`. With
+                `learning_rule="bp"` also what transformers' `problem_type` takes: with `problem_type=None` it is
+                inferred as in transformers (`num_labels == 1`: regression; float labels: multi-label).
             local (`bool`, defaults to `False`): block-local forward for the local rules.
             Others: see [`SALTransformerModel.forward`].
         """
@@ -607,18 +638,42 @@ class SALTransformerForSequenceClassification(SALTransformerPreTrainedModel):
             local=local,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            return_areas=return_areas,
+            **({"output_attentions": True} if kwargs.get("output_attentions") else {}),
         )
         hidden = outputs.last_hidden_state  # (B, T, d)
         batch, length = hidden.shape[:2]
+        if batch > 1 and input_ids is not None and attention_mask is None and self.config.pad_token_id is None:
+            raise ValueError(
+                f"A batch of {batch} sequences with neither an attention_mask nor config.pad_token_id: the last real "
+                "token of each cannot be found (transformers' classifiers refuse this too). Pass the tokenizer's "
+                "attention_mask, or set config.pad_token_id."
+            )
         positions = last_token_positions(input_ids, attention_mask, self.config.pad_token_id, length)
         positions = positions.to(hidden.device).expand(batch) if positions.numel() == 1 else positions.to(hidden.device)
         logits = self.score(hidden[torch.arange(batch, device=hidden.device), positions])  # (B, C)
         loss = None
         if labels is not None:
-            labels = labels.to(logits.device)
-            if self.config.problem_type in (None, "single_label_classification"):
-                loss = F.cross_entropy(logits.float(), labels.view(-1))
-            else:
+            labels = labels.to(logits.device) if isinstance(labels, torch.Tensor) else labels
+            problem = self.config.problem_type
+            if (
+                self.config.learning_rule != "bp"
+                or problem == "single_label_classification"
+                or (
+                    problem is None
+                    and self.num_labels > 1
+                    and not (isinstance(labels, torch.Tensor) and labels.is_floating_point())
+                )
+            ):
+                if isinstance(labels, torch.Tensor) and labels.dim() == 2 and labels.shape[-1] == 1:
+                    labels = labels[:, 0]  # (B, 1) class ids, as transformers' loss takes them
+                hint = (
+                    " The local rules train single-label classifiers; for regression or multi-label targets use "
+                    "learning_rule='bp' (problem_type 'regression' or 'multi_label_classification')."
+                )
+                labels = class_ids(labels, batch, self.num_labels, hint if self.config.learning_rule != "bp" else "")
+                loss = F.cross_entropy(logits.float(), labels)
+            else:  # transformers' own loss: infers and sets problem_type when None, as its models do
                 loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
         output = SALTransformerSequenceClassifierOutput(
             loss=loss,

@@ -85,7 +85,7 @@ def predict(model, x: torch.Tensor, batch_size: int = 4096) -> tuple[torch.Tenso
     model.eval()
     logits, areas = [], []
     for start in range(0, len(x), batch_size):
-        out = model(pixel_values=x[start : start + batch_size])
+        out = model(pixel_values=x[start : start + batch_size], return_areas=True)
         logits.append(out.logits.float())
         if out.areas[0] is not None:
             areas.append(out.areas[0])

@@ -47,7 +47,7 @@ PROBE = 10_000  # training images whose areas are followed
 def predict_areas(model, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """(logits, the area of every row at each hidden layer) in eval mode; no areas for a dense model."""
     model.eval()
-    out = model(pixel_values=x)
+    out = model(pixel_values=x, return_areas=True)
     model.train()
     return out.logits, [areas for areas in out.areas if areas is not None]
 

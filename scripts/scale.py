@@ -237,7 +237,7 @@ def main() -> None:
         with torch.no_grad():
             # Accelerate wrapped `forward` in autocast for bf16 training; compare the plain fp32 model to the reload.
             model = trainer.accelerator.unwrap_model(model, keep_fp32_wrapper=False)
-            out = model(pixel_values=probe)
+            out = model(pixel_values=probe, return_areas=True)
             logits, areas = out.logits.float().cpu(), [a.cpu() for a in out.areas if a is not None]
             checksums = {name: float(t.double().sum()) for name, t in model.state_dict().items()}
         start = time.perf_counter()
@@ -250,7 +250,7 @@ def main() -> None:
         again = AutoModelForImageClassification.from_pretrained(str(save_dir)).to(args.device).eval()
         report["load_s"] = round(time.perf_counter() - start, 1)
         with torch.no_grad():
-            out = again(pixel_values=probe)
+            out = again(pixel_values=probe, return_areas=True)
             logits_again, areas_again = out.logits.float().cpu(), [a.cpu() for a in out.areas if a is not None]
         report["reload_state_identical"] = all(
             float(t.double().sum()) == checksums[name] for name, t in again.state_dict().items()

@@ -163,7 +163,7 @@ def run(
         torch.backends.cuda.matmul.allow_tf32 = False
         probe = tokens[:batch_size].to(device)
         with torch.no_grad():
-            out = model(input_ids=probe)
+            out = model(input_ids=probe, return_areas=True)
             logits, areas = out.logits.float().cpu(), [a.cpu() for a in out.areas if a is not None]
             checksums = {name: float(t.double().sum()) for name, t in model.state_dict().items()}
         start = time.perf_counter()
@@ -176,7 +176,7 @@ def run(
         again = AutoModelForCausalLM.from_pretrained(str(save_dir)).to(device).eval()
         report["load_s"] = round(time.perf_counter() - start, 1)
         with torch.no_grad():
-            out = again(input_ids=probe)
+            out = again(input_ids=probe, return_areas=True)
             logits_again, areas_again = out.logits.float().cpu(), [a.cpu() for a in out.areas if a is not None]
         report["reload_state_identical"] = all(
             float(t.double().sum()) == checksums[name] for name, t in again.state_dict().items()

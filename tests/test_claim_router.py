@@ -133,8 +133,8 @@ def test_trainer_claims_a_new_task_and_leaves_the_old_claims_areas_as_they_were(
     assert int(router.claimed) == 4 and router.active_areas() == (2, 4)  # task B's first batch claimed areas 2, 3
     model.eval()
     with torch.no_grad():
-        assert set(model(pixel_values=xa).areas[0].tolist()) <= {0, 1}
-        assert set(model(pixel_values=xb).areas[0].tolist()) <= {2, 3}
+        assert set(model(pixel_values=xa, return_areas=True).areas[0].tolist()) <= {0, 1}
+        assert set(model(pixel_values=xb, return_areas=True).areas[0].tolist()) <= {2, 3}
         torch.testing.assert_close(model(pixel_values=xa).logits, logits_a, rtol=0, atol=0)  # nothing forgotten
     for name, before in old.items():  # areas 0, 1 (task A's) of every layer never stepped during task B; 2, 3 did
         after = dict(model.named_parameters())[name]
@@ -191,12 +191,12 @@ def test_prototypes_stay_fp32_in_a_bf16_model():
     (router,) = model.routers
     saved = router.prototypes.clone()
     with torch.no_grad():
-        areas = model.eval()(pixel_values=x).areas[0]
+        areas = model.eval()(pixel_values=x, return_areas=True).areas[0]
     model.to(torch.bfloat16)
     assert router.prototypes.dtype == router.counts.dtype == torch.float32
     torch.testing.assert_close(router.prototypes, saved, rtol=0, atol=0)
     with torch.no_grad():  # bf16 inputs route on fp32 distances, as close as their rounding allows
-        assert (model(pixel_values=x.bfloat16()).areas[0] == areas).float().mean() > 0.9
+        assert (model(pixel_values=x.bfloat16(), return_areas=True).areas[0] == areas).float().mean() > 0.9
 
 
 def test_info_and_the_model_card_name_the_claims(tmp_path, capsys):

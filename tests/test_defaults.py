@@ -38,7 +38,7 @@ def test_per_area_update_norm_rescales_the_area_parameters_only():
         torch.manual_seed(0)
         model = SALForImageClassification(SALConfig(**DEFAULTS, norm="layernorm", area_update_norm=norm))
         grads[norm] = local_grads(model, x, y)
-        areas = model(pixel_values=x).areas
+        areas = model(pixel_values=x, return_areas=True).areas
     assert model.sal.layers[0].shared is not None and model.sal.layers[0].norm is not None  # defaults: dual path
     assert grads["batch"].keys() == grads["area"].keys()
     checked = 0
@@ -89,7 +89,7 @@ def test_partition_mode_activates_one_block_per_sample_under_the_defaults():
     assert not config.effective_dual_path
     model = SALForImageClassification(config).eval()
     x, _ = tiny_batch(16)
-    out = model(pixel_values=x, output_hidden_states=True)
+    out = model(pixel_values=x, output_hidden_states=True, return_areas=True)
     for layer, area in enumerate(out.areas[:-1]):
         h = out.hidden_states[layer + 1].view(16, 4, 8)  # (B, K, block)
         active = h.abs().sum(-1) > 0  # (B, K)

@@ -40,7 +40,9 @@ class ProbeAreasAtLog(TrainerCallback):
     def record(self, model) -> None:
         model.eval()
         with torch.no_grad():
-            self.areas.append([a for a in model(pixel_values=self.pixel_values).areas if a is not None])
+            self.areas.append(
+                [a for a in model(pixel_values=self.pixel_values, return_areas=True).areas if a is not None]
+            )
         model.train()
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):

@@ -76,7 +76,9 @@ def test_areas_reach_the_optimizer_without_grad_and_the_switch_is_off_outside_th
     before = copy.deepcopy(model.state_dict())
     x, y = tiny_batch(6)  # one step of 6 samples cannot reach all 8 areas
     with torch.no_grad():
-        selected = set(model.eval()(pixel_values=x).areas[0].tolist())  # what the one training step will route
+        selected = set(
+            model.eval()(pixel_values=x, return_areas=True).areas[0].tolist()
+        )  # what the one training step will route
     assert len(selected) < 8
     probe = GradientProbe(model)
     args = training_args(tmp_path, **{**SGD, "num_train_epochs": 1})

@@ -152,7 +152,7 @@ def test_area_norm_scales_each_area_by_its_own_sample_count(tmp_path):
     _, g_batch = rule_grads(model, x, y, tmp_path)
     _, g_area = rule_grads(area_model, x, y, tmp_path)
     model.eval()
-    areas = model(pixel_values=x).areas[0]
+    areas = model(pixel_values=x, return_areas=True).areas[0]
     for k in range(batch.num_areas):
         n_k = int((areas == k).sum())
         name = f"sal.layers.0.areas.weight_{k}"

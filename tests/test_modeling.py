@@ -98,7 +98,7 @@ def test_output_is_image_classifier_output_with_loss():
 def test_partition_mode_activates_one_block_per_sample():
     model = SALForImageClassification(tiny_config(area_mode="partition", hidden_sizes=[32])).eval()
     x, _ = tiny_batch(16)
-    out = model(pixel_values=x, output_hidden_states=True)
+    out = model(pixel_values=x, output_hidden_states=True, return_areas=True)
     hidden = out.hidden_states[1].view(16, 4, 8)  # (B, K, d/K)
     active = hidden.abs().sum(-1) > 0
     assert (active.sum(-1) <= 1).all()
@@ -108,7 +108,7 @@ def test_partition_mode_activates_one_block_per_sample():
 def test_expert_mode_runs_each_sample_through_its_own_area():
     model = SALForImageClassification(tiny_config(hidden_sizes=[8])).eval()
     x, _ = tiny_batch(16)
-    out = model(pixel_values=x, output_hidden_states=True)
+    out = model(pixel_values=x, output_hidden_states=True, return_areas=True)
     layer = model.sal.layers[0].areas
     for i in range(16):
         k = int(out.areas[0][i])

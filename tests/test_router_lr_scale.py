@@ -46,7 +46,7 @@ class TrainingAreas(TrainerCallback):
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         was_training = model.training
         with torch.no_grad():
-            self.epochs.append(model.eval()(pixel_values=self.pixels).areas[0])
+            self.epochs.append(model.eval()(pixel_values=self.pixels, return_areas=True).areas[0])
         model.train(was_training)
 
 

@@ -317,8 +317,8 @@ def test_a_later_token_changes_neither_earlier_logits_nor_earlier_routing(local)
     y = x.clone()
     y[:, 5] = (y[:, 5] + 7) % 63 + 1
     with torch.no_grad():
-        a = model(input_ids=x, local=local)
-        b = model(input_ids=y, local=local)
+        a = model(input_ids=x, local=local, return_areas=True)
+        b = model(input_ids=y, local=local, return_areas=True)
     assert torch.allclose(a.logits[:, :5], b.logits[:, :5], atol=1e-6)
     assert not torch.equal(a.logits[:, 5:], b.logits[:, 5:])
     for area_a, area_b in zip(a.areas, b.areas):

@@ -1,0 +1,158 @@
+"""What transformers users pass the SAL transformer, handled as transformers' own models handle it (defects of a close
+read, 2026-11-30; docs/RELIABILITY.md): pipelines with batches larger than the number of blocks, problem types, a
+micro-batch with no labelled token, label smoothing of a causal LM, 1-D position ids, no pad token, attentions. The
+models are the tiny ones of test_transformer.py with the shipped feedback (no `feedback_alignment` pinned)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import training_args
+from test_transformer import TINY, one_thread, token_batch  # noqa: F401 (one_thread: autouse fixture)
+from test_transformer_hub import tiny_tokenizer
+from transformers import pipeline
+
+from sal_hf import (
+    SALConfig,
+    SALForImageClassification,
+    SALTrainer,
+    SALTransformerConfig,
+    SALTransformerForCausalLM,
+    SALTransformerForSequenceClassification,
+)
+
+
+def shipped(**overrides) -> SALTransformerConfig:
+    return SALTransformerConfig(**{**{k: v for k, v in TINY.items() if k != "feedback_alignment"}, **overrides})
+
+
+def classifier(seed: int = 0, **overrides) -> SALTransformerForSequenceClassification:
+    torch.manual_seed(seed)
+    return SALTransformerForSequenceClassification(shipped(**overrides))
+
+
+# ------------------------------------------------------------------------------------------------------- pipelines
+
+
+def test_text_classification_and_features_take_batches_larger_than_the_number_of_blocks():
+    """Pipelines split every output tensor per sample; `areas` (a tuple per block) was indexed by sample and raised
+    IndexError once the batch held more samples than the model has blocks (or handed a sample another block's
+    areas). Inference returns no `areas` unless asked."""
+    tokenizer = tiny_tokenizer()
+    model = classifier().eval()
+    texts = ["the cat sat", "a dog ate the bone", "hello world", "the mat was red", "the cat", "a bone"] * 2
+    assert len(texts) > model.config.num_hidden_layers
+    one_by_one = pipeline("text-classification", model=model, tokenizer=tokenizer)(texts, batch_size=1)
+    batched = pipeline("text-classification", model=model, tokenizer=tokenizer)(texts, batch_size=8)
+    assert [r["label"] for r in batched] == [r["label"] for r in one_by_one]
+    assert [r["score"] for r in batched] == pytest.approx([r["score"] for r in one_by_one], abs=1e-5)
+    features = pipeline("feature-extraction", model=model.model, tokenizer=tokenizer)(texts, batch_size=8)
+    assert len(features) == len(texts)
+    assert model(input_ids=token_batch(3)).areas is None  # eval, not asked
+    asked = model(input_ids=token_batch(3), return_areas=True).areas
+    assert len(asked) == model.config.num_hidden_layers and asked[0].shape == (3, 8)
+    assert model.train()(input_ids=token_batch(3)).areas is not None  # training forwards keep them
+
+
+def test_image_classification_pipeline_takes_batches_larger_than_the_number_of_layers():
+    from PIL import Image
+
+    from sal_hf import SALImageProcessor
+
+    torch.manual_seed(0)
+    model = SALForImageClassification(SALConfig(input_size=64, hidden_sizes=[16], num_labels=3, num_areas=4)).eval()
+    processor = SALImageProcessor.from_sal_config(model.config)  # 8 x 8 grayscale
+    generator = torch.Generator().manual_seed(0)
+    images = [Image.fromarray((torch.rand(8, 8, generator=generator) * 255).byte().numpy()) for _ in range(9)]
+    classify = pipeline("image-classification", model=model, image_processor=processor)
+    one_by_one, batched = classify(images, batch_size=1), classify(images, batch_size=8)
+    assert [r[0]["label"] for r in batched] == [r[0]["label"] for r in one_by_one]
+
+
+# --------------------------------------------------------------------------------------------------- problem types
+
+
+def test_local_rules_refuse_regression_and_float_labels_naming_the_fix():
+    with pytest.raises(ValueError, match="num_labels=1.*learning_rule='bp'"):
+        classifier(num_labels=1)
+    model = classifier(num_labels=3)
+    with pytest.raises(ValueError, match="dtype torch.float32.*multi-label"):
+        model(input_ids=token_batch(2), labels=torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]), local=True)
+    with pytest.raises(ValueError, match=r"Label 3 is outside \[0, 3\)"):
+        model(input_ids=token_batch(2), labels=torch.tensor([0, 3]), local=True)
+
+
+def test_bp_infers_the_problem_type_like_transformers():
+    x = token_batch(2)
+    regression = classifier(learning_rule="bp", num_labels=1)
+    out = regression(input_ids=x, labels=torch.tensor([0.5, -1.0]))
+    assert regression.config.problem_type == "regression"
+    assert float(out.loss) == pytest.approx(float(F.mse_loss(out.logits.squeeze(-1), torch.tensor([0.5, -1.0]))))
+    multi = classifier(learning_rule="bp", num_labels=3)
+    hot = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    out = multi(input_ids=x, labels=hot)
+    assert multi.config.problem_type == "multi_label_classification"
+    assert float(out.loss) == pytest.approx(float(F.binary_cross_entropy_with_logits(out.logits, hot)))
+    single = classifier(learning_rule="bp", num_labels=3)
+    out = single(input_ids=x, labels=torch.tensor([[2], [0]], dtype=torch.int32))  # (B, 1) int32, as HF takes it
+    assert float(out.loss) == pytest.approx(float(F.cross_entropy(out.logits, torch.tensor([2, 0]))))
+
+
+# ---------------------------------------------------------------------------------------------------- causal LM
+
+
+def test_a_micro_batch_with_no_labelled_token_trains_as_zero_loss_not_nan(tmp_path):
+    """A prompt-only row (every label -100) alone in a micro-batch: the mean over no token was 0/0, and SALTrainer
+    stopped on the NaN. It is a zero loss now, and the step moves nothing of the blocks."""
+    torch.manual_seed(0)
+    model = SALTransformerForCausalLM(shipped())
+    x = token_batch(1)
+    out = model(input_ids=x, labels=torch.full_like(x, -100), local=True)
+    assert out.loss == 0.0
+    labels = x.clone()
+    mean = F.cross_entropy(out.logits[0, :-1], labels[0, 1:])
+    assert float(model(input_ids=x, labels=labels).loss) == pytest.approx(float(mean), rel=1e-6)  # still the mean
+    rows = [{"input_ids": x[0], "labels": torch.full_like(x[0], -100)}, {"input_ids": x[0], "labels": labels[0]}]
+    args = training_args(tmp_path, per_device_train_batch_size=1, gradient_accumulation_steps=2, max_steps=2)
+    SALTrainer(model=model, args=args, train_dataset=rows * 2).train()  # raised FloatingPointError before
+
+
+def test_bp_label_smoothing_scores_the_next_token(tmp_path):
+    """Trainer shifts the labels for label smoothing only for transformers' own causal LMs (by class name)."""
+    torch.manual_seed(0)
+    model = SALTransformerForCausalLM(shipped(learning_rule="bp"))
+    x = token_batch(2)
+    args = training_args(tmp_path, label_smoothing_factor=0.1)
+    trainer = SALTrainer(model=model, args=args, train_dataset=[{"input_ids": r, "labels": r} for r in x])
+    loss = trainer.compute_loss(model, {"input_ids": x, "labels": x})
+    logits = model(input_ids=x).logits
+    expected = F.cross_entropy(logits[:, :-1].reshape(-1, 64), x[:, 1:].reshape(-1), label_smoothing=0.1)
+    assert float(loss) == pytest.approx(float(expected), rel=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------------ inputs
+
+
+def test_one_dimensional_position_ids_are_the_batchs_and_a_wrong_shape_is_named():
+    torch.manual_seed(0)
+    model = SALTransformerForCausalLM(shipped(num_attention_heads=2)).eval()
+    x = token_batch(3, length=2)  # as many positions as heads: a (T,) tensor broadcast along the heads before
+    positions = torch.tensor([3, 4])
+    flat = model(input_ids=x, position_ids=positions).logits
+    assert torch.equal(flat, model(input_ids=x, position_ids=positions[None].expand(3, 2)).logits)
+    with pytest.raises(ValueError, match=r"position_ids must have shape \(batch, 2\) or \(2,\); got \(3,\)"):
+        model(input_ids=x, position_ids=torch.tensor([0, 1, 2]))
+
+
+def test_a_batch_without_pad_token_or_attention_mask_is_refused():
+    model = classifier(pad_token_id=None).eval()
+    with pytest.raises(ValueError, match="neither an attention_mask nor config.pad_token_id"):
+        model(input_ids=token_batch(2))
+    assert model(input_ids=token_batch(1)).logits.shape == (1, 2)  # one sequence: its last token
+    assert model(input_ids=token_batch(2), attention_mask=torch.ones(2, 8)).logits.shape == (2, 2)
+
+
+def test_output_attentions_is_refused_not_ignored():
+    model = classifier().eval()
+    with pytest.raises(ValueError, match="output_attentions=True is not supported"):
+        model(input_ids=token_batch(2), output_attentions=True)
+    assert model(input_ids=token_batch(2), output_attentions=False).logits.shape == (2, 2)
