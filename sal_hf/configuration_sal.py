@@ -44,6 +44,21 @@ ACTIVATION_NAMES = tuple(ACTIVATIONS)
 RULE_FEEDBACK = {"dfa": "direct", "fa": "layerwise", "sal": "direct", "bp": None}
 
 
+def check_number(owner: str, field: str, value: Any, *, strict: bool = False, optional: bool = False) -> None:
+    """Raise a ValueError naming the field unless ``value`` is a finite real number (not a bool), > 0 when ``strict``
+    else >= 0; None passes when ``optional`` (the field derives its value). NaN and inf never pass: a NaN balance rate
+    would route every sample to area 0 with a finite loss."""
+    if optional and value is None:
+        return
+    real = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if not (real and (value > 0 if strict else value >= 0)):
+        bound = "> 0" if strict else ">= 0"
+        raise ValueError(
+            f"{owner}.{field} must be a finite number {bound}{' or None (derive)' if optional else ''}; "
+            f"got {field}={value!r}."
+        )
+
+
 class SALConfig(PreTrainedConfig):
     r"""Configuration of a SAL (Selective Adaptive Learning) network: an MLP whose hidden layers are split
     into K mutually exclusive *areas*, one of which each sample activates, trained without backpropagation.
@@ -300,23 +315,11 @@ class SALConfig(PreTrainedConfig):
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"SALConfig.{name} must be one of {allowed}; got {name}={getattr(self, name)!r}.")
-        for name in ("routing_balance_rate", "routing_loss_weight"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"SALConfig.{name} must be a number >= 0; got {name}={value!r}.")
-        if (
-            isinstance(self.router_lr_scale, bool)
-            or not isinstance(self.router_lr_scale, (int, float))
-            or not (self.router_lr_scale > 0)
-        ):
-            raise ValueError(
-                f"SALConfig.router_lr_scale must be a number > 0 (router='random' freezes the projection); got "
-                f"router_lr_scale={self.router_lr_scale!r}."
-            )
+        for name in ("routing_balance_rate", "routing_loss_weight", "feedback_decay"):
+            check_number("SALConfig", name, getattr(self, name))
+        check_number("SALConfig", "router_lr_scale", self.router_lr_scale, strict=True)  # router='random': frozen
         for name in ("area_lr_scale", "residual_scale"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
-                raise ValueError(f"SALConfig.{name} must be a number > 0 or None (derive); got {name}={value!r}.")
+            check_number("SALConfig", name, getattr(self, name), strict=True, optional=True)
         if self.dual_path is not None and not isinstance(self.dual_path, bool):
             raise ValueError(f"SALConfig.dual_path must be a bool or None (derive); got dual_path={self.dual_path!r}.")
         self._validate_claims()
@@ -359,14 +362,6 @@ class SALConfig(PreTrainedConfig):
                 f"which only layer-wise feedback has; got feedback={self.feedback!r} with "
                 f"learning_rule={self.learning_rule!r} (feedback_mode={self.feedback_mode!r}). Set "
                 "feedback='layerwise' (learning_rule='sal') or learning_rule='fa'."
-            )
-        if (
-            isinstance(self.feedback_decay, bool)
-            or not isinstance(self.feedback_decay, (int, float))
-            or not self.feedback_decay >= 0
-        ):
-            raise ValueError(
-                f"SALConfig.feedback_decay must be a number >= 0; got feedback_decay={self.feedback_decay!r}."
             )
         gain = self.feedback_gain
         if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not 0 < gain < math.inf:

@@ -10,7 +10,7 @@ from transformers import PreTrainedConfig
 from .activations import ACTIVATIONS
 from .areas import AREA_IMPLEMENTATIONS
 from .block_rule import BLOCK_FEEDBACK_ALIGNMENTS, ERROR_SOURCES
-from .configuration_sal import AREA_INITS, ROUTERS, SALConfig, with_saved_defaults
+from .configuration_sal import AREA_INITS, ROUTERS, SALConfig, check_number, with_saved_defaults
 
 
 TRANSFORMER_RULES = ("sal", "dfa", "bp")
@@ -230,31 +230,17 @@ class SALTransformerConfig(PreTrainedConfig):
                 "learning_rule='bp' has no feedback matrices. Use learning_rule='sal' or 'dfa', or "
                 "feedback_alignment='fixed'."
             )
-        for field in (
-            "routing_balance_rate",
-            "routing_loss_weight",
-            "attention_dropout",
-            "initializer_range",
-            "feedback_decay",
-        ):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"{name}.{field} must be a number >= 0; got {field}={value!r}.")
-        for field in ("rms_norm_eps", "rope_theta"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name}.{field} must be a number > 0; got {field}={value!r}.")
+        for field in ("routing_balance_rate", "routing_loss_weight", "attention_dropout", "initializer_range"):
+            check_number(name, field, getattr(self, field))
+        check_number(name, "feedback_decay", self.feedback_decay)
+        for field in ("rms_norm_eps", "rope_theta", "router_lr_scale"):
+            check_number(name, field, getattr(self, field), strict=True)
+        check_number(name, "area_lr_scale", self.area_lr_scale, strict=True, optional=True)
         if not 0.0 < self.routing_center_momentum <= 1.0:
             raise ValueError(
                 f"{name}.routing_center_momentum must be in (0, 1]; got "
                 f"routing_center_momentum={self.routing_center_momentum!r}."
             )
-        scale = self.router_lr_scale
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
-            raise ValueError(f"{name}.router_lr_scale must be a number > 0; got router_lr_scale={scale!r}.")
-        scale = self.area_lr_scale
-        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0):
-            raise ValueError(f"{name}.area_lr_scale must be a number > 0 or None; got area_lr_scale={scale!r}.")
         if self.dual_path not in (None, True, False):
             raise ValueError(f"{name}.dual_path must be a bool or None; got dual_path={self.dual_path!r}.")
         if self.num_areas == 1 and self.dual_path:

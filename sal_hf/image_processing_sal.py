@@ -16,6 +16,9 @@ from transformers.processing_utils import ImagesKwargs
 # ITU-R 601-2 luma, the weights of PIL's `Image.convert("L")`.
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
 BILINEAR = 2  # PIL.Image.Resampling.BILINEAR, without importing PIL at import time
+# PIL modes whose array is not colour values (palette indices, 1-bit) or has an alpha channel beside one gray channel:
+# converted by PIL first, to "L" for grayscale, else to these.
+INDIRECT_MODES = {"1": "L", "P": "RGB", "PA": "RGBA", "LA": "L"}
 
 
 def _with_channel_axis(image: Any) -> Any:
@@ -108,7 +111,12 @@ class SALImageProcessor(PilBackend):
 
     def process_image(self, image: Any, *args: Any, do_convert_grayscale: bool | None = None, **kwargs: Any):
         """One raw image -> channels-first array; with `do_convert_grayscale`, colour images become one luminance
-        channel (1, H, W); with `do_convert_rgb` (applied by the base class), every image has 3 channels."""
+        channel (1, H, W); with `do_convert_rgb` (applied by the base class), every image has 3 channels. PIL images
+        of palette, 1-bit or gray + alpha mode are converted by PIL first (their arrays hold palette indices, 0/1, or
+        two channels), to "L" with `do_convert_grayscale`."""
+        mode = getattr(image, "mode", None)
+        if mode in INDIRECT_MODES:
+            image = image.convert("L" if do_convert_grayscale else INDIRECT_MODES[mode])
         image = super().process_image(image, *args, **kwargs)  # (C, H, W)
         if do_convert_grayscale and image.shape[0] in (3, 4):
             dtype = image.dtype

@@ -21,6 +21,7 @@ from .configuration_sal import SALConfig
 from .configuration_sal_transformer import SALTransformerConfig
 from .learning_rule import LocalLearningRule
 from .modeling_sal import SALRoutingMixin
+from .modeling_sal_transformer import SALTransformerForCausalLM
 from .optim import (
     area_layers,
     hook_unselected_area_grads,
@@ -48,6 +49,12 @@ class SALRoutingCallback(TrainerCallback):
 
     def __init__(self, accelerator: Accelerator | None = None) -> None:
         self.accelerator = accelerator
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        # What an earlier `train()` gathered and never applied (it stopped between a forward and its step).
+        if isinstance(model, SAL_MODELS):
+            model.discard_routing_statistics()
+            reset_area_selection(model)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if not isinstance(model, SAL_MODELS):
@@ -153,7 +160,17 @@ class SALInterruptCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.interrupted = False
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            previous = signal.signal(signal.SIGINT, self._handle)
+            # Never another SAL trainer's handler as the one to restore (it would outlive its training).
+            self._previous = None if isinstance(getattr(previous, "__self__", None), SALInterruptCallback) else previous
+
+    def restore(self) -> None:
+        """Put back the SIGINT handler from before training (`on_train_end`, and `SALTrainer.train` when it raises)."""
+        if self._previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._previous)
+        elif threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) == self._handle:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        self._previous = None
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.interrupted:
@@ -162,9 +179,7 @@ class SALInterruptCallback(TrainerCallback):
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self._previous is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, self._previous)
-        self._previous = None
+        self.restore()
 
 
 class SALTrainer(Trainer):
@@ -196,12 +211,18 @@ class SALTrainer(Trainer):
       one process, no fp16 loss scaling, no `torch_compile`; `create_optimizer` raises naming what to change
       otherwise.
     - `train`: before Trainer's, refuses to resume a checkpoint trained with other learning-rate groups
-      (`area_lr_scale`, `router_lr_scale`) than this model's config gives, naming both values (`check_resume`).
+      (`area_lr_scale`, `router_lr_scale`) than this model's config gives, naming both values (`check_resume`);
+      after it, even when it raised, puts back the Ctrl-C handler from before training.
+    - `call_model_init`: each model that `model_init` makes (`hyperparameter_search` trials) gets its own config's
+      local rule and checks.
+    - `compute_loss` with `label_smoothing_factor` and a `SALTransformerForCausalLM` under `bp`: smooths against the
+      next token (Trainer shifts the labels only for transformers' own causal LMs).
     - `create_model_card`: writes a SAL model card (learning rule, areas, routing, seeds, data, metrics, area
       utilisation, versions; see `model_card.py`) in place of Trainer's draft; `push_to_hub` uploads it.
     - Callbacks: [`SALRoutingCallback`] applies the routing statistics after every optimizer step (summed over
       processes), [`SALAreaHealthCallback`] adds area health (and the values of any [`SALDiagnosticsCallback`]) to
-      every training log, and [`SALInterruptCallback`] turns Ctrl-C into "save a checkpoint and stop".
+      every training log, and [`SALInterruptCallback`] turns Ctrl-C into "save a checkpoint and stop". The first two run
+      before any callback of yours. A NaN loss drops the routing sums of its forward, so the model can train again.
     - It refuses what would silently break SAL across devices (several GPUs in one process, i.e. DataParallel;
       `area_update_norm="area"` with accumulation or several processes; FSDP1 with `use_orig_params=False`, whose
       flat parameters would drop the lr multipliers and the unselected-area rule) and switches FSDP runs with several processes to the masked area kernel (`prepare_areas_for_fsdp`).
@@ -217,13 +238,24 @@ class SALTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self._users_optimizer = self.optimizer is not None  # `optimizers=(optimizer, scheduler)`
         self.in_place_area_update = in_place_area_update
-        core = self.accelerator.unwrap_model(self.model)
+        self._health = SALAreaHealthCallback(self.accelerator, None, self.callback_handler.callbacks)
+        self._set_up_for(self.accelerator.unwrap_model(self.model))
+        # First of all callbacks: the routing state is complete before any other callback's `on_step_end` (one that
+        # saves or snapshots the model), and every reporter (console, TensorBoard, ...) sees the health values.
+        self.callback_handler.callbacks.insert(0, SALRoutingCallback(self.accelerator))
+        self.callback_handler.callbacks.insert(0, self._health)
+        self.add_callback(SALInterruptCallback())
+
+    def _set_up_for(self, core: nn.Module) -> None:
+        """The learning rule and the checks of a model's config: at `__init__`, and for each model `model_init`
+        makes (`hyperparameter_search` trials may change the config)."""
         if not isinstance(core, SAL_MODELS):
             raise ValueError(
                 f"SALTrainer trains SAL models; got {type(core).__name__}. Use transformers.Trainer instead."
             )
         config = core.config
         self.learning_rule = None
+        self.loss_is_scaled_for_ga = None  # Trainer decides (its default)
         if config.learning_rule != "bp":
             if self.args.label_smoothing_factor or self.compute_loss_func is not None:
                 raise ValueError(
@@ -234,20 +266,27 @@ class SALTrainer(Trainer):
             self.learning_rule = local_learning_rule(config)
             # The surrogate is a per-batch mean: Trainer divides it by the accumulation steps.
             self.loss_is_scaled_for_ga = False
+        self._health.learning_rule = self.learning_rule
         self._check_parallelism(core)
-        self.add_callback(SALRoutingCallback(self.accelerator))
-        # First of all callbacks, so that the printer, TensorBoard and every other reporter see its values.
-        self.callback_handler.callbacks.insert(
-            0, SALAreaHealthCallback(self.accelerator, self.learning_rule, self.callback_handler.callbacks)
-        )
-        self.add_callback(SALInterruptCallback())
+
+    def call_model_init(self, trial: Any = None) -> nn.Module:
+        """[`~transformers.Trainer.call_model_init`], then the learning rule and checks of the new model's config."""
+        model = super().call_model_init(trial)
+        if hasattr(self, "_health"):  # not the call inside Trainer's `__init__` (SALTrainer's sets up after it)
+            self._set_up_for(model)
+        return model
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
         """[`~transformers.Trainer.train`], after refusing a checkpoint to resume whose learning-rate groups
         (`area_lr_scale`, `router_lr_scale`) differ from the ones this model gets (see `check_resume`)."""
         if resume_from_checkpoint and not self._users_optimizer and self.model_init is None:
             self.check_resume(resume_from_checkpoint)
-        return super().train(resume_from_checkpoint, *args, **kwargs)
+        try:
+            return super().train(resume_from_checkpoint, *args, **kwargs)
+        finally:  # `on_train_end` does not run when training raises: the Ctrl-C handler must not outlive it
+            for callback in self.callback_handler.callbacks:
+                if isinstance(callback, SALInterruptCallback):
+                    callback.restore()
 
     def check_resume(self, checkpoint: str | os.PathLike | bool) -> None:
         """Raise a `ValueError` naming the values and the fix when `checkpoint` (or, for True, the last one in
@@ -386,17 +425,24 @@ class SALTrainer(Trainer):
             )
         if model.training:  # router="claim": the batch may claim areas before it trains
             self.accelerator.unwrap_model(model).observe_claims(inputs, forward=model)
-        if self.learning_rule is None or not model.training:
+        core = self.accelerator.unwrap_model(model)
+        if self.label_smoother is not None and "labels" in inputs and isinstance(core, SALTransformerForCausalLM):
+            # Trainer shifts the labels for label smoothing only for transformers' own causal LMs (it matches the class
+            # name); unshifted, each position would be scored against its own token. (Local rules refuse smoothing.)
+            outputs = model(**{key: value for key, value in inputs.items() if key != "labels"})
+            loss = self.label_smoother(outputs, inputs["labels"], shift_labels=True)
+        elif self.learning_rule is None or not model.training:
             loss, outputs = super().compute_loss(
                 model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
             )
         else:
-            outputs = model(**inputs, local=True)
-            core = self.accelerator.unwrap_model(model)
+            outputs = model(**inputs, local=True, return_dict=True)
             # The model's own views of its feedback matrices where it returns them (DDP then counts learned ones used).
             feedback = getattr(outputs, "feedback", None) or core.feedback_matrices()
             loss = self.learning_rule.surrogate(outputs, inputs["labels"], feedback)
         if model.training and not torch.isfinite(loss.detach()).all():
+            core.discard_routing_statistics()  # this forward's, never applied: a later `train()` starts clean
+            reset_area_selection(core)
             raise FloatingPointError(
                 f"Training loss is {loss.item()} at step {self.state.global_step} (epoch {self.state.epoch}); "
                 "stopped before applying the update, so the model and saved checkpoints are unchanged. Lower "

@@ -54,7 +54,7 @@ def local_grads(model, inputs: dict, error: torch.Tensor | None = None) -> dict[
         ),
         ({"feedback_alignment": "sign"}, r"feedback_alignment='sign'.*layer-wise feedback.*direct"),
         ({**KP, "learning_rule": "bp"}, r"feedback_alignment='kolen_pollack'.*learning_rule='bp'.*'fixed'"),
-        ({**KP, "feedback_decay": -1.0}, r"feedback_decay must be a number >= 0; got feedback_decay=-1.0"),
+        ({**KP, "feedback_decay": -1.0}, r"feedback_decay must be a finite number >= 0; got feedback_decay=-1.0"),
         ({**KP, "feedback_decay": True}, r"feedback_decay"),
         (
             {"feedback_alignment": "identity", "error_source": "vocab"},

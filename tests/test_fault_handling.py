@@ -1,0 +1,148 @@
+"""Faults around the training loop and the inputs, each found in a close read (2026-11-30, docs/RELIABILITY.md) and
+tested on SALConfig's shipped defaults: what a failed `train()` leaves behind, trials of `hyperparameter_search`,
+tuple outputs, label dtypes, NaN in the config, the order of callbacks and PIL image modes."""
+
+import math
+import signal
+
+import numpy as np
+import pytest
+import torch
+from conftest import DEFAULTS, as_dataset, tiny_batch, training_args
+from transformers import TrainerCallback
+
+from sal_hf import SALConfig, SALForImageClassification, SALImageProcessor, SALTrainer
+from sal_hf.activations import ACTIVATIONS
+
+
+def shipped(seed: int = 0, **overrides) -> SALForImageClassification:
+    torch.manual_seed(seed)
+    return SALForImageClassification(SALConfig(**{**DEFAULTS, **overrides}))
+
+
+def routing_state(model) -> dict[str, torch.Tensor]:
+    return {name: b.clone() for name, b in model.named_buffers() if "router" in name}
+
+
+# ------------------------------------------------------------------------------------------- a failed train()
+
+
+def test_a_nan_batch_leaves_no_routing_sums_for_the_next_train(tmp_path):
+    """The forward of a NaN batch gathered its routing sums; the step never came. The next `train()` on the same model
+    applied them at its first step: a NaN input mean, and a NaN loss on clean data."""
+    model = shipped()
+    x, y = tiny_batch(32)
+    bad = x.clone()
+    bad[5] = math.nan
+    args = training_args(tmp_path, per_device_train_batch_size=32)
+    before = routing_state(model)
+    with pytest.raises(FloatingPointError):
+        SALTrainer(model=model, args=args, train_dataset=as_dataset(bad, y)).train()
+    assert all(torch.equal(before[name], b) for name, b in routing_state(model).items())  # nothing applied
+    assert all(not router.pending_load.any() for router in model.routers)  # and nothing left to apply
+    SALTrainer(model=model, args=training_args(tmp_path, num_train_epochs=2), train_dataset=as_dataset(x, y)).train()
+    assert all(torch.isfinite(b).all() for b in routing_state(model).values())
+
+
+def test_the_ctrl_c_handler_does_not_outlive_a_train_that_raised(tmp_path):
+    x, y = tiny_batch(32)
+    x[3] = math.nan
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(FloatingPointError):
+        SALTrainer(model=shipped(), args=training_args(tmp_path), train_dataset=as_dataset(x, y)).train()
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+# ------------------------------------------------------------------------------------------------- model_init
+
+
+def test_each_model_init_trial_trains_with_its_own_configs_rule(tmp_path):
+    """`train()` builds a new model through `model_init`; the local rule was the first model's (ReLU's derivative
+    for a tanh trial)."""
+    acts = iter(["relu", "tanh"])
+    trainer = SALTrainer(
+        model_init=lambda trial=None: shipped(hidden_act=next(acts), feedback_decay=0.1),
+        args=training_args(tmp_path, max_steps=1),
+        train_dataset=as_dataset(*tiny_batch(16)),
+    )
+    assert trainer.learning_rule.activation is ACTIVATIONS["relu"]  # the first model's (Trainer builds it once)
+    trainer.train()
+    assert trainer.model.config.hidden_act == "tanh"
+    assert trainer.learning_rule.activation is ACTIVATIONS["tanh"] and trainer.learning_rule.feedback_decay == 0.1
+
+
+# ------------------------------------------------------------------------------------------------------ outputs
+
+
+def test_local_training_with_return_dict_false(tmp_path):
+    model = shipped(return_dict=False)
+    assert isinstance(model(pixel_values=tiny_batch(4)[0]), tuple)
+    SALTrainer(
+        model=model, args=training_args(tmp_path, max_steps=2), train_dataset=as_dataset(*tiny_batch(32))
+    ).train()
+
+
+def test_a_users_step_end_callback_sees_the_routing_of_the_step(tmp_path):
+    class Snapshot(TrainerCallback):
+        seen: list[tuple[int, int]] = []
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            self.seen.append((state.global_step, int(model.routers[0].num_updates)))
+
+    trainer = SALTrainer(
+        model=shipped(),
+        args=training_args(tmp_path, max_steps=3),
+        train_dataset=as_dataset(*tiny_batch(48)),
+        callbacks=[Snapshot],  # before SALTrainer's own in the list Trainer builds
+    )
+    trainer.train()
+    assert Snapshot.seen == [(1, 1), (2, 2), (3, 3)]
+
+
+# ------------------------------------------------------------------------------------------------------- labels
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
+def test_any_integer_label_dtype_trains_locally(dtype, tmp_path):
+    x, y = tiny_batch(32)
+    rows = [{"pixel_values": xi, "labels": yi.to(dtype)} for xi, yi in zip(x, y)]
+    model = shipped()
+    assert model(pixel_values=x, labels=y.to(dtype)).loss == model(pixel_values=x, labels=y).loss
+    SALTrainer(model=model, args=training_args(tmp_path, max_steps=2), train_dataset=rows).train()
+
+
+def test_bad_labels_and_inputs_are_named_before_anything_runs():
+    model = shipped().eval()
+    x, y = tiny_batch(4)
+    with pytest.raises(ValueError, match=r"integer class ids of shape \(4,\); got shape \(4,\), dtype torch.bool"):
+        model(pixel_values=x, labels=y > 2)
+    with pytest.raises(ValueError, match="empty batch"):
+        model(pixel_values=x[:0], labels=y[:0])
+    with pytest.raises(TypeError, match="pixel_values must be a torch.Tensor; got list"):
+        model(pixel_values=x.tolist(), labels=y)
+
+
+@pytest.mark.parametrize(
+    "field", ["routing_balance_rate", "routing_loss_weight", "area_lr_scale", "router_lr_scale", "feedback_decay"]
+)
+@pytest.mark.parametrize("value", [math.nan, math.inf, True])
+def test_the_config_refuses_nan_inf_and_bools_in_its_rates(field, value):
+    with pytest.raises(ValueError, match=f"SALConfig.{field} must be a finite number"):
+        SALConfig(**DEFAULTS, **{field: value})
+
+
+# ------------------------------------------------------------------------------------------------------- images
+
+
+@pytest.mark.parametrize("mode", ["LA", "P", "1", "RGBA", "RGB", "L"])
+def test_every_pil_mode_becomes_the_luminance_pil_gives(mode):
+    """Palette images gave their palette indices, 1-bit images 0/1 before the 1/255 rescale, gray + alpha two
+    channels (and the model refused the input size)."""
+    from PIL import Image
+
+    colours = (np.random.default_rng(0).random((8, 8, 3)) * 255).astype("uint8")
+    image = Image.fromarray(colours).convert(mode)
+    pixels = SALImageProcessor(size={"height": 8, "width": 8})(image, return_tensors="pt")["pixel_values"]
+    expected = np.asarray(image.convert("L"), dtype=np.float64) / 255
+    assert pixels.shape == (1, 1, 8, 8)
+    np.testing.assert_allclose(pixels[0, 0].double().numpy(), expected, atol=1e-6)
