@@ -553,10 +553,30 @@ def kmeans(x: torch.Tensor, k: int, seed: int = 0, iterations: int = 25) -> torc
     return centres
 
 
+def ppca(x: torch.Tensor, rank: int) -> tuple[torch.Tensor, ...]:
+    """Probabilistic PCA of the rows of x (N, d), float64: (mean, top `rank` directions (d, rank), their variances,
+    the variance left to every other direction)."""
+    mean = x.mean(0)
+    variances, directions = torch.linalg.eigh((x - mean).T @ (x - mean) / len(x))
+    variances, directions = variances.flip(0).clamp(min=1e-8), directions.flip(1)
+    return mean, directions[:, :rank], variances[:rank], variances[rank:].mean()
+
+
+def ppca_log_likelihood(x: torch.Tensor, model: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """(N,) Gaussian log-likelihood of the rows of x under a `ppca` model, up to a constant shared by all models."""
+    mean, directions, variances, rest = model
+    z = x - mean
+    inside = z @ directions
+    outside = (z * z).sum(1) - (inside * inside).sum(1)
+    log_det = torch.log(variances).sum() + (x.shape[1] - len(variances)) * torch.log(rest)
+    return -0.5 * (outside / rest + (inside * inside / variances).sum(1) + log_det)
+
+
 def ceiling(args: argparse.Namespace) -> None:
     """How well does routing on the pixels separate these tasks? Task-routing accuracy on the test images of
     nearest-prototype routing with each task's own k-means prototypes (every task's boundary known, its prototypes
-    fitted on all its training images) and of 1-NN over the whole training set (on 2,000 test images). A reference,
+    fitted on all its training images), of the most likely of a PPCA per k-means cluster (a density model of each
+    task, richer than a prototype), and of 1-NN over the whole training set (on 2,000 test images). A reference,
     not a bound: routing with more prototypes a task does better."""
     torch.set_num_threads(1)
     data = load_tensors(args.dataset)
@@ -570,6 +590,18 @@ def ceiling(args: argparse.Namespace) -> None:
         routed = owner[torch.cdist(x_test, centres).argmin(1)]
         print(
             f"| k-means, {per_task} prototype(s) per task | {float((routed == task_test).float().mean()) * 100:.1f} |"
+        )
+    for per_task in (1, 3, 8):
+        scores = []
+        for t in range(len(TASKS)):
+            rows = x[task == t]
+            cluster = torch.cdist(rows, kmeans(rows, per_task)).argmin(1)
+            models = [ppca(rows[cluster == j].double(), 16) for j in range(per_task) if (cluster == j).sum() > 50]
+            scores.append(torch.stack([ppca_log_likelihood(x_test.double(), m) for m in models], 1).amax(1))
+        routed = torch.stack(scores, 1).argmax(1)
+        print(
+            f"| k-means, {per_task} cluster(s) per task, the most likely of their PPCAs (16 components) |"
+            f" {float((routed == task_test).float().mean()) * 100:.1f} |"
         )
     subset = torch.randperm(len(y_test), generator=torch.Generator().manual_seed(0))[:2000]
     nearest = torch.cdist(x_test[subset], x).argmin(1)

@@ -1,5 +1,6 @@
 """scripts/continual.py's metrics: forgetting, task-masked accuracy and the task/area mutual information."""
 
+import math
 import sys
 from pathlib import Path
 
@@ -81,3 +82,18 @@ def test_paired_differences_and_claim_routing_shares_by_hand():
     method[0]["claims_at_batch"][4] = 25  # a late claim: that run's claims are no longer the tasks'
     (line,) = [line for line in continual.claim_lines(by_method) if line]
     assert "in 2 of 3 runs" in line
+
+
+def test_the_ceilings_ppca_likelihood_is_the_gaussian_with_its_low_rank_covariance():
+    """`ppca_log_likelihood` against torch's MultivariateNormal with covariance U diag(v) U^T + s (I - U U^T), where
+    U, v are the top directions and variances of the rows and s the mean variance of the rest."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 6, generator=gen, dtype=torch.float64) @ torch.randn(6, 6, generator=gen, dtype=torch.float64)
+    model = continual.ppca(x, 2)
+    mean, directions, variances, rest = model
+    covariance = directions @ torch.diag(variances) @ directions.T + rest * (torch.eye(6) - directions @ directions.T)
+    points = torch.randn(5, 6, generator=gen, dtype=torch.float64)
+    expected = torch.distributions.MultivariateNormal(mean, covariance).log_prob(points) + 3 * math.log(2 * math.pi)
+    assert torch.allclose(continual.ppca_log_likelihood(points, model), expected, atol=1e-9)
+    full = torch.distributions.MultivariateNormal(mean, torch.cov(x.T, correction=0)).log_prob(points)
+    assert not torch.allclose(expected - 3 * math.log(2 * math.pi), full, atol=1e-3)  # rank 2 of 6: an approximation
