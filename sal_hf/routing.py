@@ -268,7 +268,9 @@ class AreaRouter(RouterBase, nn.Module):
                     load = area_counts(area, self.num_areas).to(dtype)
                 else:  # weighted sums, not boolean indexing (no host sync)
                     keep = mask.to(dtype).unsqueeze(-1)  # (B, 1)
-                    self.pending_input_sum += (x.to(dtype) * keep).sum(dim=0)
+                    # where, not a product: a padding row that is not finite (a fully masked attention row of some
+                    # kernels, an fp16 overflow) must not reach the sum (NaN * 0 is NaN).
+                    self.pending_input_sum += torch.where(keep.bool(), x.to(dtype), 0.0).sum(dim=0)
                     load = ((area.unsqueeze(-1) == torch.arange(self.num_areas, device=area.device)) * keep).sum(0)
                 self.pending_load += load
                 self.logged_load += load

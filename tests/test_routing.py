@@ -95,6 +95,22 @@ def test_a_step_that_routed_nothing_moves_no_statistic():
     assert router.num_updates == 1
 
 
+def test_a_masked_row_that_is_not_finite_leaves_the_input_mean_finite():
+    """Padding rows are left out of the sums; one that is NaN (a fully masked attention row of some kernels, an fp16
+    overflow) was multiplied by 0, and NaN * 0 poisoned the running mean."""
+    router = AreaRouter(4, 3, 2, seed=0)
+    x = torch.randn(6, 4)
+    x[2] = float("nan")
+    mask = torch.tensor([1, 1, 0, 1, 1, 1])
+    router(x, mask)
+    router.update_statistics()
+    clean = AreaRouter(4, 3, 2, seed=0)
+    clean(x[mask.bool()])
+    clean.update_statistics()
+    assert torch.isfinite(router.input_mean).all()
+    assert torch.equal(router.input_mean, clean.input_mean) and torch.equal(router.area_bias, clean.area_bias)
+
+
 def test_eval_mode_gathers_no_statistics():
     router = AreaRouter(4, 3, 2, seed=0).eval()
     router(torch.randn(8, 4))
