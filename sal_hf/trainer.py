@@ -416,6 +416,15 @@ class SALTrainer(Trainer):
                 "SAL models cannot run under torch.nn.DataParallel (its replicas record the selected areas and the "
                 "in-place updates). Launch one process per GPU with `accelerate launch` or `torchrun`."
             )
+        if (
+            model.training
+            and "labels" not in inputs
+            and isinstance(self.accelerator.unwrap_model(model), SALTransformerForCausalLM)
+        ):
+            raise ValueError(
+                f"Training a causal LM needs `labels`: the input ids (shifted inside; -100 where a token does not count); "
+                f"the batch has only {sorted(inputs)}. DataCollatorForLanguageModeling(tokenizer, mlm=False) adds them."
+            )
         if model.training and "labels" not in inputs:
             raise ValueError(
                 f"Training needs the class ids as `labels` (integers, shape (batch_size,)); the batch has only "

@@ -156,3 +156,12 @@ def test_output_attentions_is_refused_not_ignored():
     with pytest.raises(ValueError, match="output_attentions=True is not supported"):
         model(input_ids=token_batch(2), output_attentions=True)
     assert model(input_ids=token_batch(2), output_attentions=False).logits.shape == (2, 2)
+
+
+def test_a_causal_lm_batch_without_labels_names_the_lm_collator(tmp_path):
+    torch.manual_seed(0)
+    model = SALTransformerForCausalLM(shipped())
+    rows = [{"input_ids": row} for row in token_batch(4)]
+    trainer = SALTrainer(model=model, args=training_args(tmp_path, max_steps=1), train_dataset=rows)
+    with pytest.raises(ValueError, match=r"causal LM needs `labels`.*DataCollatorForLanguageModeling"):
+        trainer.train()
