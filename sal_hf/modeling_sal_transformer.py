@@ -521,7 +521,7 @@ class SALTransformerForCausalLM(SALTransformerPreTrainedModel, GenerationMixin):
             output_hidden_states=output_hidden_states,
             return_dict=True,
             return_areas=return_areas,
-            **({"output_attentions": True} if kwargs.get("output_attentions") else {}),
+            output_attentions=kwargs.get("output_attentions", False),  # refused there when True
         )
         hidden = outputs.last_hidden_state
         if isinstance(logits_to_keep, int):
@@ -639,7 +639,7 @@ class SALTransformerForSequenceClassification(SALTransformerPreTrainedModel):
             output_hidden_states=output_hidden_states,
             return_dict=True,
             return_areas=return_areas,
-            **({"output_attentions": True} if kwargs.get("output_attentions") else {}),
+            output_attentions=kwargs.get("output_attentions", False),  # refused there when True
         )
         hidden = outputs.last_hidden_state  # (B, T, d)
         batch, length = hidden.shape[:2]

@@ -416,11 +416,8 @@ class SALTrainer(Trainer):
                 "SAL models cannot run under torch.nn.DataParallel (its replicas record the selected areas and the "
                 "in-place updates). Launch one process per GPU with `accelerate launch` or `torchrun`."
             )
-        if (
-            model.training
-            and "labels" not in inputs
-            and isinstance(self.accelerator.unwrap_model(model), SALTransformerForCausalLM)
-        ):
+        core = self.accelerator.unwrap_model(model)
+        if model.training and "labels" not in inputs and isinstance(core, SALTransformerForCausalLM):
             raise ValueError(
                 f"Training a causal LM needs `labels`: the input ids (shifted inside; -100 where a token does not count); "
                 f"the batch has only {sorted(inputs)}. DataCollatorForLanguageModeling(tokenizer, mlm=False) adds them."
@@ -433,8 +430,7 @@ class SALTrainer(Trainer):
                 "config.label2id), name the column `label` or `labels`, or return `labels` from your data_collator."
             )
         if model.training:  # router="claim": the batch may claim areas before it trains
-            self.accelerator.unwrap_model(model).observe_claims(inputs, forward=model)
-        core = self.accelerator.unwrap_model(model)
+            core.observe_claims(inputs, forward=model)
         if self.label_smoother is not None and "labels" in inputs and isinstance(core, SALTransformerForCausalLM):
             # Trainer shifts the labels for label smoothing only for transformers' own causal LMs (it matches the class
             # name); unshifted, each position would be scored against its own token. (Local rules refuse smoothing.)
