@@ -76,7 +76,7 @@ def test_only_selected_areas_change_under_adamw_with_weight_decay(implementation
     torch.manual_seed(0)
     model = SALForImageClassification(selective_config(make_config, area_implementation=implementation))
     x, y = tiny_batch(6)  # 6 samples cannot reach all 8 (16) areas
-    selected = [set(a.tolist()) for a in model.eval()(pixel_values=x).areas]
+    selected = [set(a.tolist()) for a in model.eval()(pixel_values=x, return_areas=True).areas]
     before = copy.deepcopy(model.state_dict())
     args = training_args(tmp_path, per_device_train_batch_size=6, max_steps=1, weight_decay=0.5, optim="adamw_torch")
     optimizers = (torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.5), None) if own_optimizer else None
