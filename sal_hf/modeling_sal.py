@@ -283,15 +283,17 @@ class SALRoutingMixin:
                 "`feedback_scope` (or `feedback_points`) of its config.json, or train the new layout from a fresh "
                 "model."
             )
-        gain = getattr(model.config, "feedback_gain", None)
-        if learned and not lost and gain is not None and ("feedback_gain" in kwargs or "config" in kwargs):
+        for field in ("feedback_gain", "feedback_seed"):  # what draws new feedback matrices, not loaded ones
+            value = getattr(model.config, field, None)
+            if not learned or lost or value is None or (field not in kwargs and "config" not in kwargs):
+                continue
             saved = cls._saved_config(pretrained_model_name_or_path, kwargs)
-            saved_gain = gain if saved is None else saved.feedback_gain  # None: weights alone, a `config=` given
-            if saved_gain != gain:
+            saved_value = value if saved is None else getattr(saved, field, value)  # None: weights alone, `config=`
+            if saved_value != value:
                 logger.warning(
-                    f"feedback_gain={gain!r} (saved: {saved_gain!r}) scales the random draw of new feedback matrices "
-                    f"only; the learned (Kolen-Pollack) matrices in {source} load as trained, so it changes nothing "
-                    "here. Train a fresh model to use another gain."
+                    f"{field}={value!r} (saved: {saved_value!r}) sets the random draw of new feedback matrices only; "
+                    f"the learned (Kolen-Pollack) matrices in {source} load as trained, so it changes nothing here. "
+                    f"Train a fresh model to use another {field.split('_')[1]}."
                 )
         if isinstance(feedback, FeedbackMatrices) and not feedback.learned:
             # Frozen feedback is set by the config alone (seed, identity): rebuild it, so that a checkpoint loaded with

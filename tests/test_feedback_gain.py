@@ -54,6 +54,10 @@ def test_another_gain_at_load_warns_that_learned_matrices_keep_their_values(tmp_
     assert "feedback_gain=4.0 (saved: 1.0)" in caplog.text and "load as trained" in caplog.text
     assert loaded.config.feedback_gain == 4.0
     caplog.clear()
+    with caplog.at_level("WARNING"):  # the seed draws new matrices too: the same warning (it was silent)
+        SALForImageClassification.from_pretrained(tmp_path / "learned", feedback_seed=7)
+    assert "feedback_seed=7 (saved: 1000)" in caplog.text and "load as trained" in caplog.text
+    caplog.clear()
     (tmp_path / "learned" / "config.json").rename(tmp_path / "config.json")  # weights alone, the config given
     with caplog.at_level("WARNING"):
         SALForImageClassification.from_pretrained(tmp_path / "learned", config=defaults_config(feedback_gain=4.0))
