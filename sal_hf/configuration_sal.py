@@ -323,7 +323,7 @@ class SALConfig(PreTrainedConfig):
         if self.dual_path is not None and not isinstance(self.dual_path, bool):
             raise ValueError(f"SALConfig.dual_path must be a bool or None (derive); got dual_path={self.dual_path!r}.")
         self._validate_claims()
-        if not 0.0 < self.routing_center_momentum <= 1.0:
+        if isinstance(self.routing_center_momentum, bool) or not 0.0 < self.routing_center_momentum <= 1.0:
             raise ValueError(
                 f"SALConfig.routing_center_momentum must be in (0, 1]; got routing_center_momentum={self.routing_center_momentum!r}."
             )

@@ -236,7 +236,7 @@ class SALTransformerConfig(PreTrainedConfig):
         for field in ("rms_norm_eps", "rope_theta", "router_lr_scale"):
             check_number(name, field, getattr(self, field), strict=True)
         check_number(name, "area_lr_scale", self.area_lr_scale, strict=True, optional=True)
-        if not 0.0 < self.routing_center_momentum <= 1.0:
+        if isinstance(self.routing_center_momentum, bool) or not 0.0 < self.routing_center_momentum <= 1.0:
             raise ValueError(
                 f"{name}.routing_center_momentum must be in (0, 1]; got "
                 f"routing_center_momentum={self.routing_center_momentum!r}."

@@ -614,8 +614,9 @@ class SALForImageClassification(SALPreTrainedModel):
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return_areas = (local or self.training) if return_areas is None else return_areas
-        if labels is not None:  # the inputs first: their errors name the batch the labels are checked against
-            labels = class_ids(labels, self.sal._flatten_inputs(pixel_values).shape[0], self.num_labels)
+        pixel_values = self.sal._flatten_inputs(pixel_values)  # checked first: its errors name the batch size
+        if labels is not None:
+            labels = class_ids(labels, pixel_values.shape[0], self.num_labels)
         outputs = self.sal(
             pixel_values, local=local, output_hidden_states=output_hidden_states, return_dict=True, return_areas=True
         )

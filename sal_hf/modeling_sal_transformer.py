@@ -672,6 +672,8 @@ class SALTransformerForSequenceClassification(SALTransformerPreTrainedModel):
                     "learning_rule='bp' (problem_type 'regression' or 'multi_label_classification')."
                 )
                 labels = class_ids(labels, batch, self.num_labels, hint if self.config.learning_rule != "bp" else "")
+                if problem is None and self.config.learning_rule == "bp":
+                    self.config.problem_type = "single_label_classification"  # inferred, as transformers records it
                 loss = F.cross_entropy(logits.float(), labels)
             else:  # transformers' own loss: infers and sets problem_type when None, as its models do
                 loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)

@@ -182,6 +182,19 @@ class SALInterruptCallback(TrainerCallback):
         self.restore()
 
 
+class ShiftedLabelSmoothing:
+    """Trainer's label smoothing with the labels shifted, as Trainer does for transformers' own causal LMs (it matches
+    their class names, so `SALTransformerForCausalLM` would be scored against its own tokens). [`SALTrainer`] sets it
+    as `compute_loss_func` for a `bp` causal LM with `label_smoothing_factor`: Trainer's own `compute_loss` then
+    counts the tokens of the accumulated batch (`num_items_in_batch`) and processes as for its own models."""
+
+    def __init__(self, label_smoother: Any) -> None:
+        self.label_smoother = label_smoother
+
+    def __call__(self, outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
+        return self.label_smoother(outputs, labels, shift_labels=True, num_items_in_batch=num_items_in_batch)
+
+
 class SALTrainer(Trainer):
     """[`~transformers.Trainer`] for SAL models.
 
@@ -215,8 +228,9 @@ class SALTrainer(Trainer):
       after it, even when it raised, puts back the Ctrl-C handler from before training.
     - `call_model_init`: each model that `model_init` makes (`hyperparameter_search` trials) gets its own config's
       local rule and checks.
-    - `compute_loss` with `label_smoothing_factor` and a `SALTransformerForCausalLM` under `bp`: smooths against the
-      next token (Trainer shifts the labels only for transformers' own causal LMs).
+    - With `label_smoothing_factor` and a `SALTransformerForCausalLM` under `bp`, `compute_loss_func` is
+      [`ShiftedLabelSmoothing`]: smoothed against the next token (Trainer shifts the labels only for transformers' own
+      causal LMs), with Trainer's token counting under gradient accumulation.
     - `create_model_card`: writes a SAL model card (learning rule, areas, routing, seeds, data, metrics, area
       utilisation, versions; see `model_card.py`) in place of Trainer's draft; `push_to_hub` uploads it.
     - Callbacks: [`SALRoutingCallback`] applies the routing statistics after every optimizer step (summed over
@@ -255,7 +269,12 @@ class SALTrainer(Trainer):
             )
         config = core.config
         self.learning_rule = None
-        self.loss_is_scaled_for_ga = None  # Trainer decides (its default)
+        self.loss_is_scaled_for_ga = type(self).loss_is_scaled_for_ga  # the class's (Trainer's: None, it decides)
+        if isinstance(self.compute_loss_func, ShiftedLabelSmoothing):
+            self.compute_loss_func = None  # set below for an earlier model (`model_init`)
+        smoothing = self.label_smoother is not None and self.compute_loss_func is None
+        if config.learning_rule == "bp" and smoothing and isinstance(core, SALTransformerForCausalLM):
+            self.compute_loss_func = ShiftedLabelSmoothing(self.label_smoother)
         if config.learning_rule != "bp":
             if self.args.label_smoothing_factor or self.compute_loss_func is not None:
                 raise ValueError(
@@ -431,12 +450,7 @@ class SALTrainer(Trainer):
             )
         if model.training:  # router="claim": the batch may claim areas before it trains
             core.observe_claims(inputs, forward=model)
-        if self.label_smoother is not None and "labels" in inputs and isinstance(core, SALTransformerForCausalLM):
-            # Trainer shifts the labels for label smoothing only for transformers' own causal LMs (it matches the class
-            # name); unshifted, each position would be scored against its own token. (Local rules refuse smoothing.)
-            outputs = model(**{key: value for key, value in inputs.items() if key != "labels"})
-            loss = self.label_smoother(outputs, inputs["labels"], shift_labels=True)
-        elif self.learning_rule is None or not model.training:
+        if self.learning_rule is None or not model.training:
             loss, outputs = super().compute_loss(
                 model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
             )

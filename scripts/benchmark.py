@@ -8,7 +8,8 @@
   (stratified 10%, seed 0), then the method is retrained on the whole training set with that lr for every seed.
   The main suite's training sets under 2,000 samples (Wine, breast cancer, Digits) are validated by stratified
   5-fold cross-validation instead (seed 0): the accuracy pooled over the folds (every training sample validated
-  once), ties broken by the pooled validation loss; a 10% split of Wine holds 15 samples.
+  once); a 10% split of Wine holds 15 samples. Ties go to the lower validation loss (pooled), then the smaller lr
+  (records made before 2026-11-30 kept no loss: the smaller lr).
 
 Every run is the paper's architecture (input-256-labels MLP, ReLU, Kaiming init); `sal+` is SAL-16 with
 `SALConfig`'s area defaults (chosen by the ablations; the foundation's config is the ablations' base row) and
@@ -551,12 +552,17 @@ def choose_lr(paths: list[str]) -> float:
 
 def lr_scores(tune_records: list[dict]) -> dict[float, tuple[float, float]]:
     """lr -> (validation accuracy, validation loss), pooled over its folds (weighted by their sizes). Where a search
-    has cross-validation records, the 10% split's records of an earlier protocol are left out. A record without a
-    loss (made before losses were kept) counts as NaN."""
+    has cross-validation records, the 10% split's records of an earlier protocol are left out, and so is an lr with
+    fewer folds than the others (a `report` during a `run`). A record without a loss (made before losses were kept)
+    counts as NaN."""
     folded = [r for r in tune_records if r["job"].get("fold") is not None]
     by_lr: dict[float, list[dict]] = defaultdict(list)
     for r in folded or tune_records:
         by_lr[r["job"]["lr"]].append(r)
+    if folded:
+        folds = {lr: {r["job"]["fold"] for r in rs} for lr, rs in by_lr.items()}
+        most = max(map(len, folds.values()))
+        by_lr = {lr: rs for lr, rs in by_lr.items() if len(folds[lr]) == most}
     scores = {}
     for lr, records in sorted(by_lr.items()):
         sizes = [r["sizes"]["eval"] for r in records]

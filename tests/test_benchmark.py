@@ -102,7 +102,10 @@ def test_the_lr_search_pools_the_folds_and_breaks_ties_by_loss(benchmark):
     tied = [record(1e-3, 0, 25, 30, 0.5), record(1e-3, 1, 9, 10, 0.5)] + records[2:]
     assert benchmark.best_lr(tied) == 1e-2
     assert benchmark.best_lr([{**r, "eval_loss": None} for r in tied]) == 1e-3
-    # A single-split record of an earlier protocol in the same search is left out.
+    # An lr whose folds are not all there (a report during a run) is left out, as is a single-split record of an
+    # earlier protocol in the same search.
+    partial = [*records, record(3e-3, 0, 30, 30, 0.1)]
+    assert 3e-3 not in benchmark.lr_scores(partial) and benchmark.best_lr(partial) == 1e-3
     old = record(3e-4, None, 30, 30)
     assert benchmark.best_lr([old, *records]) == 1e-3 and 3e-4 not in benchmark.lr_scores([old, *records])
 

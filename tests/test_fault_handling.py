@@ -11,7 +11,7 @@ import torch
 from conftest import DEFAULTS, as_dataset, tiny_batch, training_args
 from transformers import TrainerCallback
 
-from sal_hf import SALConfig, SALForImageClassification, SALImageProcessor, SALTrainer
+from sal_hf import SALConfig, SALForImageClassification, SALImageProcessor, SALTrainer, SALTransformerConfig
 from sal_hf.activations import ACTIVATIONS
 
 
@@ -129,6 +129,14 @@ def test_bad_labels_and_inputs_are_named_before_anything_runs():
 def test_the_config_refuses_nan_inf_and_bools_in_its_rates(field, value):
     with pytest.raises(ValueError, match=f"SALConfig.{field} must be a finite number"):
         SALConfig(**DEFAULTS, **{field: value})
+    with pytest.raises(ValueError, match=f"SALTransformerConfig.{field} must be a finite number"):
+        SALTransformerConfig(**{field: value})
+
+
+def test_a_bool_centre_momentum_is_refused():
+    for config in (lambda **kw: SALConfig(**DEFAULTS, **kw), SALTransformerConfig):
+        with pytest.raises(ValueError, match="routing_center_momentum must be in"):
+            config(routing_center_momentum=True)
 
 
 # ------------------------------------------------------------------------------------------------------- images

@@ -129,6 +129,32 @@ def test_bp_label_smoothing_scores_the_next_token(tmp_path):
     assert float(loss) == pytest.approx(float(expected), rel=1e-4)
 
 
+def test_bp_label_smoothing_under_gradient_accumulation_steps_like_one_batch(tmp_path):
+    """Two micro-batches of 2 against one batch of 4 (SGD, lr 1, no clipping): the same update. Smoothing the loss by
+    hand in `compute_loss` summed the micro-batch means (twice the update), since Trainer counts the tokens itself."""
+    x = token_batch(4)
+    rows = [{"input_ids": r, "labels": r} for r in x]
+    changes = []
+    for batch, steps in ((4, 1), (2, 2)):
+        torch.manual_seed(0)
+        model = SALTransformerForCausalLM(shipped(learning_rule="bp"))
+        before = [p.detach().clone() for p in model.parameters()]
+        args = training_args(
+            tmp_path / f"b{batch}",
+            label_smoothing_factor=0.1,
+            optim="sgd",
+            learning_rate=1.0,
+            max_grad_norm=0.0,
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=steps,
+            max_steps=1,
+        )
+        SALTrainer(model=model, args=args, train_dataset=rows).train()
+        changes.append(torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)]))
+    assert changes[0].abs().sum() > 0
+    torch.testing.assert_close(changes[1], changes[0], rtol=1e-4, atol=1e-6)
+
+
 # ------------------------------------------------------------------------------------------------------ inputs
 
 
