@@ -81,6 +81,7 @@ def test_local_rules_refuse_regression_and_float_labels_naming_the_fix():
         model(input_ids=token_batch(2), labels=torch.tensor([0, 3]), local=True)
 
 
+@torch.no_grad()
 def test_bp_infers_the_problem_type_like_transformers():
     x = token_batch(2)
     regression = classifier(learning_rule="bp", num_labels=1)
@@ -109,8 +110,10 @@ def test_a_micro_batch_with_no_labelled_token_trains_as_zero_loss_not_nan(tmp_pa
     out = model(input_ids=x, labels=torch.full_like(x, -100), local=True)
     assert out.loss == 0.0
     labels = x.clone()
-    mean = F.cross_entropy(out.logits[0, :-1], labels[0, 1:])
-    assert float(model(input_ids=x, labels=labels).loss) == pytest.approx(float(mean), rel=1e-6)  # still the mean
+    mean = F.cross_entropy(out.logits[0, :-1].detach(), labels[0, 1:])
+    assert float(model(input_ids=x, labels=labels).loss.detach()) == pytest.approx(
+        float(mean), rel=1e-6
+    )  # still the mean
     rows = [{"input_ids": x[0], "labels": torch.full_like(x[0], -100)}, {"input_ids": x[0], "labels": labels[0]}]
     args = training_args(tmp_path, per_device_train_batch_size=1, gradient_accumulation_steps=2, max_steps=2)
     SALTrainer(model=model, args=args, train_dataset=rows * 2).train()  # raised FloatingPointError before
@@ -123,8 +126,8 @@ def test_bp_label_smoothing_scores_the_next_token(tmp_path):
     x = token_batch(2)
     args = training_args(tmp_path, label_smoothing_factor=0.1)
     trainer = SALTrainer(model=model, args=args, train_dataset=[{"input_ids": r, "labels": r} for r in x])
-    loss = trainer.compute_loss(model, {"input_ids": x, "labels": x})
-    logits = model(input_ids=x).logits
+    loss = trainer.compute_loss(model, {"input_ids": x, "labels": x}).detach()
+    logits = model(input_ids=x).logits.detach()
     expected = F.cross_entropy(logits[:, :-1].reshape(-1, 64), x[:, 1:].reshape(-1), label_smoothing=0.1)
     assert float(loss) == pytest.approx(float(expected), rel=1e-4)
 
