@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from typing import Any
 
 from transformers import PreTrainedConfig
+from transformers.utils import logging
 
 from .activations import ACTIVATIONS
 from .areas import AREA_IMPLEMENTATIONS, AREA_MODES, NORMS
 from .feedback import FEEDBACK_ALIGNMENTS, FEEDBACK_MODES, FEEDBACK_SCOPES
 
+
+logger = logging.get_logger(__name__)
 
 LEARNING_RULES = ("sal", "dfa", "fa", "bp")
 
@@ -269,6 +273,30 @@ class SALConfig(PreTrainedConfig):
         # `from_pretrained(dir, num_areas=...)` behaves exactly like a fresh one.
         super().__post_init__(**kwargs)
         self.validate_sal()
+        for message in self.ignored_settings():
+            logger.warning(message)
+
+    def ignored_settings(self) -> list[str]:
+        """A line for each field set away from its default where the rest of the config gives it no effect (valid,
+        so a warning, not an error; `__post_init__` logs them): the user asked for something that will not happen."""
+        defaults = {field.name: field.default for field in dataclasses.fields(type(self)) if field.init}
+        changed = lambda name: getattr(self, name) != defaults.get(name)  # noqa: E731
+        lines = []
+        if self.router == "random" and changed("router_lr_scale"):
+            lines.append(f"router_lr_scale={self.router_lr_scale!r} has no effect: router='random' never trains.")
+        if self.effective_feedback_alignment != "kolen_pollack" and changed("feedback_decay"):
+            lines.append(
+                f"feedback_decay={self.feedback_decay!r} has no effect: only learned (Kolen-Pollack) feedback decays; "
+                f"this config's feedback is {self.effective_feedback_alignment!r}."
+            )
+        if self.learning_rule == "bp" and changed("routing_loss_weight"):
+            lines.append(
+                f"routing_loss_weight={self.routing_loss_weight!r} has no effect: learning_rule='bp' does not train the "
+                "routers (only the local rules add their objective)."
+            )
+        if self.residual and len(self.hidden_sizes) == 1:
+            lines.append("residual=True has no effect with one hidden layer (the first layer is never residual).")
+        return lines
 
     def validate_sal(self) -> None:
         """Raise a `ValueError` naming the field, its value and the fix for every invalid setting."""

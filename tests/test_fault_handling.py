@@ -154,3 +154,23 @@ def test_every_pil_mode_becomes_the_luminance_pil_gives(mode):
     expected = np.asarray(image.convert("L"), dtype=np.float64) / 255
     assert pixels.shape == (1, 1, 8, 8)
     np.testing.assert_allclose(pixels[0, 0].double().numpy(), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "fields, says",
+    [
+        ({"router": "random", "router_lr_scale": 0.1}, "router_lr_scale=0.1 has no effect: router='random'"),
+        ({"feedback_alignment": "fixed", "feedback_decay": 0.1}, "feedback_decay=0.1 has no effect"),
+        ({"learning_rule": "bp", "routing_loss_weight": 0.5}, "routing_loss_weight=0.5 has no effect"),
+        ({"residual": True, "hidden_sizes": [32]}, "residual=True has no effect with one hidden layer"),
+    ],
+)
+def test_a_setting_the_rest_of_the_config_ignores_is_named(fields, says, caplog):
+    """Valid but without effect: a warning naming it (the claim fields and a bp feedback_gain are refused instead)."""
+    with caplog.at_level("WARNING"):
+        config = SALConfig(**{**DEFAULTS, **fields})
+    assert says in caplog.text and config.ignored_settings()
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        SALConfig(**DEFAULTS)  # the defaults, and a saved config of them, say nothing
+    assert "has no effect" not in caplog.text and SALConfig(**DEFAULTS).ignored_settings() == []
