@@ -371,7 +371,8 @@ class SALTransformerModel(SALTransformerPreTrainedModel):
             inputs_embeds (`torch.Tensor`, *optional*): embeddings instead of `input_ids`.
             use_cache (`bool`, *optional*): return the cache; defaults to `config.use_cache` outside training.
             local (`bool`, defaults to `False`): block-local forward for the local rules (see the module doc).
-            output_hidden_states (`bool`, *optional*): return the embedding and every block's output.
+            output_hidden_states (`bool`, *optional*): return the embedding and every block's output, the last one
+                after the final norm (`last_hidden_state`), as transformers' language models do.
             return_areas (`bool`, *optional*): return `areas`, the area of every token in each block. Defaults to True
                 in training mode and in local forwards, False otherwise: like transformers' optional outputs, off at
                 inference (pipelines split every output tensor per sample, and a per-block tuple cannot be split so).
@@ -439,10 +440,12 @@ class SALTransformerModel(SALTransformerPreTrainedModel):
                 if out.routing_loss is not None:
                     routing_losses.append(out.routing_loss)
         head_input = h.detach().requires_grad_(True) if local else None
+        last = self.norm(head_input if local else h)
         output = SALTransformerModelOutput(
-            last_hidden_state=self.norm(head_input if local else h),
+            last_hidden_state=last,
             cache=cache,
-            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            # The last entry normalised, as transformers' language models return it (`tie_last_hidden_states`).
+            hidden_states=(*hidden_states[:-1], last) if output_hidden_states else None,
             areas=tuple(areas) if ((local or self.training) if return_areas is None else return_areas) else None,
             feedback_outputs=tuple(points) if local else None,
             head_input=head_input,

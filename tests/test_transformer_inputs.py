@@ -194,3 +194,13 @@ def test_a_causal_lm_batch_without_labels_names_the_lm_collator(tmp_path):
     trainer = SALTrainer(model=model, args=training_args(tmp_path, max_steps=1), train_dataset=rows)
     with pytest.raises(ValueError, match=r"causal LM needs `labels`.*DataCollatorForLanguageModeling"):
         trainer.train()
+
+
+def test_hidden_states_end_with_the_normalised_last_hidden_state_as_in_transformers():
+    torch.manual_seed(0)
+    model = SALTransformerForCausalLM(shipped()).eval()
+    with torch.no_grad():
+        out = model.model(input_ids=token_batch(2), output_hidden_states=True)
+    assert len(out.hidden_states) == model.config.num_hidden_layers + 1
+    assert torch.equal(out.hidden_states[-1], out.last_hidden_state)
+    assert not torch.equal(out.hidden_states[-2], out.last_hidden_state)
