@@ -361,6 +361,11 @@ class SALRoutingMixin:
         for router in self.routers:
             router.update_statistics()
 
+    def returns_areas(self, return_areas: bool | None, local: bool) -> bool:
+        """Whether a forward returns `areas`: as asked, else in training and local forwards only (an optional output,
+        off at inference: pipelines split every output tensor per sample, and a per-layer tuple cannot be split so)."""
+        return (local or self.training) if return_areas is None else return_areas
+
     def discard_routing_statistics(self) -> None:
         """Drop the routing statistics gathered since the last optimizer step without applying them: those of a step
         that never happened (a NaN loss, an exception or an interrupt between the forward and the step)."""
@@ -537,7 +542,7 @@ class SALModel(SALPreTrainedModel):
             pre_activations.append(a)
             if routing_loss is not None:
                 routing_losses.append(routing_loss)
-        return_areas = (local or self.training) if return_areas is None else return_areas
+        return_areas = self.returns_areas(return_areas, local)
         output = SALModelOutput(
             last_hidden_state=h,
             hidden_states=tuple(hidden_states) if output_hidden_states else None,
@@ -613,7 +618,7 @@ class SALForImageClassification(SALPreTrainedModel):
             return_areas (`bool`, *optional*): see [`SALModel.forward`] (here the output layer's area is last).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        return_areas = (local or self.training) if return_areas is None else return_areas
+        return_areas = self.returns_areas(return_areas, local)
         pixel_values = self.sal._flatten_inputs(pixel_values)  # checked first: its errors name the batch size
         if labels is not None:
             labels = class_ids(labels, pixel_values.shape[0], self.num_labels)

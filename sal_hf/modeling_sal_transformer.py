@@ -446,7 +446,7 @@ class SALTransformerModel(SALTransformerPreTrainedModel):
             cache=cache,
             # The last entry normalised, as transformers' language models return it (`tie_last_hidden_states`).
             hidden_states=(*hidden_states[:-1], last) if output_hidden_states else None,
-            areas=tuple(areas) if ((local or self.training) if return_areas is None else return_areas) else None,
+            areas=tuple(areas) if self.returns_areas(return_areas, local) else None,
             feedback_outputs=tuple(points) if local else None,
             head_input=head_input,
             routing_losses=tuple(routing_losses) if local else None,
@@ -657,26 +657,20 @@ class SALTransformerForSequenceClassification(SALTransformerPreTrainedModel):
         logits = self.score(hidden[torch.arange(batch, device=hidden.device), positions])  # (B, C)
         loss = None
         if labels is not None:
-            labels = labels.to(logits.device) if isinstance(labels, torch.Tensor) else labels
-            problem = self.config.problem_type
-            if (
-                self.config.learning_rule != "bp"
-                or problem == "single_label_classification"
-                or (
-                    problem is None
-                    and self.num_labels > 1
-                    and not (isinstance(labels, torch.Tensor) and labels.is_floating_point())
-                )
-            ):
-                if isinstance(labels, torch.Tensor) and labels.dim() == 2 and labels.shape[-1] == 1:
+            is_tensor = isinstance(labels, torch.Tensor)
+            labels = labels.to(logits.device) if is_tensor else labels
+            local_rule = self.config.learning_rule != "bp"
+            single = local_rule or self.num_labels > 1 and not (is_tensor and labels.is_floating_point())
+            if self.config.problem_type is None and single:
+                self.config.problem_type = "single_label_classification"  # inferred and recorded, as transformers does
+            if self.config.problem_type == "single_label_classification":
+                if is_tensor and labels.dim() == 2 and labels.shape[-1] == 1:
                     labels = labels[:, 0]  # (B, 1) class ids, as transformers' loss takes them
                 hint = (
                     " The local rules train single-label classifiers; for regression or multi-label targets use "
                     "learning_rule='bp' (problem_type 'regression' or 'multi_label_classification')."
                 )
-                labels = class_ids(labels, batch, self.num_labels, hint if self.config.learning_rule != "bp" else "")
-                if problem is None and self.config.learning_rule == "bp":
-                    self.config.problem_type = "single_label_classification"  # inferred, as transformers records it
+                labels = class_ids(labels, batch, self.num_labels, hint if local_rule else "")
                 loss = F.cross_entropy(logits.float(), labels)
             else:  # transformers' own loss: infers and sets problem_type when None, as its models do
                 loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
