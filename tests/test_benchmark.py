@@ -3,6 +3,7 @@ report with the paper's numbers in their own column."""
 
 import importlib
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -53,7 +54,10 @@ def test_fair_protocol_tunes_on_validation_then_retrains(benchmark, tmp_path):
     records = [json.loads(p.read_text()) for p in (results / "runs").glob("*.json")]
     tune = [r for r in records if r["job"]["stage"] == "tune"]
     final = [r for r in records if r["job"]["stage"] == "final"]
-    lrs = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
+    # The grid, widened one ladder step at a time while the best lr lay on its edge.
+    lrs = sorted({r["job"]["lr"] for r in tune})
+    ladder = benchmark.LR_LADDER
+    assert ladder[ladder.index(lrs[0]) : ladder.index(lrs[-1]) + 1] == lrs and {1e-4, 1e-2} <= set(lrs)
     assert sorted((r["job"]["lr"], r["job"]["fold"]) for r in tune) == [(lr, f) for lr in lrs for f in range(5)]
     assert all(r["input_range"] == [0.0, 1.0] and r["max_grad_norm"] == 1.0 for r in records)
     assert all(r["eval_split"] == "validation" and r["sizes"] == {"train": 240, "eval": 60} for r in tune)
@@ -64,6 +68,32 @@ def test_fair_protocol_tunes_on_validation_then_retrains(benchmark, tmp_path):
     best = max(lrs, key=lambda lr: (hits[lr], -loss[lr], -lr))
     assert len(final) == 1 and final[0]["job"]["lr"] == best and final[0]["eval_split"] == "test"
     assert final[0]["job"]["fold"] is None and final[0]["sizes"] == {"train": 300, "eval": 100}
+    assert best not in (lrs[0], lrs[-1]) or best in (ladder[0], ladder[-1])  # the search ends off the edge
+    # --reuse: from the committed JSON alone (--quick wrote it; no runs/), a second `run` trains nothing and restores each record.
+    before = {p.name: p.read_text() for p in (results / "runs").glob("*.json")}
+    shutil.rmtree(results / "runs")
+    benchmark.main(
+        ["run", "--suite", "main", "--methods", "dfa", "--protocols", "fair", "--reuse", "--seeds", "0"]
+        + ["--epochs", "2", "--max-train", "300", "--max-test", "100", "--workers", "1", "--results", str(results)]
+    )
+    assert {p.name: p.read_text() for p in (results / "runs").glob("*.json")} == before
+
+
+def test_the_grid_widens_one_ladder_step_beyond_an_edge(benchmark):
+    def search(suite, scores):  # lr -> validation accuracy, one 10% split each
+        job = lambda lr: benchmark.Job(suite, "mnist1d", "dfa", "fair", "tune", 0, lr, 25, None, None)  # noqa: E731
+        return [
+            {"job": dict(vars(job(lr))), "accuracy": a, "sizes": {"eval": 400}, "eval_loss": 1.0}
+            for lr, a in scores.items()
+        ]
+
+    grid = {1e-4: 0.3, 3e-4: 0.4, 1e-3: 0.5, 3e-3: 0.55, 1e-2: 0.6}
+    assert benchmark.grid_extension("main", search("main", grid)) == [3e-2]
+    assert benchmark.grid_extension("main", search("main", {**grid, 3e-2: 0.7})) == [1e-1]
+    assert benchmark.grid_extension("main", search("main", {**grid, 3e-2: 0.7, 1e-1: 0.8})) == []  # the ladder's end
+    assert benchmark.grid_extension("main", search("main", {**grid, 3e-2: 0.5})) == []  # 1e-2 is inside now
+    assert benchmark.grid_extension("main", search("main", {**grid, 1e-4: 0.9})) == [3e-5]  # the lower edge too
+    assert benchmark.grid_extension("ablations_kp", search("ablations_kp", grid)) == []  # a fixed grid there
 
 
 def test_cross_validation_folds_partition_the_training_set_by_class(benchmark):
