@@ -485,6 +485,21 @@ class SALTransformerForCausalLM(SALTransformerPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
 
+    def resize_token_embeddings(self, *args: Any, **kwargs: Any) -> nn.Embedding:
+        """transformers' resize, and with `error_source="vocab"` the feedback matrices' rows too (one per token):
+        the rows of kept tokens keep their values (learned ones included), new tokens' rows are a fresh draw."""
+        embeddings = super().resize_token_embeddings(*args, **kwargs)
+        old = self.feedback
+        if old is not None and self.config.error_source == "vocab" and old.shapes[0][0] != self.config.vocab_size:
+            reference = old.matrices()[0]
+            new = self._make_feedback(self.config.vocab_size).to(device=reference.device, dtype=reference.dtype)
+            with torch.no_grad():
+                for kept, fresh in zip(old.matrices(), new.matrices()):
+                    rows = min(len(kept), len(fresh))
+                    fresh[:rows].copy_(kept[:rows])
+            self.feedback = new
+        return embeddings
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import as_dataset, tiny_batch, tiny_config, training_args
+from conftest import as_dataset, defaults_config, tiny_batch, tiny_config, training_args
 from transformers import AutoModelForImageClassification
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -84,7 +84,7 @@ INTERRUPTIBLE = """
 import sys, time, torch
 sys.path.insert(0, {tests!r})
 from transformers import TrainerCallback
-from conftest import as_dataset, tiny_batch, tiny_config, training_args
+from conftest import as_dataset, defaults_config, tiny_batch, tiny_config, training_args
 from pathlib import Path
 from sal_hf import SALForImageClassification, SALTrainer
 
@@ -124,3 +124,33 @@ def test_sigint_saves_a_checkpoint_and_stops_cleanly(tmp_path):
 
 def get_last_checkpoint_or_none(folder: Path):
     return get_last_checkpoint(str(folder)) if folder.exists() else None
+
+
+def test_load_best_model_at_end_restores_the_best_checkpoints_weights_and_routing_state(tmp_path):
+    """Trainer's `load_best_model_at_end` with the shipped defaults: the model after `train()` is the best
+    checkpoint's, routers' running statistics and feedback included, and evaluates as it did then. The "best" here
+    is the highest validation loss, so that it is an early checkpoint, not the last one."""
+    torch.manual_seed(0)
+    model = SALForImageClassification(defaults_config())
+    x, y = tiny_batch(64)
+    args = training_args(
+        tmp_path,
+        num_train_epochs=3,
+        per_device_train_batch_size=32,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=True,
+        logging_steps=100,
+    )
+    trainer = SALTrainer(model=model, args=args, train_dataset=as_dataset(x, y), eval_dataset=as_dataset(x, y))
+    trainer.train()
+    best = trainer.state.best_model_checkpoint
+    assert best != get_last_checkpoint(args.output_dir)
+    saved = SALForImageClassification.from_pretrained(best).state_dict()
+    now = model.state_dict()
+    assert sorted(saved) == sorted(now) and any(".router." in name for name in now)
+    assert all(torch.equal(now[name], saved[name]) for name in now)
+    logged = max(log["eval_loss"] for log in trainer.state.log_history if "eval_loss" in log)
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(logged, rel=1e-6)

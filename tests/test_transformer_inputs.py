@@ -1,7 +1,7 @@
 """What transformers users pass the SAL transformer, handled as transformers' own models handle it (defects of a close
 read, 2026-11-30; docs/RELIABILITY.md): pipelines with batches larger than the number of blocks, problem types, a
-micro-batch with no labelled token, label smoothing of a causal LM, 1-D position ids, no pad token, attentions. The
-models are the tiny ones of test_transformer.py with the shipped feedback (no `feedback_alignment` pinned)."""
+micro-batch with no labelled token, label smoothing of a causal LM, 1-D position ids, no pad token, attentions, a
+resized vocabulary. The models are the tiny ones of test_transformer.py with the shipped feedback (no `feedback_alignment` pinned)."""
 
 import pytest
 import torch
@@ -204,3 +204,30 @@ def test_hidden_states_end_with_the_normalised_last_hidden_state_as_in_transform
     assert len(out.hidden_states) == model.config.num_hidden_layers + 1
     assert torch.equal(out.hidden_states[-1], out.last_hidden_state)
     assert not torch.equal(out.hidden_states[-2], out.last_hidden_state)
+
+
+@pytest.mark.parametrize("alignment", [None, "kolen_pollack"])
+def test_resizing_the_vocabulary_resizes_the_logit_errors_feedback(tmp_path, alignment):
+    """With `error_source="vocab"` each feedback matrix has a row per token: `resize_token_embeddings` (a tokenizer
+    with added tokens) left them at the old size, and the first local step failed on a shape mismatch."""
+    torch.manual_seed(0)
+    extra = {"feedback_alignment": alignment} if alignment else {}
+    model = SALTransformerForCausalLM(shipped(error_source="vocab", **extra))
+    vocab = model.config.vocab_size
+    before = [m.detach().clone() for m in model.feedback.matrices()]
+    model.resize_token_embeddings(vocab + 8)
+    assert model.config.vocab_size == vocab + 8
+    for old, new in zip(before, model.feedback.matrices()):
+        assert new.shape == (vocab + 8, old.shape[1]) and torch.equal(new[:vocab], old)  # kept rows kept
+        assert new[vocab:].abs().sum() > 0  # the new tokens' rows are drawn, not zero
+    assert model.feedback.learned == (alignment == "kolen_pollack")
+    x = token_batch(4, vocab=vocab + 8)
+    rows = [{"input_ids": row, "labels": row} for row in x]
+    args = training_args(tmp_path, per_device_train_batch_size=4, max_steps=2)
+    SALTrainer(model=model, args=args, train_dataset=rows).train()  # a shape mismatch before
+    model.save_pretrained(tmp_path / "resized")
+    again = SALTransformerForCausalLM.from_pretrained(tmp_path / "resized")
+    for saved, loaded in zip(model.feedback.matrices(), again.feedback.matrices()):
+        assert torch.equal(saved, loaded)
+    model.resize_token_embeddings(vocab - 4)  # shrinking keeps the first rows
+    assert [m.shape[0] for m in model.feedback.matrices()] == [vocab - 4] * len(before)
