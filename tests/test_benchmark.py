@@ -49,7 +49,7 @@ def test_quick_paper_protocol_smoke(benchmark, tmp_path):
 
 
 def test_fair_protocol_tunes_on_validation_then_retrains(benchmark, tmp_path):
-    """The main suite on 300 Digits: under 2,000 training samples, so each lr is scored by 5-fold CV."""
+    """The main suite on 300 Digits: under 10,000 training samples, so each lr is scored by 5-fold CV."""
     results, _ = run(benchmark, tmp_path, "--suite", "main", "--methods", "dfa", "--protocols", "fair")
     records = [json.loads(p.read_text()) for p in (results / "runs").glob("*.json")]
     tune = [r for r in records if r["job"]["stage"] == "tune"]
@@ -111,8 +111,9 @@ def test_cross_validation_folds_partition_the_training_set_by_class(benchmark):
 def test_which_lr_searches_cross_validate(benchmark):
     folds = benchmark.tuning_folds
     assert folds("main", "wine", "fair", None) == folds("main", "digits", "fair", None) == [0, 1, 2, 3, 4]
-    assert folds("main", "fashion_mnist", "fair", 1000) == [0, 1, 2, 3, 4]  # a reduced run under 2,000 samples
-    assert folds("main", "mnist1d", "fair", None) == folds("main", "fashion_mnist", "fair", 2000) == [None]
+    assert folds("main", "mnist1d", "fair", None) == folds("main", "mnist", "fair", None) == [0, 1, 2, 3, 4]
+    assert folds("main", "fashion_mnist", "fair", 2000) == [0, 1, 2, 3, 4]  # a reduced run under 10,000 samples
+    assert folds("main", "fashion_mnist", "fair", None) == [None]  # 60,000: a 10% split holds 6,000
     assert folds("ablations", "digits", "fair", None) == [None]  # the ablation suites keep the 10% split
     assert folds("main", "wine", "paper", None) == [None]  # one lr: nothing to search
 
