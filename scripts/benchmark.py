@@ -768,7 +768,7 @@ def write_report(args: argparse.Namespace) -> None:
     if main:
         hw = hardware_of(("main", "variants"))
         write_generated(
-            docs / "RESULTS.md", results_markdown(main, hw, args) + variants_markdown(variants, main), START
+            docs / "RESULTS.md", results_markdown(main, hw, args, variants) + variants_markdown(variants, main), START
         )
         plot_main(main, docs, hw)
     if ablations:
@@ -794,7 +794,7 @@ def _keys_by_dataset(table: dict) -> dict:
     return dict(sorted(by.items(), key=lambda item: (order.get(item[0][0], 99), item[0][2] or 10**9)))
 
 
-def results_markdown(table: dict, hw: str, args: argparse.Namespace) -> str:
+def results_markdown(table: dict, hw: str, args: argparse.Namespace, variants: dict | None = None) -> str:
     lines = [
         "# Benchmark results",
         "",
@@ -826,6 +826,7 @@ def results_markdown(table: dict, hw: str, args: argparse.Namespace) -> str:
         "- REDUCED marks a run on a stratified subset or with fewer than the paper's 25 epochs; its sizes are given.",
         "",
     ]
+    lines += targets_table(table, variants or {})
     for (dataset, epochs, max_train, max_test), keys in _keys_by_dataset(table).items():
         some = table[keys[0]]
         lines += [f"## {dataset_label(dataset, some['sizes'], epochs, some['reduced'])}", ""]
@@ -868,6 +869,87 @@ def results_markdown(table: dict, hw: str, args: argparse.Namespace) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def targets_table(main: dict, variants: dict) -> list[str]:
+    """Issue 12's targets at a glance, a row per dataset and budget: the measured gaps and whether each meets its
+    target, for SALConfig's defaults (`sal+kp+r`) and SAL as published (`sal+`) under the fair protocol, and under
+    the paper protocol for the best SAL-16 row with 3 or more seeds of either suite (named). Measured, never
+    asserted; `-`: not run there."""
+
+    def get(method: str, protocol: str, column: tuple, suite: str = "main") -> dict | None:
+        return (main if suite == "main" else variants).get((suite, column[0], protocol, method, *column[1:]))
+
+    def gap(entry: dict | None, ref: dict | None, goal: float | None) -> str:
+        if entry is None or ref is None:
+            return "-"
+        value = entry["mean"] - ref["mean"]
+        return f"{value:+.2f}" + ("" if goal is None else f": {'met' if value >= goal else '**missed**'}")
+
+    def best_paper(column: tuple) -> tuple[str, dict] | None:
+        rows = [(GAP_LABELS[m], get(m, "paper", column)) for m in ("sal+", "sal+kp", "sal+kp+r")]
+        rows += [(m, get(m, "paper", column, "variants")) for m in PAPER_VARIANTS if not m.startswith("DFA")]
+        rows = [(name, e) for name, e in rows if e and len(e["seeds"]) >= 3]
+        return max(rows, key=lambda row: row[1]["mean"]) if rows else None
+
+    lines = [
+        "## Issue 12's targets at a glance",
+        "",
+        "Points of mean test accuracy, from the tables below. Fair protocol (lr searched, 3 seeds): `defaults` is",
+        "`SALConfig()` (Kolen-Pollack feedback, router lr x0.01), `as published` fixed feedback; the gap to tuned BP",
+        "is a target (>= -0.5, stretch >= 0) on full-size MNIST and Fashion-MNIST only. Paper protocol: the best SAL-16",
+        "row with 3 or more seeds of the main table or the step-size table (named) against same-protocol BP.",
+        "",
+        "| dataset | defaults - DFA (>= +0.5) | as published - DFA (>= +0.5) | defaults - tuned BP | as published - tuned"
+        " BP | paper: best SAL-16 - BP (>= 0) | other targets |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for column, keys in _keys_by_dataset(main).items():
+        dataset, epochs, max_train, _ = column
+        full = max_train is None and dataset in ("mnist", "fashion_mnist")
+        bp, dfa, defaults = get("bp", "fair", column), get("dfa", "fair", column), get("sal+kp+r", "fair", column)
+        best = best_paper(column)
+        paper = (
+            "-"
+            if best is None
+            else f"{gap(best[1], get('bp', 'paper', column), 0.0)} ({best[0]}: {best[1]['mean']:.2f})"
+        )
+        other = []
+        if dataset == "wine" and defaults:
+            other.append(f"defaults >= 97: {defaults['mean']:.2f}, {'met' if defaults['mean'] >= 97 else '**missed**'}")
+        if dataset == "mnist1d" and defaults and dfa:
+            other.append(f"defaults >= DFA: {gap(defaults, dfa, 0.0)}")
+        if full and defaults and bp:
+            other.append(f"stretch, defaults >= tuned BP: {gap(defaults, bp, 0.0)}")
+        if dataset == "digits" and max_train is None and best:
+            other.append(f"paper, >= 60: {best[1]['mean']:.2f}, {'met' if best[1]['mean'] >= 60 else '**missed**'}")
+        cells = [
+            dataset_label(dataset, main[keys[0]]["sizes"], epochs, main[keys[0]]["reduced"]),
+            gap(defaults, dfa, 0.5),
+            gap(get("sal+", "fair", column), dfa, 0.5),
+            gap(defaults, bp, -0.5 if full else None),
+            gap(get("sal+", "fair", column), bp, -0.5 if full else None),
+            paper,
+            "; ".join(other) or "-",
+        ]
+        if any(c != "-" for c in cells[1:]):
+            lines.append("| " + " | ".join(cells) + " |")
+    # "SAL-16 >= same-protocol BP on every dataset": which one configuration does it, wherever both ran?
+    columns = [c for c in _keys_by_dataset(main) if (bp := get("bp", "paper", c)) and len(bp["seeds"]) >= 3]
+    candidates = [(GAP_LABELS[m], m, "main") for m in ("sal+", "sal+kp", "sal+kp+r")]
+    candidates += [(m, m, "variants") for m in PAPER_VARIANTS if not m.startswith("DFA")]
+    everywhere = [
+        name
+        for name, method, suite in candidates
+        if all((e := get(method, "paper", c, suite)) and len(e["seeds"]) >= 3 for c in columns)
+        and all(get(method, "paper", c, suite)["mean"] >= get("bp", "paper", c)["mean"] for c in columns)
+    ]
+    lines += [
+        "",
+        f"Paper protocol, one SAL-16 configuration at least same-protocol BP on all {len(columns)} sets where both ran"
+        f" with 3 or more seeds: {', '.join(everywhere) if everywhere else '**none**'}.",
+    ]
+    return lines + [""]
 
 
 def targets(table: dict, dataset: str, epochs: int, max_train, max_test) -> list[str]:

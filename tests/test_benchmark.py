@@ -170,6 +170,38 @@ def test_report_keeps_only_the_finals_of_the_chosen_lr(benchmark):
     assert entry["lr"] == 1e-2 and entry["accuracies"] == [80.0, 80.0, 80.0]
 
 
+def test_the_targets_table_states_each_gap_and_verdict_from_the_means(benchmark):
+    """Issue 12's targets at a glance: a row per dataset, the gaps computed from the summarised means."""
+
+    def entry(mean, seeds=(0, 1, 2)):
+        return {
+            "mean": mean,
+            "std": 0.1,
+            "seeds": list(seeds),
+            "sizes": {"train": 8000, "eval": 2000},
+            "reduced": False,
+        }
+
+    key = lambda dataset, protocol, method: ("main", dataset, protocol, method, 25, None, None)  # noqa: E731
+    main = {
+        key("mnist", "fair", "bp"): entry(96.0),
+        key("mnist", "fair", "dfa"): entry(95.0),
+        key("mnist", "fair", "sal+kp+r"): entry(95.6),  # DFA + 0.6 (met), BP - 0.4 (met; the stretch missed)
+        key("mnist", "fair", "sal+"): entry(95.2),  # DFA + 0.2 (missed), BP - 0.8 (missed)
+        key("wine", "fair", "sal+kp+r"): entry(96.5),
+        key("wine", "paper", "bp"): entry(50.0),
+        key("wine", "paper", "sal+"): entry(49.0),
+    }
+    variants = {("variants", "wine", "paper", "defaults, area lr x16", 25, None, None): entry(55.0)}
+    text = "\n".join(benchmark.targets_table(main, variants))
+    mnist = next(line for line in text.splitlines() if line.startswith("| MNIST"))
+    assert "| +0.60: met | +0.20: **missed** | -0.40: met | -0.80: **missed** | - |" in mnist
+    assert "stretch, defaults >= tuned BP: -0.40: **missed**" in mnist
+    wine = next(line for line in text.splitlines() if line.startswith("| Wine"))
+    assert "+5.00: met (defaults, area lr x16: 55.00)" in wine and "defaults >= 97: 96.50, **missed**" in wine
+    assert "on all 1 sets where both ran with 3 or more seeds: defaults, area lr x16." in text
+
+
 @pytest.mark.slow
 def test_quick_runs_every_suite(benchmark, tmp_path):
     _, docs = run(benchmark, tmp_path)
