@@ -21,7 +21,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import ModelOutput, logging
 
 from .activations import ACTIVATIONS
-from .areas import SALAreaLinear, make_norm, process_count
+from .areas import SALAreaLinear, is_training_forward, make_norm, process_count
 from .configuration_sal import SALConfig
 from .feedback import FeedbackMatrices, sign_concordant
 from .routing import AreaRouter, ClaimRouter, area_counts
@@ -244,12 +244,28 @@ class SALRoutingMixin:
         except RuntimeError as error:
             if "ignore_mismatched_sizes" not in str(error):
                 raise
-            raise ValueError(
-                f"The weights in {source} do not fit its config.json (shapes differ; num_areas, hidden sizes, "
-                f"routing_dim, router or claim_* settings changed?). Re-save the model, fix the config, or pass "
-                f"ignore_mismatched_sizes=True to "
-                f"re-initialise the mismatched weights. ({error})"
-            ) from error
+            # Which weights differ? Load again letting transformers re-initialise them, then accept the load only
+            # when they are feedback matrices this model draws anew (see `_redrawn_feedback`).
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path,
+                *model_args,
+                output_loading_info=True,
+                **{**kwargs, "ignore_mismatched_sizes": True},
+            )
+            shapes = sorted(info["mismatched_keys"])
+            if not shapes or not cls._redrawn_feedback(model, [key for key, *_ in shapes]):
+                overrides = [f"{k}={v!r}" for k, v in sorted(kwargs.items()) if hasattr(model.config, k)]
+                raise ValueError(
+                    f"The weights in {source} do not fit this model: "
+                    + ", ".join(f"{key} saved {tuple(saved)}, here {tuple(here)}" for key, saved, here in shapes[:4])
+                    + (
+                        f" (this call sets {', '.join(overrides)})"
+                        if overrides
+                        else " (num_areas, hidden sizes, routing_dim, router or claim_* settings changed?)"
+                    )
+                    + ". Re-save the model, fix the config, or pass ignore_mismatched_sizes=True to re-initialise the "
+                    "mismatched weights."
+                ) from error
         except SafetensorError as error:
             weights = os.path.join(source, "model.safetensors") if os.path.isdir(source) else source
             raise OSError(
@@ -283,9 +299,11 @@ class SALRoutingMixin:
                 "`feedback_scope` (or `feedback_points`) of its config.json, or train the new layout from a fresh "
                 "model."
             )
+        # Learned matrices whose shape changed (a new label set) are drawn anew, with this call's gain and seed.
+        redrawn = any(key.startswith(cls._sal_regenerated_prefixes) for key, *_ in info.get("mismatched_keys", ()))
         for field in ("feedback_gain", "feedback_seed"):  # what draws new feedback matrices, not loaded ones
             value = getattr(model.config, field, None)
-            if not learned or lost or value is None or (field not in kwargs and "config" not in kwargs):
+            if not learned or lost or redrawn or value is None or (field not in kwargs and "config" not in kwargs):
                 continue
             saved = cls._saved_config(pretrained_model_name_or_path, kwargs)
             saved_value = value if saved is None else getattr(saved, field, value)  # None: weights alone, `config=`
@@ -302,6 +320,23 @@ class SALRoutingMixin:
             feedback.reset_parameters()
         align_tensors(model)
         return (model, info) if output_loading_info else model
+
+    @classmethod
+    def _redrawn_feedback(cls, model: nn.Module, keys: list[str]) -> bool:
+        """Whether weights of these shapes-changed ``keys`` may be drawn anew: all are feedback matrices, and frozen
+        (rebuilt from the config whatever was saved) or learned ones of a checkpoint saved by another architecture
+        (a language model's per-token feedback loaded for classification: there is nothing to keep)."""
+        feedback = getattr(model, "feedback", None)
+        if not keys or not all(key.startswith(cls._sal_regenerated_prefixes) for key in keys):
+            return False
+        if isinstance(feedback, FeedbackMatrices) and feedback.learned:
+            if cls.__name__ in (getattr(model.config, "architectures", None) or []):
+                return False
+            logger.warning(
+                f"The learned feedback matrices {keys} have another shape in the checkpoint (another task's error "
+                f"size); {cls.__name__} starts them from a fresh draw."
+            )
+        return True
 
     @classmethod
     def _saved_config(cls, source: str | os.PathLike, kwargs: dict):
@@ -361,17 +396,32 @@ class SALRoutingMixin:
         for router in self.routers:
             router.update_statistics()
 
+    def warn_if_backprop_training(self, local: bool, labels: Any) -> None:
+        """Warn once when a local-rule model computes a training loss outside its local forward: a plain `Trainer`
+        (TRL, Accelerate, a hand-written loop) calls `model(**batch)` and backpropagates that loss, which trains every
+        layer by backprop and never applies the routers' statistics. Once per model."""
+        if labels is None or local or not self.training or not torch.is_grad_enabled():
+            return
+        if self.config.learning_rule != "bp" and not getattr(self, "_warned_backprop", False):
+            self._warned_backprop = True
+            logger.warning(
+                f"{type(self).__name__} has learning_rule={self.config.learning_rule!r} but ran a training forward "
+                "with labels and local=False: a loss.backward() on its loss trains every layer by backpropagation, not "
+                "by SAL's local rule, and no routing statistics are applied. Train it with sal_hf.SALTrainer (a "
+                "transformers.Trainer subclass); or build it with learning_rule='bp' to train by backprop on purpose."
+            )
+
     def returns_areas(self, return_areas: bool | None, local: bool) -> bool:
-        """Whether a forward returns `areas`: as asked, else in training and local forwards only (an optional output,
-        off at inference: pipelines split every output tensor per sample, and a per-layer tuple cannot be split so)."""
-        return (local or self.training) if return_areas is None else return_areas
+        """Whether a forward returns `areas`: as asked, else in training forwards (training mode with autograd on) and
+        local forwards only (an optional output, off at inference, in eval mode or under `no_grad`: pipelines split
+        every output tensor per sample, and a per-layer tuple cannot be split so)."""
+        return (local or is_training_forward(self)) if return_areas is None else return_areas
 
     def discard_routing_statistics(self) -> None:
         """Drop the routing statistics gathered since the last optimizer step without applying them: those of a step
         that never happened (a NaN loss, an exception or an interrupt between the forward and the step)."""
         for router in self.routers:
-            for name in router.pending:
-                getattr(router, name).zero_()
+            router.discard_pending()
 
     def area_health(self) -> dict[str, float]:
         """Per router, the area utilisation since its last report (see [`AreaRouter.health`]): min / max share of
@@ -557,6 +607,9 @@ class SALForImageClassification(SALPreTrainedModel):
     """[`SALModel`] with a linear output layer (with K areas if `config.output_areas`). Holds the fixed
     feedback matrices when the learning rule needs them."""
 
+    # A `SALModel` checkpoint (no head) loads with a fresh output layer, as transformers' task models load a body.
+    _sal_new_head_prefixes = ("classifier.",)
+
     def __init__(self, config: SALConfig) -> None:
         super().__init__(config)
         self.num_labels = config.num_labels
@@ -619,6 +672,7 @@ class SALForImageClassification(SALPreTrainedModel):
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return_areas = self.returns_areas(return_areas, local)
+        self.warn_if_backprop_training(local, labels)
         pixel_values = self.sal._flatten_inputs(pixel_values)  # checked first: its errors name the batch size
         if labels is not None:
             labels = class_ids(labels, pixel_values.shape[0], self.num_labels)

@@ -526,6 +526,7 @@ class SALTransformerForCausalLM(SALTransformerPreTrainedModel, GenerationMixin):
             Others: see [`SALTransformerModel.forward`].
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        self.warn_if_backprop_training(local, labels)
         if cache is None:
             cache = kwargs.pop("past_key_values", None)
         outputs = self.model(
@@ -644,6 +645,7 @@ class SALTransformerForSequenceClassification(SALTransformerPreTrainedModel):
             Others: see [`SALTransformerModel.forward`].
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        self.warn_if_backprop_training(local, labels)
         if cache is None:
             cache = kwargs.pop("past_key_values", None)
         outputs = self.model(

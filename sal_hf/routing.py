@@ -17,6 +17,7 @@ Routing runs in fp32 whatever the autocast context: a bf16 cosine flips ties bet
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -82,6 +83,32 @@ class RouterBase:
 
     statistics: tuple[str, ...] = ()
     pending: tuple[str, ...] = ()
+    # Training forwards whose sums wait for `update_statistics` (a trainer applies them once per optimizer step); a
+    # loop that never does (a plain `transformers.Trainer`) is told so once, at this many.
+    unapplied_warning: int = 1000
+    _unapplied: int = 0
+
+    def _count_training_forward(self) -> None:
+        if torch.compiler.is_compiling():  # a Python counter would recompile a compiled forward at every step
+            return
+        self._unapplied += 1
+        if self._unapplied == self.unapplied_warning:
+            warnings.warn(
+                f"{type(self).__name__}: {self._unapplied} training forwards since its routing statistics were last "
+                "applied, so its running input mean and balancing bias (or prototypes) are not moving. Train with "
+                "sal_hf.SALTrainer, or call model.update_routing_statistics() after every optimizer step.",
+                stacklevel=3,
+            )
+
+    def _statistics_applied(self) -> None:
+        self._unapplied = 0
+
+    @torch.no_grad()
+    def discard_pending(self) -> None:
+        """Drop the sums gathered since the last `update_statistics` without applying them."""
+        for name in self.pending:
+            getattr(self, name).zero_()
+        self._statistics_applied()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -274,6 +301,7 @@ class AreaRouter(RouterBase, nn.Module):
                     load = ((area.unsqueeze(-1) == torch.arange(self.num_areas, device=area.device)) * keep).sum(0)
                 self.pending_load += load
                 self.logged_load += load
+                self._count_training_forward()
         return area, routed
 
     def local_loss(self, routed: torch.Tensor, area: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -308,6 +336,7 @@ class AreaRouter(RouterBase, nn.Module):
         self.num_updates += seen.long()
         self.pending_input_sum.zero_()
         self.pending_load.zero_()
+        self._statistics_applied()
 
 
 class ClaimRouter(RouterBase, nn.Module):
@@ -425,6 +454,7 @@ class ClaimRouter(RouterBase, nn.Module):
                 self.pending_sum.index_add_(0, slot, x.to(dtype))
                 self.pending_count += area_counts(slot, len(self.counts)).to(dtype)
                 self.logged_load += area_counts(area, self.num_areas).to(dtype)
+                self._count_training_forward()
         return area, None
 
     @torch.no_grad()
@@ -477,3 +507,4 @@ class ClaimRouter(RouterBase, nn.Module):
         self.prototypes += step.float()
         self.pending_sum.zero_()
         self.pending_count.zero_()
+        self._statistics_applied()

@@ -577,16 +577,21 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], dict]:
 def lr_scores(tune_records: list[dict]) -> dict[float, tuple[float, float]]:
     """lr -> (validation accuracy, validation loss), pooled over its folds (weighted by their sizes). Where a search
     has cross-validation records, the 10% split's records of an earlier protocol are left out, and so is an lr with
-    fewer folds than the others (a `report` during a `run`). A record without a loss (made before losses were kept)
-    counts as NaN."""
+    fewer folds than the others (a `report` during a `run`); unless the cross-validated lrs are fewer than the 10%
+    split's (a search cut short), which then stands. A record without a loss (made before losses were kept) counts
+    as NaN."""
     folded = [r for r in tune_records if r["job"].get("fold") is not None]
+    single = [r for r in tune_records if r["job"].get("fold") is None]
     by_lr: dict[float, list[dict]] = defaultdict(list)
-    for r in folded or tune_records:
+    for r in folded:
         by_lr[r["job"]["lr"]].append(r)
-    if folded:
-        folds = {lr: {r["job"]["fold"] for r in rs} for lr, rs in by_lr.items()}
-        most = max(map(len, folds.values()))
-        by_lr = {lr: rs for lr, rs in by_lr.items() if len(folds[lr]) == most}
+    folds = {lr: {r["job"]["fold"] for r in rs} for lr, rs in by_lr.items()}
+    most = max(map(len, folds.values()), default=0)
+    by_lr = {lr: rs for lr, rs in by_lr.items() if len(folds[lr]) == most}
+    if len(by_lr) < len({r["job"]["lr"] for r in single}):  # a cross-validated search cut short: the old one
+        by_lr = defaultdict(list)
+        for r in single:
+            by_lr[r["job"]["lr"]].append(r)
     scores = {}
     for lr, records in sorted(by_lr.items()):
         sizes = [r["sizes"]["eval"] for r in records]

@@ -139,6 +139,11 @@ def test_the_lr_search_pools_the_folds_and_breaks_ties_by_loss(benchmark):
     assert 3e-3 not in benchmark.lr_scores(partial) and benchmark.best_lr(partial) == 1e-3
     old = record(3e-4, None, 30, 30)
     assert benchmark.best_lr([old, *records]) == 1e-3 and 3e-4 not in benchmark.lr_scores([old, *records])
+    # A cross-validated search cut short (one lr's folds so far) does not replace a complete earlier search.
+    earlier = [record(lr, None, hits, 30) for lr, hits in ((1e-4, 20), (1e-3, 29), (1e-2, 25))]
+    assert benchmark.best_lr([*earlier, *records[:2]]) == 1e-3 and set(
+        benchmark.lr_scores([*earlier, *records[:2]])
+    ) == {1e-4, 1e-3, 1e-2}
 
 
 def test_paper_protocol_scales_image_pixels_only(benchmark):

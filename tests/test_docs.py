@@ -22,3 +22,31 @@ def test_every_named_file_exists(source):
     ours = {name for name in named if "NAME" not in name and not name.startswith("examples/pytorch/")}
     missing = sorted(name for name in ours if not (ROOT / name).exists())
     assert not missing, f"{source.relative_to(ROOT)} names files that do not exist: {missing}"
+
+
+def test_the_loop_of_your_own_in_training_md_runs_and_trains_locally(caplog):
+    """docs/TRAINING.md's loop, run as written on the shipped defaults: it trains block-locally (no backprop
+    warning) and applies the routers' statistics."""
+    import torch
+    from conftest import as_dataset, defaults_config, tiny_batch
+
+    from sal_hf import SALForImageClassification
+
+    text = (ROOT / "docs" / "TRAINING.md").read_text(encoding="utf-8")
+    code = text.split("## A loop of your own", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    torch.manual_seed(0)
+    model = SALForImageClassification(defaults_config()).train()
+    rows = as_dataset(*tiny_batch(64))
+    loader = [
+        {
+            "pixel_values": torch.stack([r["pixel_values"] for r in rows[i : i + 16]]),
+            "labels": torch.tensor([r["labels"] for r in rows[i : i + 16]]),
+        }
+        for i in range(0, 64, 16)
+    ]
+    before = [router.area_bias.clone() for router in model.routers]
+    with caplog.at_level("WARNING"):
+        exec(code, {"model": model, "loader": loader, "torch": torch})
+    assert "backpropagation" not in caplog.text
+    assert all(int(router.num_updates) == 4 for router in model.routers)
+    assert not any(torch.equal(b, router.area_bias) for b, router in zip(before, model.routers))

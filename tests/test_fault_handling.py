@@ -174,3 +174,36 @@ def test_a_setting_the_rest_of_the_config_ignores_is_named(fields, says, caplog)
     with caplog.at_level("WARNING"):
         SALConfig(**DEFAULTS)  # the defaults, and a saved config of them, say nothing
     assert "has no effect" not in caplog.text and SALConfig(**DEFAULTS).ignored_settings() == []
+
+
+def test_a_plain_trainer_on_a_local_rule_model_is_told_it_trains_by_backprop(tmp_path, caplog):
+    """A plain `transformers.Trainer` (or TRL, or a hand-written loop) calls `model(**batch)` and backpropagates the
+    loss: with the shipped defaults that trains every layer by backprop and never applies the routing statistics.
+    It was silent; now the model says so once, and the routers after `unapplied_warning` forwards. SALTrainer, with
+    the same defaults, says neither."""
+    import warnings
+
+    from transformers import Trainer
+
+    x, y = tiny_batch(64)
+    data = as_dataset(x, y)
+    for trainer_class, expected in ((Trainer, True), (SALTrainer, False)):
+        torch.manual_seed(0)
+        model = SALForImageClassification(SALConfig(**DEFAULTS))
+        for router in model.routers:
+            router.unapplied_warning = 3
+        caplog.clear()
+        args = training_args(tmp_path, max_steps=4, per_device_train_batch_size=16)
+        with warnings.catch_warnings(record=True) as caught, caplog.at_level("WARNING"):
+            warnings.simplefilter("always")
+            trainer_class(model=model, args=args, train_dataset=data).train()
+        said = caplog.text.count("trains every layer by backpropagation")
+        stale = [w for w in caught if "routing statistics were last applied" in str(w.message)]
+        if expected:
+            assert said == 1 and len(stale) == len(model.routers)
+        else:
+            assert said == 0 and not stale
+    model.train()(pixel_values=x[:4], labels=y[:4], local=True)  # the local forward SALTrainer runs: no warning
+    with torch.no_grad():
+        model(pixel_values=x[:4], labels=y[:4])  # no gradient: nothing to warn about either
+    assert "trains every layer by backpropagation" not in caplog.text

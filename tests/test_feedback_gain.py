@@ -104,3 +104,17 @@ def test_under_adamw_the_gain_changes_almost_nothing(tmp_path):
     assert any(plain[n].abs().max() > 0.05 for n in hidden)  # a step of about lr (0.1) per entry
     for name in [n for n in plain if not n.startswith("feedback.")]:
         torch.testing.assert_close(scaled[name], plain[name], rtol=0, atol=1e-3, msg=name)
+
+
+def test_a_new_label_set_redraws_learned_feedback_with_the_gain_given_and_says_nothing_false(tmp_path, caplog):
+    """`from_pretrained(num_labels=3, ignore_mismatched_sizes=True, feedback_gain=...)`: the learned matrices change
+    shape, so they are drawn anew, with that gain; the warning that they "load as trained" was false there."""
+    SALForImageClassification(defaults_config()).save_pretrained(tmp_path)
+    with caplog.at_level("WARNING"):
+        loaded = SALForImageClassification.from_pretrained(
+            tmp_path, num_labels=3, ignore_mismatched_sizes=True, feedback_gain=4.0
+        )
+    assert "load as trained" not in caplog.text
+    fresh = SALForImageClassification(defaults_config(num_labels=3, feedback_gain=4.0))
+    for redrawn, drawn in zip(loaded.feedback.matrices(), fresh.feedback.matrices()):
+        assert torch.equal(redrawn, drawn)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import as_dataset, defaults_config, tiny_batch, tiny_config, training_args
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageClassification
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -49,6 +50,28 @@ def test_weights_that_do_not_fit_the_config_raise(saved, change):
     (saved / "config.json").write_text(json.dumps({**config, **change}))
     with pytest.raises(ValueError, match=str(saved)):
         SALForImageClassification.from_pretrained(saved)
+
+
+def test_a_body_checkpoint_loads_for_classification_with_a_fresh_head(tmp_path):
+    """A `SALModel` checkpoint (no head) loads into `SALForImageClassification` / `AutoModelForImageClassification`
+    with a new output layer, as transformers' task models load a body (it raised that weights were missing); a
+    classifier checkpoint whose head was deleted still raises."""
+    body = SALModel(defaults_config())
+    body.save_pretrained(tmp_path / "body")
+    for cls in (SALForImageClassification, AutoModelForImageClassification):
+        model = cls.from_pretrained(tmp_path / "body", num_labels=3).eval()
+        x = torch.rand(2, 16)
+        assert torch.equal(model.sal(x).last_hidden_state, body.eval()(x).last_hidden_state)
+        assert model.config.num_labels == 3 and model(pixel_values=x).logits.shape == (2, 3)
+    SALForImageClassification(defaults_config()).save_pretrained(tmp_path / "classifier")
+    weights = load_file(tmp_path / "classifier" / "model.safetensors")
+    save_file(
+        {k: v for k, v in weights.items() if not k.startswith("classifier.")},
+        tmp_path / "classifier" / "model.safetensors",
+        metadata={"format": "pt"},
+    )
+    with pytest.raises(ValueError, match="lacks"):
+        SALForImageClassification.from_pretrained(tmp_path / "classifier")
 
 
 def test_a_bp_checkpoint_loads_for_sal_with_regenerated_feedback(tmp_path):

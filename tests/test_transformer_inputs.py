@@ -66,6 +66,10 @@ def test_image_classification_pipeline_takes_batches_larger_than_the_number_of_l
     classify = pipeline("image-classification", model=model, image_processor=processor)
     one_by_one, batched = classify(images, batch_size=1), classify(images, batch_size=8)
     assert [r[0]["label"] for r in batched] == [r[0]["label"] for r in one_by_one]
+    # Right after `trainer.train()` the model is still in training mode; pipelines run under no_grad and never call
+    # eval(): no `areas` there either (an IndexError before).
+    model.train()
+    assert [r[0]["label"] for r in classify(images, batch_size=8)] == [r[0]["label"] for r in one_by_one]
 
 
 # --------------------------------------------------------------------------------------------------- problem types
@@ -231,3 +235,24 @@ def test_resizing_the_vocabulary_resizes_the_logit_errors_feedback(tmp_path, ali
         assert torch.equal(saved, loaded)
     model.resize_token_embeddings(vocab - 4)  # shrinking keeps the first rows
     assert [m.shape[0] for m in model.feedback.matrices()] == [vocab - 4] * len(before)
+
+
+@pytest.mark.parametrize("alignment", [None, "kolen_pollack"])
+def test_a_vocab_error_language_model_loads_as_a_classifier(tmp_path, alignment):
+    """An LM with `error_source="vocab"` has a feedback row per token, the classifier one per label: loading it for
+    classification (the usual start of fine-tuning) drew the new shape instead of raising that the weights 'do not
+    fit'. Any other mismatch still raises, naming the weight and its shapes."""
+    extra = {"feedback_alignment": alignment} if alignment else {}
+    SALTransformerForCausalLM(shipped(error_source="vocab", **extra)).save_pretrained(tmp_path / "lm")
+    model = SALTransformerForSequenceClassification.from_pretrained(tmp_path / "lm", num_labels=4)
+    assert [m.shape[0] for m in model.feedback.matrices()] == [4] * len(model.feedback.matrices())
+    fresh = SALTransformerForSequenceClassification(shipped(error_source="vocab", num_labels=4, **extra))
+    for loaded, drawn in zip(model.feedback.matrices(), fresh.feedback.matrices()):
+        assert torch.equal(loaded, drawn)
+    x = token_batch(4)
+    model.train()(input_ids=x, labels=torch.tensor([0, 1, 2, 3]), local=True).loss.backward()
+    SALTransformerForSequenceClassification(shipped(num_labels=4)).save_pretrained(tmp_path / "cls")
+    with pytest.raises(
+        ValueError, match=r"score.weight saved \(4, 32\), here \(5, 32\) \(this call sets num_labels=5\)"
+    ):
+        SALTransformerForSequenceClassification.from_pretrained(tmp_path / "cls", num_labels=5)
