@@ -831,6 +831,20 @@ def results_markdown(table: dict, hw: str, args: argparse.Namespace, variants: d
         "- REDUCED marks a run on a stratified subset or with fewer than the paper's 25 epochs; its sizes are given.",
         "",
     ]
+    # Searches that the cross-validation rule covers but that ran on the 10% split before it and were not re-run.
+    older = {
+        dataset_label(key[1], e["sizes"], key[4], e["reduced"])
+        for key, e in table.items()
+        if key[2] == "fair"
+        and len(e["grid"]) > 1
+        and not e["folds"]
+        and tuning_folds(key[0], key[1], "fair", key[5]) != [None]
+    }
+    if older:
+        lines[-1:-1] = [
+            "- Searched on the 10% split before the cross-validation rule reached them, not re-run (their grid column"
+            f" says no CV): {'; '.join(sorted(older))}.",
+        ]
     lines += targets_table(table, variants or {})
     for (dataset, epochs, max_train, max_test), keys in _keys_by_dataset(table).items():
         some = table[keys[0]]
