@@ -299,8 +299,10 @@ class SALRoutingMixin:
                 "`feedback_scope` (or `feedback_points`) of its config.json, or train the new layout from a fresh "
                 "model."
             )
-        # Learned matrices whose shape changed (a new label set) are drawn anew, with this call's gain and seed.
-        redrawn = any(key.startswith(cls._sal_regenerated_prefixes) for key, *_ in info.get("mismatched_keys", ()))
+        # Learned matrices whose shape changed (a new label set) are drawn anew, with this call's gain and seed; the
+        # warning below is for matrices that load as trained, so it is skipped only when none did.
+        mismatched = {key for key, *_ in info.get("mismatched_keys", ())}
+        redrawn = learned and {f"feedback.layer_{i}" for i in range(len(feedback.shapes))} <= mismatched
         for field in ("feedback_gain", "feedback_seed"):  # what draws new feedback matrices, not loaded ones
             value = getattr(model.config, field, None)
             if not learned or lost or redrawn or value is None or (field not in kwargs and "config" not in kwargs):

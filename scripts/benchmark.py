@@ -408,10 +408,11 @@ def grid_extension(suite: str, tune_records: list[dict]) -> list[float]:
     if not SUITES[suite].get("extend_grid") or len(scores) < 2:
         return []
     best = best_lr(tune_records)
-    if best == max(scores) and best < LR_LADDER[-1]:
-        return [min(lr for lr in LR_LADDER if lr > best * 1.01)]
-    if best == min(scores) and best > LR_LADDER[0]:
-        return [max(lr for lr in LR_LADDER if lr < best / 1.01)]
+    above, below = [lr for lr in LR_LADDER if lr > best * 1.01], [lr for lr in LR_LADDER if lr < best / 1.01]
+    if best == max(scores) and above:
+        return [above[0]]
+    if best == min(scores) and below:
+        return [below[-1]]
     return []
 
 
@@ -574,24 +575,30 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], dict]:
     return ready, groups
 
 
-def lr_scores(tune_records: list[dict]) -> dict[float, tuple[float, float]]:
-    """lr -> (validation accuracy, validation loss), pooled over its folds (weighted by their sizes). Where a search
-    has cross-validation records, the 10% split's records of an earlier protocol are left out, and so is an lr with
-    fewer folds than the others (a `report` during a `run`); unless the cross-validated lrs are fewer than the 10%
-    split's (a search cut short), which then stands. A record without a loss (made before losses were kept) counts
-    as NaN."""
+def scored_records(tune_records: list[dict]) -> list[dict]:
+    """The records a search is scored on. Where it has cross-validation records, the 10% split's records of an
+    earlier protocol are left out, and so is an lr with fewer folds than the others (a `report` during a `run`);
+    unless the cross-validation has not yet covered every lr of the base grid that the 10% split tried (a search cut
+    short, or still running), in which case the 10% split's search stands."""
     folded = [r for r in tune_records if r["job"].get("fold") is not None]
     single = [r for r in tune_records if r["job"].get("fold") is None]
-    by_lr: dict[float, list[dict]] = defaultdict(list)
+    folds: dict[float, set] = defaultdict(set)
     for r in folded:
-        by_lr[r["job"]["lr"]].append(r)
-    folds = {lr: {r["job"]["fold"] for r in rs} for lr, rs in by_lr.items()}
+        folds[r["job"]["lr"]].add(r["job"]["fold"])
     most = max(map(len, folds.values()), default=0)
-    by_lr = {lr: rs for lr, rs in by_lr.items() if len(folds[lr]) == most}
-    if len(by_lr) < len({r["job"]["lr"] for r in single}):  # a cross-validated search cut short: the old one
-        by_lr = defaultdict(list)
-        for r in single:
-            by_lr[r["job"]["lr"]].append(r)
+    complete = {lr for lr, f in folds.items() if len(f) == most}
+    base = {lr for r in single for lr in [r["job"]["lr"]] if lr in lr_grid(r["job"]["suite"], "fair")}
+    if not folded or not base <= complete:
+        return single
+    return [r for r in folded if r["job"]["lr"] in complete]
+
+
+def lr_scores(tune_records: list[dict]) -> dict[float, tuple[float, float]]:
+    """lr -> (validation accuracy, validation loss), pooled over its folds (weighted by their sizes), from the
+    records `scored_records` keeps. A record without a loss (made before losses were kept) counts as NaN."""
+    by_lr: dict[float, list[dict]] = defaultdict(list)
+    for r in scored_records(tune_records):
+        by_lr[r["job"]["lr"]].append(r)
     scores = {}
     for lr, records in sorted(by_lr.items()):
         sizes = [r["sizes"]["eval"] for r in records]
@@ -726,7 +733,7 @@ def summarise(records: list[dict]) -> dict:
             "train_accuracy": float(np.mean([100 * r["train_accuracy"] for r in finals])),
             "lr": finals[0]["job"]["lr"],
             "grid": {f"{lr:g}": round(100 * accuracy, 2) for lr, (accuracy, _) in lr_scores(g["tune"]).items()},
-            "folds": len({r["job"].get("fold") for r in g["tune"]} - {None}),
+            "folds": len({r["job"].get("fold") for r in scored_records(g["tune"])} - {None}),
             "seconds_per_epoch": float(np.mean([r["seconds_per_epoch"] for r in finals])),
             "area": (min(min_share), max(max_share), max(dead)) if min_share else None,
             "curve": np.mean([r["curve"] for r in finals], axis=0).tolist(),
@@ -902,7 +909,7 @@ def targets_table(main: dict, variants: dict) -> list[str]:
     def gap(entry: dict | None, ref: dict | None, goal: float | None) -> str:
         if entry is None or ref is None:
             return "-"
-        value = entry["mean"] - ref["mean"]
+        value = round(entry["mean"] - ref["mean"], 2)  # the verdict of the number shown
         return f"{value:+.2f}" + ("" if goal is None else f": {'met' if value >= goal else '**missed**'}")
 
     def best_paper(column: tuple) -> tuple[str, dict] | None:
@@ -961,13 +968,14 @@ def targets_table(main: dict, variants: dict) -> list[str]:
         name
         for name, method, suite in candidates
         if all((e := get(method, "paper", c, suite)) and len(e["seeds"]) >= 3 for c in columns)
-        and all(get(method, "paper", c, suite)["mean"] >= get("bp", "paper", c)["mean"] for c in columns)
+        and all(round(get(method, "paper", c, suite)["mean"] - get("bp", "paper", c)["mean"], 2) >= 0 for c in columns)
     ]
-    lines += [
-        "",
-        f"Paper protocol, one SAL-16 configuration at least same-protocol BP on all {len(columns)} sets where both ran"
-        f" with 3 or more seeds: {', '.join(everywhere) if everywhere else '**none**'}.",
-    ]
+    if columns:
+        lines += [
+            "",
+            f"Paper protocol, one SAL-16 configuration at least same-protocol BP on all {len(columns)} sets where both"
+            f" ran with 3 or more seeds: {', '.join(everywhere) if everywhere else '**none**'}.",
+        ]
     return lines + [""]
 
 

@@ -137,13 +137,17 @@ def test_the_lr_search_pools_the_folds_and_breaks_ties_by_loss(benchmark):
     # earlier protocol in the same search.
     partial = [*records, record(3e-3, 0, 30, 30, 0.1)]
     assert 3e-3 not in benchmark.lr_scores(partial) and benchmark.best_lr(partial) == 1e-3
-    old = record(3e-4, None, 30, 30)
-    assert benchmark.best_lr([old, *records]) == 1e-3 and 3e-4 not in benchmark.lr_scores([old, *records])
-    # A cross-validated search cut short (one lr's folds so far) does not replace a complete earlier search.
-    earlier = [record(lr, None, hits, 30) for lr, hits in ((1e-4, 20), (1e-3, 29), (1e-2, 25))]
-    assert benchmark.best_lr([*earlier, *records[:2]]) == 1e-3 and set(
-        benchmark.lr_scores([*earlier, *records[:2]])
-    ) == {1e-4, 1e-3, 1e-2}
+    old = record(1e-2, None, 30, 30)  # the 10% split's record of an lr the cross-validation covers: left out
+    assert benchmark.lr_scores([old, *records]) == benchmark.lr_scores(records)
+    # A cross-validated search cut short (one lr's folds so far) does not replace a complete earlier search ...
+    earlier = [record(lr, None, hits, 30) for lr, hits in ((1e-4, 20), (1e-3, 29), (1e-2, 25), (3e-2, 30))]
+    assert benchmark.best_lr([*earlier, *records[:2]]) == 3e-2
+    # ... but a complete one does, though the earlier search tried more lrs (its grid had widened to 3e-2).
+    full = records + [record(1e-4, f, 20, 30, 0.5) for f in (0, 1)]
+    assert set(benchmark.lr_scores([*earlier, *full])) == {1e-4, 1e-3, 1e-2}
+    assert benchmark.best_lr([*earlier, *full]) == 1e-3
+    # The report's fold count is the scored search's: none while the 10% split's stands.
+    assert len({r["job"]["fold"] for r in benchmark.scored_records([*earlier, *records[:2]])} - {None}) == 0
 
 
 def test_paper_protocol_scales_image_pixels_only(benchmark):

@@ -118,3 +118,15 @@ def test_a_new_label_set_redraws_learned_feedback_with_the_gain_given_and_says_n
     fresh = SALForImageClassification(defaults_config(num_labels=3, feedback_gain=4.0))
     for redrawn, drawn in zip(loaded.feedback.matrices(), fresh.feedback.matrices()):
         assert torch.equal(redrawn, drawn)
+
+
+def test_a_new_label_set_with_layerwise_feedback_still_warns_for_the_matrices_that_load(tmp_path, caplog):
+    """Layer-wise feedback: only the last matrix (C x d) changes shape with the label set; the others load as trained
+    and ignore the gain given, which the warning must still say."""
+    config = defaults_config(learning_rule="fa", hidden_sizes=[16, 16], feedback_alignment="kolen_pollack")
+    SALForImageClassification(config).save_pretrained(tmp_path)
+    with caplog.at_level("WARNING"):
+        SALForImageClassification.from_pretrained(
+            tmp_path, num_labels=3, ignore_mismatched_sizes=True, feedback_gain=4.0
+        )
+    assert "feedback_gain=4.0 (saved: 1.0)" in caplog.text and "load as trained" in caplog.text
