@@ -26,7 +26,7 @@ from .configuration_sal import (
     AREA_NORMS,
     FEEDBACK_MODES,
     LEARNING_RULES,
-    ROUTERS,
+    MLP_ROUTERS,
     ROUTING_SCOPES,
 )
 
@@ -59,7 +59,7 @@ class ModelArguments:
     area_mode: str | None = field(default=None, metadata={"choices": list(AREA_MODES)})
     area_init: str | None = field(default=None, metadata={"choices": list(AREA_INITS)})
     routing_scope: str | None = field(default=None, metadata={"choices": list(ROUTING_SCOPES)})
-    router: str | None = field(default=None, metadata={"choices": list(ROUTERS)})
+    router: str | None = field(default=None, metadata={"choices": list(MLP_ROUTERS)})
     routing_dim: int | None = field(default=None, metadata={"help": "size of the routing space"})
     output_areas: bool | None = field(default=None, metadata={"help": "give the output layer K areas too"})
     dual_path: bool | None = field(default=None, metadata={"help": "add a shared dense path beside the areas"})
@@ -179,6 +179,12 @@ def train(argv: list[str]) -> int:
     from .trainer import SALTrainer
 
     model_args, data_args, trainer_args, args = _train_parser().parse_args_into_dataclasses(args=argv)
+    if data_args.image_size is not None and len(data_args.image_size) != 2:
+        raise ValueError(f"--image-size takes two numbers, H W; got {data_args.image_size}.")
+    source = model_args.model_name_or_path
+    local = source is not None and (source.startswith((".", "/", "~")) or source.count("/") > 1)  # not `org/name`
+    if local and not Path(source).expanduser().is_dir():
+        raise ValueError(f"--model-name-or-path {source}: no such folder (a saved model's directory, or a Hub id).")
     if data_args.dataset in LOADERS:
         given = {"--num-channels": model_args.num_channels not in (None, 1), "--image-size": data_args.image_size}
         if any(given.values()):
@@ -207,6 +213,15 @@ def train(argv: list[str]) -> int:
     set_seed(args.seed)
     if model_args.model_name_or_path is not None:
         model = AutoModelForImageClassification.from_pretrained(model_args.model_name_or_path)
+        saved = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        if saved != list(names):
+            raise ValueError(
+                f"{model_args.model_name_or_path} was trained on the labels {saved[:10]} and {data_args.dataset!r} "
+                f"has {list(names)[:10]}: continuing would keep the old label names. Train a new model on this data "
+                "(leave out --model-name-or-path), or re-head it in Python: "
+                "SALForImageClassification.from_pretrained(path, num_labels=..., id2label=..., "
+                "ignore_mismatched_sizes=True)."
+            )
     else:
         fields = {
             name: getattr(model_args, name)
@@ -216,7 +231,14 @@ def train(argv: list[str]) -> int:
         }
         # Overrides go in at construction, so that defaults derived from other fields (dual_path and
         # area_lr_scale from num_areas, ...) see them.
-        fields.update(parse_overrides(model_args.config_overrides))
+        overrides = parse_overrides(model_args.config_overrides)
+        unknown = sorted(set(overrides) - set(SALConfig().to_dict()))
+        if unknown:
+            raise ValueError(
+                f"--config-overrides names {unknown}, which SALConfig does not have; its fields: "
+                f"{', '.join(sorted(SALConfig().to_dict()))}."
+            )
+        fields.update(overrides)
         config = SALConfig(
             input_size=channels * height * width,
             image_size=[height, width],
@@ -257,7 +279,12 @@ def info(argv: list[str]) -> int:
     """`sal-hf info DIR`: a saved model's config, parameter count and area statistics."""
     parser = argparse.ArgumentParser(prog="sal-hf info", description=info.__doc__)
     parser.add_argument("directory", help="a directory written by save_pretrained / sal-hf train")
-    parser.add_argument("--dataset", help="also route this dataset's test split and report the area shares")
+    parser.add_argument(
+        "--dataset",
+        help="also route this dataset's test split and report the area shares: a built-in set, or your images as "
+        "`sal-hf train --dataset` takes them (a folder, or `imagefolder` with --data-dir)",
+    )
+    parser.add_argument("--data-dir", default=None, help="the folder of --dataset imagefolder")
     parser.add_argument("--max-samples", type=int, default=None, help="route at most N test samples")
     options = parser.parse_args(argv)
 
@@ -265,11 +292,17 @@ def info(argv: list[str]) -> int:
     from transformers import AutoModelForImageClassification
 
     from .configuration_sal import CLAIM_DEFAULTS
-    from .routing import AreaRouter
+    from .configuration_sal_transformer import SALTransformerConfig
+    from .routing import AreaRouter, ClaimRouter
 
     directory = Path(options.directory)
     if not (directory / "config.json").is_file():
         raise ValueError(f"{directory} has no config.json; pass a directory written by save_pretrained.")
+    if json.loads((directory / "config.json").read_text()).get("model_type") == SALTransformerConfig.model_type:
+        raise ValueError(
+            f"{directory} holds a SAL transformer; `sal-hf info` reads SAL image classifiers. Load it with "
+            "AutoModelForCausalLM / AutoModelForSequenceClassification and print model.config."
+        )
     model = AutoModelForImageClassification.from_pretrained(directory).eval()
     config = model.config
     print(
@@ -287,10 +320,12 @@ def info(argv: list[str]) -> int:
     per_area = sum(p.numel() for layer in model.sal.layers for p in (layer.areas.weight_0, layer.areas.bias_0))
     frozen = sum(b.numel() for name, b in model.named_buffers() if name.startswith("feedback"))
     frozen += sum(r.prototypes.numel() for r in model.routers if isinstance(r, AreaRouter))
+    claimed = sum(r.prototypes.numel() for r in model.routers if isinstance(r, ClaimRouter))
     learned = sum(p.numel() for name, p in model.named_parameters() if name.startswith("feedback."))
     print(
         f"parameters: {total:,} (one area of every hidden layer: {per_area:,}; learned feedback matrices: {learned:,}); "
         f"frozen prototypes + fixed feedback: {frozen:,}"
+        + (f"; claim prototypes (running means): {claimed:,}" if claimed else "")
     )
 
     print("routers:")
@@ -310,9 +345,17 @@ def info(argv: list[str]) -> int:
                 f"last eval accuracy (trainer_state.json): {evals[-1]['eval_accuracy']:.4f} at step {evals[-1]['step']}"
             )
     if options.dataset:
-        from .data import load_image_dataset
+        from .data import LOADERS, load_image_dataset, load_images
 
-        test_set = load_image_dataset(options.dataset)["test"]
+        if options.dataset in LOADERS:
+            test_set = load_image_dataset(options.dataset)["test"]
+        else:  # your images, split as `sal-hf train` split them (its default seed 0), at the model's shape
+            test_set = load_images(
+                options.dataset,
+                data_dir=options.data_dir,
+                image_size=list(config.image_size) if config.image_size else None,
+                num_channels=config.num_channels,
+            )["test"]
         if options.max_samples is not None:
             test_set = test_set.select(range(min(options.max_samples, len(test_set))))
         batch = test_set[:]
@@ -355,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `sal-hf` console script."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"sal-hf: unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}.\n", file=sys.stderr)
         print(__doc__.strip())
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     command, rest = argv[0], argv[1:]

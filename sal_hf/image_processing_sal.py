@@ -11,6 +11,10 @@ from typing import Any
 import numpy as np
 from transformers.image_processing_backends import PilBackend
 from transformers.processing_utils import ImagesKwargs
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
 
 
 # ITU-R 601-2 luma, the weights of PIL's `Image.convert("L")`.
@@ -19,6 +23,9 @@ BILINEAR = 2  # PIL.Image.Resampling.BILINEAR, without importing PIL at import t
 # PIL modes whose array is not colour values (palette indices, 1-bit) or has an alpha channel beside one gray channel:
 # converted by PIL first, to "L" for grayscale, else to these.
 INDIRECT_MODES = {"1": "L", "P": "RGB", "PA": "RGBA", "LA": "L"}
+
+
+CHANNEL_COUNTS = (1, 3, 4)  # what transformers reads as a channel axis (gray, RGB, RGBA)
 
 
 def _with_channel_axis(image: Any) -> Any:
@@ -101,8 +108,19 @@ class SALImageProcessor(PilBackend):
 
     def preprocess(self, images: Any, *args: Any, **kwargs: Any):
         """Like [`~BaseImageProcessor.preprocess`], and also accepts 2-D (height, width) grayscale arrays or
-        tensors, alone or in a list (transformers expects a channel axis). Values already in [0, 1], such as
+        tensors, alone, in a list, or stacked as one (N, H, W) array (transformers expects a channel axis; an N of 3
+        or 4 reads as one image's channels, with a warning: pass a list there). Values already in [0, 1], such as
         `sal_hf.data`'s, need `do_rescale=False`."""
+        is_array = isinstance(images, np.ndarray) or hasattr(images, "unsqueeze")
+        if is_array and images.ndim == 3 and images.shape[-1] not in CHANNEL_COUNTS:
+            # (N, H, W): a batch of 2-D images, as `sal_hf.data` batches them, unless N could be a channel axis.
+            if images.shape[0] not in CHANNEL_COUNTS:
+                images = list(images)
+            elif images.shape[0] != 1:
+                logger.warning(
+                    f"An array of shape {tuple(images.shape)} is read as ONE image of {images.shape[0]} channels "
+                    f"(channels first). For {images.shape[0]} grayscale images pass a list of 2-D arrays."
+                )
         if isinstance(images, (list, tuple)):
             images = [_with_channel_axis(image) for image in images]
         else:

@@ -216,12 +216,14 @@ def load_text_dataset(
     - `dataset_name="fortunes"`: the same;
     - another `dataset_name` (e.g. `wikitext` with `dataset_config_name="wikitext-2-raw-v1"`): `datasets.load_dataset`
       (the hub; needs the network unless cached);
-    - `train_file` / `validation_file` (`.txt`, `.csv`, `.json`): `load_dataset("text" | "csv" | "json", ...)`.
+    - `train_file` / `validation_file` (`.txt`, `.csv`, `.json`, `.jsonl`): `load_dataset("text" | "csv" | "json", ...)`.
 
     A dataset without a `validation` split gets one: the first `validation_split_percentage`% of `train`.
     """
     from datasets import load_dataset
 
+    if validation_file is not None and train_file is None:
+        raise ValueError(f"validation_file={validation_file!r} needs a train_file too (the text to train on).")
     if dataset_name in (None, "fortunes") and train_file is None:
         return load_fortunes_lm(seed=seed)
     if dataset_name is not None:
@@ -238,7 +240,10 @@ def load_text_dataset(
     if validation_file is not None:
         data_files["validation"] = validation_file
     extension = Path(train_file).suffix.lstrip(".")
-    builder = "text" if extension == "txt" else extension
+    builders = {"txt": "text", "csv": "csv", "json": "json", "jsonl": "json"}
+    if extension not in builders:
+        raise ValueError(f"train_file={train_file!r}: a .txt, .csv, .json or .jsonl file; got .{extension}.")
+    builder = builders[extension]
     kwargs = {"keep_linebreaks": keep_linebreaks} if builder == "text" else {}
     raw = load_dataset(builder, data_files=data_files, **kwargs, **load_kwargs)
     if "validation" not in raw:

@@ -74,7 +74,29 @@ def test_unknown_dataset_and_command_are_rejected(tmp_path, capsys):
     with pytest.raises(ValueError, match="'nope' is not a built-in set .*digits.*not a local folder"):
         cli.main(["train", "--dataset", "nope", "--output-dir", str(tmp_path)])
     assert cli.main(["frobnicate"]) == 2
-    assert "sal-hf train" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert "sal-hf train" in said.out and "unknown command 'frobnicate'" in said.err
+
+
+def test_bad_flags_are_named_before_anything_trains(tmp_path, trained):
+    """A typo in --config-overrides was saved into config.json; `--image-size 8` failed on tuple unpacking; a
+    missing --model-name-or-path folder reached the Hub client; a model of other labels kept its label names."""
+    out = str(tmp_path / "run")
+    with pytest.raises(ValueError, match=r"\['routing_balance_rte'\], which SALConfig does not have"):
+        cli.main(["train", *TINY_TRAIN, "--output-dir", out, "--config-overrides", "routing_balance_rte=0.5"])
+    with pytest.raises(ValueError, match="--image-size takes two numbers"):
+        cli.main(["train", "--dataset", "imagefolder", "--image-size", "8", "--output-dir", out])
+    with pytest.raises(ValueError, match="no such folder"):
+        cli.main(["train", *TINY_TRAIN, "--output-dir", out, "--model-name-or-path", str(tmp_path / "absent")])
+    with pytest.raises(ValueError, match="trained on the labels .* continuing would keep the old label names"):
+        cli.main(["train", *TINY_TRAIN, "--dataset", "wine", "--output-dir", out, "--model-name-or-path", str(trained)])
+
+
+def test_train_accepts_the_claim_router(tmp_path):
+    out = tmp_path / "run"
+    flags = ["--router", "claim", "--routing-scope", "shared", "--diagnostics", "false"]
+    assert cli.main(["train", *TINY_TRAIN, "--output-dir", str(out), *flags]) == 0
+    assert json.loads((out / "config.json").read_text())["router"] == "claim"
 
 
 def test_console_script_points_at_main():
@@ -157,3 +179,13 @@ def test_train_in_place_area_update_flag(tmp_path):
     assert cli.main(["train", *TINY_TRAIN, "--output-dir", str(out), *flags]) == 0
     with pytest.raises(ValueError, match="max_grad_norm=1.0"):  # Trainer's default clipping needs every gradient
         cli.main(["train", *TINY_TRAIN, "--output-dir", str(tmp_path / "bad"), "--in-place-area-update", "true"])
+
+
+def test_info_names_what_it_reads(tmp_path):
+    """`sal-hf info` on a SAL transformer failed inside AutoModelForImageClassification's mapping."""
+    from sal_hf import SALTransformerConfig, SALTransformerForCausalLM
+
+    size = dict(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=8)
+    SALTransformerForCausalLM(SALTransformerConfig(**size)).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="holds a SAL transformer; `sal-hf info` reads SAL image classifiers"):
+        cli.main(["info", str(tmp_path)])

@@ -24,9 +24,10 @@ def test_every_named_file_exists(source):
     assert not missing, f"{source.relative_to(ROOT)} names files that do not exist: {missing}"
 
 
-def test_the_loop_of_your_own_in_training_md_runs_and_trains_locally(caplog):
-    """docs/TRAINING.md's loop, run as written on the shipped defaults: it trains block-locally (no backprop
-    warning) and applies the routers' statistics."""
+def test_the_loop_of_your_own_in_training_md_runs_and_trains_locally(caplog, tmp_path):
+    """docs/TRAINING.md's loop, run as written on a saved model with the shipped defaults (from_pretrained returns
+    it in eval mode, where routers learn nothing): it trains block-locally (no backprop warning) and applies the
+    routers' statistics."""
     import torch
     from conftest import as_dataset, defaults_config, tiny_batch
 
@@ -35,7 +36,8 @@ def test_the_loop_of_your_own_in_training_md_runs_and_trains_locally(caplog):
     text = (ROOT / "docs" / "TRAINING.md").read_text(encoding="utf-8")
     code = text.split("## A loop of your own", 1)[1].split("```python", 1)[1].split("```", 1)[0]
     torch.manual_seed(0)
-    model = SALForImageClassification(defaults_config()).train()
+    SALForImageClassification(defaults_config()).save_pretrained(tmp_path)
+    model = SALForImageClassification.from_pretrained(tmp_path)
     rows = as_dataset(*tiny_batch(64))
     loader = [
         {

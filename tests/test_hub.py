@@ -183,6 +183,23 @@ def test_processor_converts_to_grayscale_resizes_and_rescales():
     torch.testing.assert_close(gray, torch.full((1, 1, 3, 5), 0.2))
 
 
+def test_processor_takes_a_stacked_batch_of_2d_images(caplog):
+    """`sal_hf.data` batches are (N, H, W): N images, not one N-channel image (a batch of 4 became one image made of
+    the first three, silently; 2, 5 or 8 raised that the channel axis could not be inferred). N = 3 or 4 stays
+    ambiguous with a channels-first colour image and is read so, with a warning."""
+    from sal_hf.data import load_image_dataset
+
+    processor = SALImageProcessor.from_sal_config(SALConfig(input_size=64, num_labels=10))
+    batch = load_image_dataset("digits")["test"][:8]["pixel_values"]  # (8, 8, 8), values in [0, 1]
+    for n in (2, 5, 8):
+        stacked = processor(batch[:n], return_tensors="pt", do_rescale=False)["pixel_values"]
+        one_by_one = processor(list(batch[:n]), return_tensors="pt", do_rescale=False)["pixel_values"]
+        assert stacked.shape == (n, 1, 8, 8) and torch.equal(stacked, one_by_one)
+    with caplog.at_level("WARNING"):
+        assert processor(batch[:3], return_tensors="pt", do_rescale=False)["pixel_values"].shape == (1, 1, 8, 8)
+    assert "pass a list of 2-D arrays" in caplog.text
+
+
 def test_processor_size_comes_from_the_config():
     assert SALImageProcessor.from_sal_config(SALConfig(input_size=64, num_labels=3)).size.height == 8
     processor = SALImageProcessor.from_sal_config(SALConfig(input_size=24, image_size=[4, 6], num_labels=3))

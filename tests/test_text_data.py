@@ -123,6 +123,14 @@ def test_text_files_load_offline(tmp_path):
     raw = load_text_dataset(train_file=str(tmp_path / "train.txt"), validation_file=str(tmp_path / "val.txt"))
     assert list(raw["train"]["text"]) == ["first line\n", "second line\n"]
     assert list(raw["validation"]["text"]) == ["held out\n"]
+    # JSON Lines, as run_clm.py users keep them (the extension was taken as a builder name and sent to the Hub).
+    lines = "\n".join(f'{{"text": "line {i}"}}' for i in range(20))
+    (tmp_path / "train.jsonl").write_text(lines, encoding="utf-8")
+    assert load_text_dataset(train_file=str(tmp_path / "train.jsonl"))["train"][0]["text"].startswith("line")
+    with pytest.raises(ValueError, match="a .txt, .csv, .json or .jsonl file; got .parquet"):
+        load_text_dataset(train_file=str(tmp_path / "train.parquet"))
+    with pytest.raises(ValueError, match="needs a train_file too"):  # was ignored: the fortunes came back
+        load_text_dataset(validation_file=str(tmp_path / "val.txt"))
 
 
 TEXTS = [

@@ -120,6 +120,8 @@ def test_cli_trains_on_an_image_folder(tmp_path, how, channels, size):
     pixel_values = processor(Image.open(folder / "cat" / "2.png"), return_tensors="pt")["pixel_values"]
     assert pixel_values.shape == (1, channels, height, width)
     assert model(pixel_values=pixel_values).logits.shape == (1, 3)
+    # `sal-hf info` routes the same images (it took built-in sets only).
+    assert cli.main(["info", str(out), *source]) == 0
 
 
 def test_load_images_keeps_the_folder_split_and_matches_the_saved_processor(tmp_path):
