@@ -7,6 +7,7 @@ last log, the hyperparameters and the library versions.
 
 from __future__ import annotations
 
+import os
 import platform
 from importlib import metadata
 from typing import Any
@@ -54,6 +55,11 @@ def _last_log_with(log_history: list[dict[str, Any]], prefix: str) -> dict[str, 
     return {}
 
 
+def _or_dash(value: Any) -> Any:
+    """A table cell: `-` where a log had no value (an area-health window too small to report)."""
+    return "-" if value is None else value
+
+
 def area_utilisation(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per router, the area health of the last training log that has one (min / max share, dead areas, and
     the churn and per-area shares when the diagnostics callback ran)."""
@@ -71,6 +77,7 @@ def _describe(model: Any, model_name: str) -> tuple[str, str, str, list, list, l
     """Per model family: pipeline task, one sentence, a usage snippet, the rule and architecture rows, the routing
     fields."""
     config = model.config
+    alignment = config.effective_feedback_alignment if config.learning_rule != "bp" else "- (backpropagation)"
     if config.model_type == "sal_transformer":
         generates = "CausalLM" in type(model).__name__
         task = "text-generation" if generates else "text-classification"
@@ -86,7 +93,7 @@ def _describe(model: Any, model_name: str) -> tuple[str, str, str, list, list, l
             'classify("A quote to classify.")'
         )
         rule = [("learning_rule", config.learning_rule), ("feedback_points", config.feedback_points)]
-        rule += [("error_source", config.error_source), ("feedback_alignment", config.effective_feedback_alignment)]
+        rule += [("error_source", config.error_source), ("feedback_alignment", alignment)]
         rule += [("routing_loss_weight", config.routing_loss_weight)]
         architecture = [(name, getattr(config, name)) for name in ("vocab_size", "hidden_size", "num_hidden_layers")]
         architecture += [("num_attention_heads", config.num_attention_heads)]
@@ -108,10 +115,11 @@ def _describe(model: Any, model_name: str) -> tuple[str, str, str, list, list, l
         'classify("digit.png")'
     )
     rule = [("learning_rule", config.learning_rule), ("feedback", config.feedback_mode)]
-    rule += [("feedback_alignment", config.effective_feedback_alignment), ("feedback_scope", config.feedback_scope)]
+    rule += [("feedback_alignment", alignment), ("feedback_scope", config.feedback_scope)]
     rule += [("feedback_gain", config.feedback_gain)]
     rule += [("area_update_norm", config.area_update_norm), ("routing_loss_weight", config.routing_loss_weight)]
     architecture = [("input_size", config.input_size), ("image_size", config.image_size)]
+    architecture += [("num_channels", config.num_channels)]
     architecture += [("hidden_sizes", config.hidden_sizes), ("hidden_act", config.hidden_act)]
     architecture += [("num_labels", config.num_labels), ("num_areas (K)", config.num_areas)]
     architecture += [(name, getattr(config, name)) for name in ("area_mode", "area_init", "output_areas")]
@@ -149,6 +157,8 @@ def sal_model_card(
     config, args, history = model.config, trainer.args, trainer.state.log_history
     model_name = model_name or Path(args.output_dir).name
     datasets = [dataset] if isinstance(dataset, str) else list(dataset or [])
+    # The Hub's `datasets:` field takes dataset ids: a local folder is named by its last part (not this machine's path).
+    datasets = [Path(name).name if os.path.isdir(name) else name for name in datasets]
     tags = [tags] if isinstance(tags, str) else list(tags or [])
     task, what, usage, rule, architecture, routing = _describe(model, model_name)
     tags += [tag for tag in ("sal", "backprop-free", task, "sal-hf") if tag not in tags]
@@ -224,8 +234,8 @@ def sal_model_card(
         rows = ["| router | step | min share | max share | dead areas | churn |", "|---|---|---|---|---|---|"]
         for index, stats in enumerate(routers):
             rows.append(
-                f"| {index} | {stats['step']} | {stats.get('min_share')} | {stats.get('max_share')} | "
-                f"{stats.get('dead')} | {stats.get('churn', '-')} |"
+                f"| {index} | {stats['step']} | {_or_dash(stats.get('min_share'))} | {_or_dash(stats.get('max_share'))} | "
+                f"{_or_dash(stats.get('dead'))} | {_or_dash(stats.get('churn'))} |"
             )
         ideal = f"{1 / config.num_areas:.4f}"
         sections.append(

@@ -89,6 +89,22 @@ def test_card_records_how_the_model_was_trained(trainer):
     ]
     missing = [line for line in expected if line not in card]
     assert not missing, f"{missing}\n\n{card}"
+    assert "| num_channels | `1` |" in card and "None" not in card.split("## Area utilisation")[1].split("##")[0]
+
+
+def test_card_names_a_local_folder_by_its_name_and_bp_without_feedback(trainer, tmp_path):
+    """A local dataset folder went into the YAML `datasets:` as this machine's absolute path; a `bp` model's card
+    gave it a feedback alignment."""
+    folder = tmp_path / "my_images"
+    folder.mkdir()
+    trainer.create_model_card(dataset=str(folder))
+    card = open(os.path.join(trainer.args.output_dir, "README.md")).read()
+    assert "- my_images" in card and str(tmp_path) not in card
+    model = SALForImageClassification(SALConfig(input_size=16, hidden_sizes=[8], num_labels=5, learning_rule="bp"))
+    bp = SALTrainer(model=model, args=training_args(tmp_path / "bp", max_steps=1))
+    bp.create_model_card()
+    card = open(os.path.join(bp.args.output_dir, "README.md")).read()
+    assert "| feedback_alignment | `- (backpropagation)` |" in card
 
 
 def test_push_to_hub_uploads_model_code_processor_and_card(trainer, monkeypatch):
