@@ -71,8 +71,11 @@ def main() -> None:
     if data_args.max_train_samples is not None:
         train = train.select(range(min(data_args.max_train_samples, len(train))))
     names = train.features["labels"].names
+    shape = train.features["pixel_values"].shape  # (H, W) for the built-in sets
     config = sal_hf.SALConfig(
-        input_size=int(np.prod(train.features["pixel_values"].shape)),
+        input_size=int(np.prod(shape)),
+        image_size=list(shape[-2:]),
+        num_channels=int(np.prod(shape[:-2])) if len(shape) > 2 else 1,
         hidden_sizes=model_args.hidden_sizes,
         num_labels=len(names),
         num_areas=model_args.num_areas,
@@ -87,7 +90,12 @@ def main() -> None:
     )
     model = AutoModelForImageClassification.from_config(config)
     trainer = sal_hf.SALTrainer(
-        model=model, args=args, train_dataset=train, eval_dataset=test, compute_metrics=accuracy
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=test,
+        compute_metrics=accuracy,
+        processing_class=sal_hf.SALImageProcessor.from_sal_config(config),  # saved with the model: pipeline-ready
     )
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model(args.output_dir)

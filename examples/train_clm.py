@@ -32,7 +32,7 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, TrainingArguments, set_seed
 
 import sal_hf
-from sal_hf.cli import parse_overrides
+from sal_hf.cli import checked_overrides
 from sal_hf.text_data import (
     bits_per_byte,
     group_texts,
@@ -168,10 +168,20 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             desc=f"group into blocks of {data_args.block_size}",
         )
     train_set, eval_set = lm_data["train"], lm_data["validation"]
+    # A random N blocks (the seed's): the fortunes corpus is in category order, so the first N are one category.
     if data_args.max_train_samples is not None:
-        train_set = train_set.select(range(min(data_args.max_train_samples, len(train_set))))
+        train_set = train_set.shuffle(seed=training_args.seed).select(
+            range(min(data_args.max_train_samples, len(train_set)))
+        )
     if data_args.max_eval_samples is not None:
-        eval_set = eval_set.select(range(min(data_args.max_eval_samples, len(eval_set))))
+        eval_set = eval_set.shuffle(seed=training_args.seed).select(
+            range(min(data_args.max_eval_samples, len(eval_set)))
+        )
+    if training_args.do_eval and len(eval_set) == 0:
+        raise ValueError(
+            f"The validation text holds no block of {data_args.block_size} tokens: lower --block_size or give more "
+            "validation text."
+        )
 
     if model_args.model_name_or_path:
         model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path)
@@ -181,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             for name in ("num_areas", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
             if getattr(model_args, name) is not None
         }
-        fields.update(parse_overrides(model_args.config_overrides))
+        fields.update(checked_overrides(model_args.config_overrides, sal_hf.SALTransformerConfig))
         config = sal_hf.SALTransformerConfig(
             vocab_size=len(tokenizer),
             max_position_embeddings=data_args.block_size,

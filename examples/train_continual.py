@@ -9,7 +9,8 @@ The measured version of this experiment (split Fashion-MNIST and split MNIST, 10
 
     python examples/train_continual.py                  # digits, SAL with claims and BP, under a minute
     python examples/train_continual.py --dataset fashion_mnist --epochs_per_task 1 --output_dir outputs/fmnist
-    torchrun --nproc_per_node 2 examples/train_continual.py --use_cpu true   # DDP: the processes claim alike
+    torchrun --nproc_per_node 2 examples/train_continual.py --use_cpu true --per_device_train_batch_size 16
+        # DDP: the processes claim alike (batch 16 a process keeps 50 batches between claims, claim_window)
 """
 
 from __future__ import annotations
@@ -112,10 +113,16 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         seed=0,
     )
     cli, args = parser.parse_args_into_dataclasses(args=argv)
+    unknown = sorted(set(cli.methods) - {"sal-claim", "bp"})
+    if unknown:
+        raise ValueError(f"--methods {unknown}: choose from sal-claim, bp.")
     tasks = [[int(c) for c in task.split(",")] for task in cli.tasks]
     data = load_image_dataset(cli.dataset)
     train, test = data["train"], data["test"]
     names = train.features["labels"].names
+    outside = sorted({c for task in tasks for c in task if not 0 <= c < len(names)})
+    if outside:
+        raise ValueError(f"--tasks names classes {outside}; {cli.dataset} has classes 0 to {len(names) - 1}.")
     image_shape = np.asarray(train[0]["pixel_values"]).shape
     per_task = [
         (

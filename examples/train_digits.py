@@ -10,6 +10,7 @@ scikit-learn. Takes about a minute on 2 CPU cores (`make demo`).
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 
@@ -29,7 +30,7 @@ class DemoArguments:
     test_size: float = field(default=0.2, metadata={"help": "stratified test share, split with seed 0"})
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = HfArgumentParser((DemoArguments, TrainingArguments))
     # The demo's own defaults; every TrainingArguments flag still overrides them from the command line.
     parser.set_defaults(
@@ -46,13 +47,19 @@ def main() -> None:
         disable_tqdm=True,
         seed=0,
     )
-    demo, args = parser.parse_args_into_dataclasses()
+    demo, args = parser.parse_args_into_dataclasses(args=argv)
 
     data = load_image_dataset("digits", seed=0, test_size=demo.test_size)
     train, test = data["train"], data["test"]
     names = train.features["labels"].names
     test_images = test[:]["pixel_values"]  # (N, 8, 8)
 
+    resume = args.resume_from_checkpoint
+    if resume and resume.lower() != "true" and len(demo.rules) > 1:
+        raise ValueError(
+            f"--resume_from_checkpoint {resume} is one rule's checkpoint; with --rules {' '.join(demo.rules)} pass "
+            "--resume_from_checkpoint true (each rule resumes from the last checkpoint in output_dir/<rule>)."
+        )
     rows = []
     for rule in demo.rules:
         config = sal_hf.SALConfig(
@@ -67,19 +74,21 @@ def main() -> None:
         )
         torch.manual_seed(args.seed)
         model = AutoModelForImageClassification.from_config(config)
+        out_dir = f"{args.output_dir}/{rule}"
+        rule_args = copy.copy(args)
+        rule_args.output_dir = out_dir  # each rule's checkpoints in its own folder
         trainer = sal_hf.SALTrainer(
             model=model,
-            args=args,
+            args=rule_args,
             train_dataset=train,
             eval_dataset=test,
             compute_metrics=classification_metrics(num_labels=10),  # evaluate, through sal-hf's metric module
             processing_class=sal_hf.SALImageProcessor.from_sal_config(config),  # saved: pipeline-ready
         )
         start = time.perf_counter()
-        trainer.train()
+        trainer.train(resume_from_checkpoint=True if resume and resume.lower() == "true" else resume)
         seconds = time.perf_counter() - start
         metrics = trainer.evaluate()
-        out_dir = f"{args.output_dir}/{rule}"
         trainer.save_model(out_dir)
 
         again = AutoModelForImageClassification.from_pretrained(out_dir).eval()
@@ -92,7 +101,8 @@ def main() -> None:
 
     print(
         f"\nDigits: {len(train)} train / {len(test)} test images, seed {args.seed}, {getattr(args.optim, 'value', args.optim)}, lr "
-        f"{args.learning_rate}, batch {args.per_device_train_batch_size}, {args.num_train_epochs:g} epochs\n"
+        f"{args.learning_rate}, batch {args.per_device_train_batch_size}, "
+        + (f"{args.max_steps} steps\n" if args.max_steps > 0 else f"{args.num_train_epochs:g} epochs\n")
     )
     print("| rule | areas K | test accuracy | train time (s) | saved to | reload identical |")
     print("|---|---|---|---|---|---|")

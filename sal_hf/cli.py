@@ -132,6 +132,20 @@ def parse_overrides(text: str | None) -> dict:
     return overrides
 
 
+def checked_overrides(text: str | None, config_class: type) -> dict:
+    """`parse_overrides`, refusing a key `config_class` does not have (a typo would be saved into config.json and
+    change nothing), as transformers' `update_from_string` does."""
+    overrides = parse_overrides(text)
+    fields = config_class().to_dict()
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"--config-overrides names {unknown}, which {config_class.__name__} does not have; its fields: "
+            f"{', '.join(sorted(fields))}."
+        )
+    return overrides
+
+
 def _train_parser():
     from transformers import HfArgumentParser, TrainingArguments
 
@@ -231,14 +245,7 @@ def train(argv: list[str]) -> int:
         }
         # Overrides go in at construction, so that defaults derived from other fields (dual_path and
         # area_lr_scale from num_areas, ...) see them.
-        overrides = parse_overrides(model_args.config_overrides)
-        unknown = sorted(set(overrides) - set(SALConfig().to_dict()))
-        if unknown:
-            raise ValueError(
-                f"--config-overrides names {unknown}, which SALConfig does not have; its fields: "
-                f"{', '.join(sorted(SALConfig().to_dict()))}."
-            )
-        fields.update(overrides)
+        fields.update(checked_overrides(model_args.config_overrides, SALConfig))
         config = SALConfig(
             input_size=channels * height * width,
             image_size=[height, width],

@@ -29,3 +29,23 @@ def test_claimed_areas_keep_the_old_classes_where_backprop_forgets_them(tmp_path
 def test_a_task_too_short_for_the_claim_window_is_refused(tmp_path):
     with pytest.raises(ValueError, match="claim_window=50.*--epochs_per_task"):
         load_example("train_continual").main(["--epochs_per_task", "1", "--output_dir", str(tmp_path)])
+
+
+def test_methods_and_tasks_are_checked_before_training(tmp_path):
+    """`--methods sal` trained a backprop MLP under the name `sal`; a class id past the last trained a task first."""
+    with pytest.raises(ValueError, match=r"--methods \['sal'\]: choose from sal-claim, bp"):
+        load_example("train_continual").main(["--methods", "sal", "--output_dir", str(tmp_path)])
+    with pytest.raises(ValueError, match=r"--tasks names classes \[12\]; digits has classes 0 to 9"):
+        load_example("train_continual").main(["--tasks", "0,1", "2,12", "--output_dir", str(tmp_path)])
+
+
+def test_the_digits_demo_resumes_each_rule_from_its_own_folder(tmp_path):
+    """Both rules wrote output_dir/checkpoint-N (BP's overwrote SAL's) and --resume_from_checkpoint was ignored."""
+    demo = load_example("train_digits")
+    flags = ["--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1", "--output_dir", str(tmp_path)]
+    demo.main([*flags, "--disable_tqdm", "true"])
+    for rule in ("sal", "bp"):
+        assert (tmp_path / rule / "checkpoint-2" / "config.json").is_file()
+        assert f'"learning_rule": "{rule}"' in (tmp_path / rule / "checkpoint-2" / "config.json").read_text()
+    with pytest.raises(ValueError, match="pass --resume_from_checkpoint true"):
+        demo.main([*flags, "--resume_from_checkpoint", str(tmp_path / "sal" / "checkpoint-2")])

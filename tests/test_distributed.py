@@ -94,6 +94,7 @@ def test_two_processes_end_with_the_weights_of_one(model_flags, tmp_path):
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
         assert f"processes={2 if name == 'two' else 1}" in done.stdout
+    assert (tmp_path / "one" / "preprocessor_config.json").is_file()  # the saved folder is pipeline-ready
     one, two = (load_file(tmp_path / name / "model.safetensors") for name in ("one", "two"))
     assert one.keys() == two.keys()
     assert int(one["sal.layers.0.router.num_updates"]) == 4

@@ -107,6 +107,37 @@ def test_text_classification_on_csv_files_then_pipeline(tmp_path):
     assert classifier("The cat sat on the mat.")[0]["label"] in names
 
 
+def test_text_classification_maps_every_split_with_the_training_labels(tmp_path):
+    """A validation file holding only the second class numbered it 0 (each split encoded on its own) and scored it
+    against the first: a silently wrong eval_accuracy. Flags that cannot work are named before training."""
+    example = load_example("train_text_classification")
+    (tmp_path / "train.csv").write_text(
+        "text,label\n" + "\n".join(f"a {i},{'cats' if i % 2 else 'dogs'}" for i in range(8))
+    )
+    (tmp_path / "val.csv").write_text("text,label\ndogs only,dogs\n")
+    (tmp_path / "bad.csv").write_text("text,label\nnew,birds\n")
+    args = example.DataTrainingArguments(
+        train_file=str(tmp_path / "train.csv"), validation_file=str(tmp_path / "val.csv")
+    )
+    raw = example.load_raw(args, seed=0)
+    names = raw["train"].features["label"].names
+    assert raw["validation"].features["label"].names == names and raw["validation"]["label"] == [names.index("dogs")]
+    with pytest.raises(ValueError, match=r"labels the training split lacks: \['birds'\]"):
+        example.load_raw(
+            example.DataTrainingArguments(
+                train_file=str(tmp_path / "train.csv"), validation_file=str(tmp_path / "bad.csv")
+            ),
+            seed=0,
+        )
+    train = ["--train_file", str(tmp_path / "train.csv"), "--output_dir", str(tmp_path / "out"), *TINY]
+    with pytest.raises(ValueError, match="--do_eval needs a validation split"):
+        example.main(train)
+    with pytest.raises(ValueError, match=r"\['num_aeras'\], which SALTransformerConfig does not have"):
+        example.main([*train, "--do_eval", "false", "--config_overrides", "num_aeras=2"])
+    with pytest.raises(ValueError, match="a .csv, .json or .jsonl file"):
+        example.main(["--train_file", str(tmp_path / "train.txt"), "--output_dir", str(tmp_path / "out")])
+
+
 @pytest.mark.slow  # tokenizes the whole corpus twice: about a minute on a loaded 2-core machine
 @needs_fortunes
 def test_examples_default_to_the_offline_fortunes(tmp_path):
