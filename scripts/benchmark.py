@@ -849,8 +849,8 @@ def results_markdown(table: dict, hw: str, args: argparse.Namespace, variants: d
     }
     if older:
         lines[-1:-1] = [
-            "- Searched on the 10% split before the cross-validation rule reached them, not re-run (their grid column"
-            f" says no CV): {'; '.join(sorted(older))}.",
+            "- Tables with searches on the 10% split from before the cross-validation rule reached them, not re-run (the"
+            f" grid column of those rows says no CV): {'; '.join(sorted(older))}.",
         ]
     lines += targets_table(table, variants or {})
     for (dataset, epochs, max_train, max_test), keys in _keys_by_dataset(table).items():
