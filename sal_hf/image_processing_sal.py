@@ -28,10 +28,13 @@ INDIRECT_MODES = {"1": "L", "P": "RGB", "PA": "RGBA", "LA": "L"}
 CHANNEL_COUNTS = (1, 3, 4)  # what transformers reads as a channel axis (gray, RGB, RGBA)
 
 
+def _is_array(image: Any) -> bool:
+    return isinstance(image, np.ndarray) or hasattr(image, "unsqueeze")  # numpy or torch
+
+
 def _with_channel_axis(image: Any) -> Any:
     """(H, W) array or tensor -> (1, H, W); anything else unchanged."""
-    is_array = isinstance(image, np.ndarray) or hasattr(image, "unsqueeze")  # numpy or torch
-    return image[None] if is_array and image.ndim == 2 else image
+    return image[None] if _is_array(image) and image.ndim == 2 else image
 
 
 class SALImageProcessorKwargs(ImagesKwargs, total=False):
@@ -111,8 +114,7 @@ class SALImageProcessor(PilBackend):
         tensors, alone, in a list, or stacked as one (N, H, W) array (transformers expects a channel axis; an N of 3
         or 4 reads as one image's channels, with a warning: pass a list there). Values already in [0, 1], such as
         `sal_hf.data`'s, need `do_rescale=False`."""
-        is_array = isinstance(images, np.ndarray) or hasattr(images, "unsqueeze")
-        if is_array and images.ndim == 3 and images.shape[-1] not in CHANNEL_COUNTS:
+        if _is_array(images) and images.ndim == 3 and images.shape[-1] not in CHANNEL_COUNTS:
             # (N, H, W): a batch of 2-D images, as `sal_hf.data` batches them, unless N could be a channel axis.
             if images.shape[0] not in CHANNEL_COUNTS:
                 images = list(images)
