@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -410,7 +411,13 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.strip())
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     command, rest = argv[0], argv[1:]
-    return {"train": train, "info": info, "bench": bench}[command](rest)
+    try:
+        return {"train": train, "info": info, "bench": bench}[command](rest)
+    except ValueError as error:  # a bad flag, dataset or folder: the message names it and the fix
+        if os.environ.get("SAL_HF_TRACEBACK"):
+            raise
+        print(f"sal-hf {command}: error: {error}\n(SAL_HF_TRACEBACK=1 shows where it was raised.)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

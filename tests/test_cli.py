@@ -1,6 +1,7 @@
 """The `sal-hf` command line: train, info, bench; the console-script entry point."""
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -70,26 +71,53 @@ def test_bench_forwards_arguments_to_the_named_script(tmp_path, monkeypatch, cap
     assert "no script" in err and "echo_args" in err and "source checkout" in err
 
 
-def test_unknown_dataset_and_command_are_rejected(tmp_path, capsys):
-    with pytest.raises(ValueError, match="'nope' is not a built-in set .*digits.*not a local folder"):
+def refused(argv: list[str], capsys, match: str) -> None:
+    """The command exits with 2 and prints the error's message, without a traceback (users get a message that names
+    the bad value and the fix)."""
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert re.search(f"sal-hf {argv[0]}: error: .*{match}", err, re.S), err
+    assert "Traceback" not in err
+
+
+def test_unknown_dataset_and_command_are_rejected(tmp_path, capsys, monkeypatch):
+    refused(
+        ["train", "--dataset", "nope", "--output-dir", str(tmp_path)],
+        capsys,
+        "'nope' is not a built-in set .*digits.*not a local folder",
+    )
+    monkeypatch.setenv("SAL_HF_TRACEBACK", "1")  # the traceback, for a bug report
+    with pytest.raises(ValueError, match="'nope' is not a built-in set"):
         cli.main(["train", "--dataset", "nope", "--output-dir", str(tmp_path)])
     assert cli.main(["frobnicate"]) == 2
     said = capsys.readouterr()
     assert "sal-hf train" in said.out and "unknown command 'frobnicate'" in said.err
 
 
-def test_bad_flags_are_named_before_anything_trains(tmp_path, trained):
+def test_bad_flags_are_named_before_anything_trains(tmp_path, trained, capsys):
     """A typo in --config-overrides was saved into config.json; `--image-size 8` failed on tuple unpacking; a
     missing --model-name-or-path folder reached the Hub client; a model of other labels kept its label names."""
     out = str(tmp_path / "run")
-    with pytest.raises(ValueError, match=r"\['routing_balance_rte'\], which SALConfig does not have"):
-        cli.main(["train", *TINY_TRAIN, "--output-dir", out, "--config-overrides", "routing_balance_rte=0.5"])
-    with pytest.raises(ValueError, match="--image-size takes two numbers"):
-        cli.main(["train", "--dataset", "imagefolder", "--image-size", "8", "--output-dir", out])
-    with pytest.raises(ValueError, match="no such folder"):
-        cli.main(["train", *TINY_TRAIN, "--output-dir", out, "--model-name-or-path", str(tmp_path / "absent")])
-    with pytest.raises(ValueError, match="trained on the labels .* continuing would keep the old label names"):
-        cli.main(["train", *TINY_TRAIN, "--dataset", "wine", "--output-dir", out, "--model-name-or-path", str(trained)])
+    refused(
+        ["train", *TINY_TRAIN, "--output-dir", out, "--config-overrides", "routing_balance_rte=0.5"],
+        capsys,
+        r"\['routing_balance_rte'\], which SALConfig does not have",
+    )
+    refused(
+        ["train", "--dataset", "imagefolder", "--image-size", "8", "--output-dir", out],
+        capsys,
+        "--image-size takes two numbers",
+    )
+    refused(
+        ["train", *TINY_TRAIN, "--output-dir", out, "--model-name-or-path", str(tmp_path / "absent")],
+        capsys,
+        "no such folder",
+    )
+    refused(
+        ["train", *TINY_TRAIN, "--dataset", "wine", "--output-dir", out, "--model-name-or-path", str(trained)],
+        capsys,
+        "trained on the labels .* continuing would keep the old label names",
+    )
 
 
 def test_train_accepts_the_claim_router(tmp_path):
@@ -173,19 +201,22 @@ def test_config_overrides_parse_literals_and_strings():
         cli.parse_overrides("dual_path")
 
 
-def test_train_in_place_area_update_flag(tmp_path):
+def test_train_in_place_area_update_flag(tmp_path, capsys):
     out = tmp_path / "run"
     flags = ["--in-place-area-update", "true", "--optim", "sgd", "--max-grad-norm", "0", "--save-strategy", "no"]
     assert cli.main(["train", *TINY_TRAIN, "--output-dir", str(out), *flags]) == 0
-    with pytest.raises(ValueError, match="max_grad_norm=1.0"):  # Trainer's default clipping needs every gradient
-        cli.main(["train", *TINY_TRAIN, "--output-dir", str(tmp_path / "bad"), "--in-place-area-update", "true"])
+    # Trainer's default clipping needs every gradient
+    refused(
+        ["train", *TINY_TRAIN, "--output-dir", str(tmp_path / "bad"), "--in-place-area-update", "true"],
+        capsys,
+        "max_grad_norm=1.0",
+    )
 
 
-def test_info_names_what_it_reads(tmp_path):
+def test_info_names_what_it_reads(tmp_path, capsys):
     """`sal-hf info` on a SAL transformer failed inside AutoModelForImageClassification's mapping."""
     from sal_hf import SALTransformerConfig, SALTransformerForCausalLM
 
     size = dict(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=8)
     SALTransformerForCausalLM(SALTransformerConfig(**size)).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="holds a SAL transformer; `sal-hf info` reads SAL image classifiers"):
-        cli.main(["info", str(tmp_path)])
+    refused(["info", str(tmp_path)], capsys, "holds a SAL transformer; `sal-hf info` reads SAL image classifiers")
