@@ -369,7 +369,8 @@ class SALTransformerModel(SALTransformerPreTrainedModel):
             position_ids (`torch.LongTensor`, *optional*): positions; default `past + arange(length)`.
             cache (`Cache`, *optional*): KV cache (also accepted as `past_key_values`).
             inputs_embeds (`torch.Tensor`, *optional*): embeddings instead of `input_ids`.
-            use_cache (`bool`, *optional*): return the cache; defaults to `config.use_cache` outside training.
+            use_cache (`bool`, *optional*): start a cache when none is given; defaults to `config.use_cache` outside
+                training. A cache that is given is always used and returned.
             local (`bool`, defaults to `False`): block-local forward for the local rules (see the module doc).
             output_hidden_states (`bool`, *optional*): return the embedding and every block's output, the last one
                 after the final norm (`last_hidden_state`), as transformers' language models do.
@@ -394,11 +395,15 @@ class SALTransformerModel(SALTransformerPreTrainedModel):
             inputs_embeds = self.embed_tokens(input_ids)
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
         if local:
+            if cache is not None:
+                raise ValueError(
+                    "A local (training) forward takes whole sequences and no KV cache; drop `past_key_values`/`cache`."
+                )
             use_cache = False
+        # A cache the caller gives is used whatever `use_cache` says (as transformers' Llama does): dropping it would
+        # give the new tokens no past and restart their positions at 0. `use_cache` only decides whether to start one.
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
-        if not use_cache:
-            cache = None
         length = inputs_embeds.shape[1]
         if position_ids is not None:
             if position_ids.dim() not in (1, 2) or position_ids.shape[-1] != length:

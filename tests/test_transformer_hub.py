@@ -127,6 +127,19 @@ def test_cached_step_logits_match_a_full_forward(saved):
         first = model(input_ids=x[:, :4], use_cache=True)
         step = model(input_ids=x[:, 4:], cache=first.cache, use_cache=True)
     assert torch.allclose(torch.cat([first.logits, step.logits], 1), full, atol=1e-5)
+    # A cache that is given is used whatever use_cache says, as in transformers' Llama: a hand-written loop's last
+    # step with use_cache=False, and a model left in training mode, dropped it (no past, positions from 0).
+    with torch.no_grad():
+        last = model(input_ids=x[:, 4:], past_key_values=model(input_ids=x[:, :4]).cache, use_cache=False)
+        assert torch.allclose(last.logits, full[:, 4:], atol=1e-5)
+        model.train()
+        try:
+            in_training = model(input_ids=x[:, 4:], past_key_values=model(input_ids=x[:, :4], use_cache=True).cache)
+        finally:
+            model.eval()
+    assert torch.allclose(in_training.logits, full[:, 4:], atol=1e-5)
+    with pytest.raises(ValueError, match="no KV cache"):
+        model(input_ids=x[:, 4:], cache=first.cache, local=True)
 
 
 def test_pipelines_on_saved_folders(saved):
