@@ -290,6 +290,17 @@ class SALRoutingMixin:
                 "weights do not match its config.json (num_areas, hidden sizes, the feedback layout, ...) or a tensor "
                 "was deleted; re-save the model or fix the config."
             )
+        dropped = sorted(key for key in info["unexpected_keys"] if cls._dropped_from_body(model, key))
+        if dropped:
+            overrides = [f"{k}={v!r}" for k, v in sorted(kwargs.items()) if hasattr(model.config, k)]
+            raise ValueError(
+                f"The checkpoint {source} holds {len(dropped)} weights this model has no place for, e.g. "
+                f"{dropped[:3]}: "
+                + (f"this call sets {', '.join(overrides)}" if overrides else "its config.json no longer matches them")
+                + ", so loading would drop them and build another model (num_hidden_layers, hidden_sizes, num_areas, "
+                "dual_path, norm, output_areas, router ...). Load it with the config it was saved with, or re-save it; "
+                "to keep only part of it on purpose, load its state_dict yourself with strict=False."
+            )
         extra = sorted(key for key in info["unexpected_keys"] if key.startswith(cls._sal_regenerated_prefixes))
         if extra and learned and cls._saved_feedback_learned(pretrained_model_name_or_path, kwargs):
             raise ValueError(
@@ -339,6 +350,16 @@ class SALRoutingMixin:
                 f"size); {cls.__name__} starts them from a fresh draw."
             )
         return True
+
+    @classmethod
+    def _dropped_from_body(cls, model: nn.Module, key: str) -> bool:
+        """Whether the unused checkpoint weight ``key`` belongs to a part this model has (so its config describes
+        another model, and loading would silently drop it). Feedback matrices (checked separately) and the heads of
+        other classes (an LM's `lm_head` loaded as a classifier or a body) are not."""
+        if key.startswith(cls._sal_regenerated_prefixes):
+            return False
+        first = key.split(".", 1)[0]
+        return first in model._modules or first in model._parameters or first in model._buffers
 
     @classmethod
     def _saved_config(cls, source: str | os.PathLike, kwargs: dict):

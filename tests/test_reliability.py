@@ -52,6 +52,44 @@ def test_weights_that_do_not_fit_the_config_raise(saved, change):
         SALForImageClassification.from_pretrained(saved)
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"dual_path": False},
+        {"num_areas": 1, "output_areas": False},
+        {"output_areas": False},
+        {"norm": "none"},
+        {"hidden_sizes": [32]},
+    ],
+)
+def test_a_config_of_a_smaller_model_does_not_drop_saved_weights(change, tmp_path):
+    """Weights the config has no place for were dropped silently (only transformers' load report said UNEXPECTED):
+    the model loaded was another, smaller one."""
+    SALForImageClassification(defaults_config(output_areas=True, norm="layernorm")).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(ValueError, match=f"{tmp_path} holds .* weights this model has no place for.*config.json"):
+        SALForImageClassification.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    if len(change) == 1:  # the same change as an override (two are applied one by one, and refused on the way)
+        with pytest.raises(ValueError, match=f"no place for.*this call sets {next(iter(change))}="):
+            SALForImageClassification.from_pretrained(tmp_path, **change)
+
+
+def test_a_transformer_loaded_with_fewer_blocks_is_refused_and_other_heads_still_load(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from sal_hf import SALTransformerConfig, SALTransformerForCausalLM, SALTransformerModel
+
+    size = dict(vocab_size=32, hidden_size=16, num_attention_heads=2, max_position_embeddings=16)
+    SALTransformerForCausalLM(SALTransformerConfig(**size, num_hidden_layers=3)).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="model.layers.2.* this call sets num_hidden_layers=2"):
+        SALTransformerForCausalLM.from_pretrained(tmp_path, num_hidden_layers=2)
+    # An LM's head is not the body's or a classifier's: those load without it.
+    assert len(SALTransformerModel.from_pretrained(tmp_path).layers) == 3
+    AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=2)
+
+
 def test_a_body_checkpoint_loads_for_classification_with_a_fresh_head(tmp_path):
     """A `SALModel` checkpoint (no head) loads into `SALForImageClassification` / `AutoModelForImageClassification`
     with a new output layer, as transformers' task models load a body (it raised that weights were missing); a
