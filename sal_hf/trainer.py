@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import threading
@@ -195,6 +196,29 @@ class ShiftedLabelSmoothing:
         return self.label_smoother(outputs, labels, shift_labels=True, num_items_in_batch=num_items_in_batch)
 
 
+def saved_weight_shapes(checkpoint: str | os.PathLike) -> dict[str, tuple[int, ...]] | None:
+    """Name -> shape of every tensor in a checkpoint folder's safetensors weights (one file or an index of shards),
+    read from the file headers only; None when the folder has no safetensors weights."""
+    from safetensors import SafetensorError, safe_open
+
+    single, index = (os.path.join(checkpoint, name) for name in ("model.safetensors", "model.safetensors.index.json"))
+    if os.path.isfile(single):
+        files = [single]
+    elif os.path.isfile(index):
+        with open(index) as handle:
+            files = sorted({os.path.join(checkpoint, f) for f in json.load(handle)["weight_map"].values()})
+    else:
+        return None
+    shapes = {}
+    try:
+        for path in files:
+            with safe_open(path, framework="pt") as weights:
+                shapes.update({name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()})
+    except (SafetensorError, OSError):
+        return None  # unreadable: Trainer's load reports it
+    return shapes
+
+
 class SALTrainer(Trainer):
     """[`~transformers.Trainer`] for SAL models.
 
@@ -298,7 +322,7 @@ class SALTrainer(Trainer):
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
         """[`~transformers.Trainer.train`], after refusing a checkpoint to resume whose learning-rate groups
         (`area_lr_scale`, `router_lr_scale`) differ from the ones this model gets (see `check_resume`)."""
-        if resume_from_checkpoint and not self._users_optimizer and self.model_init is None:
+        if resume_from_checkpoint and self.model_init is None:
             self.check_resume(resume_from_checkpoint)
         try:
             return super().train(resume_from_checkpoint, *args, **kwargs)
@@ -308,13 +332,18 @@ class SALTrainer(Trainer):
                     callback.restore()
 
     def check_resume(self, checkpoint: str | os.PathLike | bool) -> None:
-        """Raise a `ValueError` naming the values and the fix when `checkpoint` (or, for True, the last one in
-        `output_dir`) was trained with other learning-rate groups than this model's config gives it (what
-        `lr_scaled_parameters` returns under each config): its optimizer state holds other parameter groups (torch
-        would only say "loaded state dict has a different number of parameter groups"), or other learning rates that
-        would silently override the config's. A checkpoint saved before `router_lr_scale` existed trained its routers
-        at the full lr, and its config loads so (`with_saved_defaults`). Skipped with an optimizer of your own
-        (SALTrainer applies no multiplier to it) or a `model_init` (the model is made inside `train`)."""
+        """Raise a `ValueError` naming the values and the fix, before anything loads, when `checkpoint` (or, for True,
+        the last one in `output_dir`) cannot continue with this model:
+
+        - its weights are another architecture's (other or more tensors, other shapes: `saved_weight_shapes`), where
+          Trainer's non-strict load would overwrite part of the model and torch then fail on the optimizer's groups;
+        - it was trained with other learning-rate groups than this model's config gives it (what
+          `lr_scaled_parameters` returns under each config): its optimizer state holds other parameter groups, or
+          other learning rates that would silently override the config's. A checkpoint saved before
+          `router_lr_scale` existed trained its routers at the full lr, and its config loads so
+          (`with_saved_defaults`). Skipped with an optimizer of your own (SALTrainer applies no multiplier to it).
+
+        Skipped with a `model_init` (the model is made inside `train`)."""
         if checkpoint is True:
             checkpoint = get_last_checkpoint(self.args.output_dir)
         if not checkpoint or not os.path.isdir(checkpoint):
@@ -327,9 +356,13 @@ class SALTrainer(Trainer):
             )
             return
         core = self.accelerator.unwrap_model(self.model)
+        saved_config = type(core.config).from_pretrained(checkpoint)
+        self._check_resumed_architecture(core, checkpoint, saved_config)
+        if self._users_optimizer:
+            return
         saved, ours = (
             {name: scale for name, (scale, _) in lr_scaled_parameters(core, config).items()}
-            for config in (type(core.config).from_pretrained(checkpoint), core.config)
+            for config in (saved_config, core.config)
         )
         if saved != ours:
             differ = [
@@ -344,6 +377,55 @@ class SALTrainer(Trainer):
                 "resume_from_checkpoint. Checkpoints saved before router_lr_scale existed (2026-11-29) trained their "
                 "routers at the full lr: router_lr_scale=1.0."
             )
+
+    @staticmethod
+    def _check_resumed_architecture(core: nn.Module, checkpoint: str | os.PathLike, saved_config: Any) -> None:
+        """The `check_resume` check of the checkpoint's weights against this model's (names and shapes, read from
+        the safetensors headers without loading them)."""
+        shapes = saved_weight_shapes(checkpoint)
+        if shapes is None:
+            return  # no safetensors weights: Trainer reports what it finds
+        ours = {name: tuple(tensor.shape) for name, tensor in core.state_dict().items()}
+        tied = getattr(core, "_tied_weights_keys", None) or ()  # dropped from the file by save_pretrained
+        unplaced = sorted(set(shapes) - set(ours))
+        absent = sorted(set(ours) - set(shapes) - set(tied))
+        reshaped = sorted(name for name in set(shapes) & set(ours) if shapes[name] != ours[name])
+        if not (unplaced or absent or reshaped):
+            return
+        skip = {
+            "transformers_version",
+            "architectures",
+            "auto_map",
+            "_name_or_path",
+            "dtype",
+            "torch_dtype",
+            "use_cache",
+        }
+
+        def resolved(config: Any) -> dict[str, Any]:  # a field left unset (None) as the config resolves it
+            return {key: getattr(config, f"effective_{key}", value) for key, value in config.to_dict().items()}
+
+        saved_fields, our_fields = resolved(saved_config), resolved(core.config)
+        fields = [
+            f"{key}={saved_fields.get(key)!r} (this model: {our_fields.get(key)!r})"
+            for key in sorted(set(saved_fields) | set(our_fields))
+            if key not in skip and saved_fields.get(key) != our_fields.get(key)
+        ]
+        found = [
+            f"{len(names)} {what}, e.g. {names[:2]}"
+            for what, names in (
+                ("tensors this model has no place for", unplaced),
+                ("tensors of this model the checkpoint lacks", absent),
+                ("tensors of other shapes", reshaped),
+            )
+            if names
+        ]
+        raise ValueError(
+            f"{checkpoint} holds another model's weights: {'; '.join(found)}. Its config differs in "
+            + (", ".join(fields[:6]) if fields else "no field (the weights do not match their own config.json)")
+            + ". Resume with the model it was trained with (from_pretrained(checkpoint)), or start a new run without "
+            "resume_from_checkpoint."
+        )
 
     def _check_parallelism(self, core: nn.Module) -> None:
         """Refuse what would silently break SAL's semantics across devices; switch FSDP runs to the masked kernel."""

@@ -3,6 +3,7 @@ tested on SALConfig's shipped defaults: what a failed `train()` leaves behind, t
 tuple outputs, label dtypes, NaN in the config, the order of callbacks and PIL image modes."""
 
 import math
+import re
 import signal
 
 import numpy as np
@@ -207,3 +208,50 @@ def test_a_plain_trainer_on_a_local_rule_model_is_told_it_trains_by_backprop(tmp
     with torch.no_grad():
         model(pixel_values=x[:4], labels=y[:4])  # no gradient: nothing to warn about either
     assert "trains every layer by backpropagation" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "other, named",
+    [
+        ({"hidden_sizes": [32, 32, 32]}, "hidden_sizes=[32, 32] (this model: [32, 32, 32])"),
+        ({"num_areas": 4}, "num_areas=16 (this model: 4)"),
+        ({"dual_path": False}, "dual_path=True (this model: False)"),
+    ],
+)
+def test_resuming_another_architecture_is_refused_before_any_weight_loads(other, named, tmp_path):
+    """Only the lr multipliers were compared: another depth or dual_path reached torch's optimizer error after
+    Trainer's non-strict load had overwritten part of the model; another K a raw size-mismatch RuntimeError."""
+    x, y = tiny_batch(16)
+    torch.manual_seed(0)
+    args = training_args(tmp_path, max_steps=2, per_device_train_batch_size=8, save_strategy="steps", save_steps=2)
+    SALTrainer(
+        model=SALForImageClassification(SALConfig(**DEFAULTS)), args=args, train_dataset=as_dataset(x, y)
+    ).train()
+    model = SALForImageClassification(SALConfig(**{**DEFAULTS, **other}))
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    mine = torch.optim.SGD(model.parameters(), lr=0.1)  # checked with an optimizer of your own too
+    for optimizers in ((None, None), (mine, None)):
+        trainer = SALTrainer(model=model, args=training_args(tmp_path, max_steps=4), optimizers=optimizers)
+        with pytest.raises(ValueError, match=re.escape(named) + ".*from_pretrained\\(checkpoint\\)"):
+            trainer.train(resume_from_checkpoint=True)
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
+
+
+def test_resuming_a_transformer_of_another_depth_is_refused(tmp_path):
+    from sal_hf import SALTransformerForCausalLM
+
+    size = dict(vocab_size=32, hidden_size=16, num_attention_heads=2, max_position_embeddings=16)
+    rows = [{"input_ids": torch.randint(0, 32, (8,)), "labels": torch.randint(0, 32, (8,))} for _ in range(8)]
+    args = training_args(tmp_path, max_steps=1, per_device_train_batch_size=4, save_strategy="steps", save_steps=1)
+    trained = SALTransformerForCausalLM(SALTransformerConfig(**size, num_hidden_layers=2))
+    SALTrainer(model=trained, args=args, train_dataset=rows).train()
+    deeper = SALTransformerForCausalLM(SALTransformerConfig(**size, num_hidden_layers=3))
+    trainer = SALTrainer(model=deeper, args=training_args(tmp_path, max_steps=2), train_dataset=rows)
+    with pytest.raises(ValueError, match=r"tensors of this model the checkpoint lacks.*num_hidden_layers=2 \(this"):
+        trainer.train(resume_from_checkpoint=True)
+    same = SALTransformerForCausalLM(
+        SALTransformerConfig(**size, num_hidden_layers=2)
+    )  # the tied lm_head: no false alarm
+    SALTrainer(model=same, args=training_args(tmp_path, max_steps=2), train_dataset=rows).train(
+        resume_from_checkpoint=True
+    )
