@@ -307,7 +307,8 @@ class SALTrainer(Trainer):
                     f"{self.compute_loss_func!r}. Remove them, or train with learning_rule='bp'."
                 )
             self.learning_rule = local_learning_rule(config)
-            # The surrogate is a per-batch mean: Trainer divides it by the accumulation steps.
+            # The surrogate is a per-batch mean (the causal LM's error: see `_window_loss_kwargs`): Trainer divides
+            # it by the accumulation steps.
             self.loss_is_scaled_for_ga = False
         self._health.learning_rule = self.learning_rule
         self._check_parallelism(core)
@@ -537,7 +538,7 @@ class SALTrainer(Trainer):
                 model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
             )
         else:
-            outputs = model(**inputs, local=True, return_dict=True)
+            outputs = model(**inputs, **self._window_loss_kwargs(num_items_in_batch), local=True, return_dict=True)
             # The model's own views of its feedback matrices where it returns them (DDP then counts learned ones used).
             feedback = getattr(outputs, "feedback", None) or core.feedback_matrices()
             loss = self.learning_rule.surrogate(outputs, inputs["labels"], feedback)
@@ -550,6 +551,20 @@ class SALTrainer(Trainer):
                 "learning_rate, set max_grad_norm, or check the inputs for NaN/Inf."
             )
         return (loss, outputs) if return_outputs else loss
+
+    def _window_loss_kwargs(self, num_items_in_batch: torch.Tensor | int | None) -> dict[str, Any]:
+        """For a model that takes `num_items_in_batch` (the causal LM), the count that makes its local loss the mean
+        over every counted token of the accumulation window (and of every process), as under `bp`: the local
+        surrogate is then divided by the accumulation steps like any unscaled loss (`loss_is_scaled_for_ga=False`,
+        which keeps the routing and Kolen-Pollack terms per-micro-batch means), and DDP averages over the processes.
+        Without it, each micro-batch was a mean over its own tokens: micro-batches with more padding or prompt
+        tokens weighed as much as full ones."""
+        if num_items_in_batch is None or not self.model_accepts_loss_kwargs:
+            return {}
+        count = num_items_in_batch / self.current_gradient_accumulation_steps
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:  # counted over every process
+            count = count / self.accelerator.num_processes
+        return {"num_items_in_batch": count}
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         existing = getattr(self.optimizer, "optimizer", self.optimizer)  # None, the user's, or one made here before

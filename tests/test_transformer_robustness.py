@@ -345,3 +345,39 @@ def test_two_processes_train_the_transformer_like_one(fields, tmp_path):
     for key in one:
         # Attention's reductions sum in another order over 4 and 8 sequences: float32 round-off, not a real change.
         torch.testing.assert_close(two[key], one[key], rtol=0, atol=2e-5, msg=key)
+
+
+@pytest.mark.parametrize("rule", ["sal", "bp"])
+def test_accumulating_micro_batches_of_unequal_token_counts_equals_one_batch(rule, tmp_path):
+    """The local rule's loss was a mean over each micro-batch's own tokens: two micro-batches whose rows count
+    different numbers of tokens (prompts labelled -100) moved the weights 64% away from one batch of both (bp: 1e-7).
+    With the defaults, as users train."""
+    from transformers import TrainingArguments
+
+    x = torch.randint(0, 64, (4, 8), generator=torch.Generator().manual_seed(0))
+    labels = x.clone()
+    labels[2:, :6] = -100  # the second micro-batch counts 2 tokens a row, the first 7
+    rows = [{"input_ids": a, "labels": b} for a, b in zip(x, labels)]
+    changes = []
+    for batch, steps in ((4, 1), (2, 2)):
+        torch.manual_seed(0)
+        size = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
+        config = SALTransformerConfig(**size, max_position_embeddings=16, learning_rule=rule)
+        model = SALTransformerForCausalLM(config)
+        before = [p.detach().clone() for p in model.parameters()]
+        args = TrainingArguments(
+            str(tmp_path / f"b{batch}"),
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=steps,
+            max_steps=1,
+            optim="sgd",
+            learning_rate=1.0,
+            max_grad_norm=0.0,
+            report_to=[],
+            use_cpu=True,
+            save_strategy="no",
+        )
+        SALTrainer(model=model, args=args, train_dataset=rows).train()
+        changes.append(torch.cat([(p.detach() - q).flatten() for p, q in zip(model.parameters(), before)]))
+    assert changes[0].norm() > 0
+    assert (changes[1] - changes[0]).norm() / changes[0].norm() < 1e-5
