@@ -391,6 +391,9 @@ class SALTransformerModel(SALTransformerPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of input_ids or inputs_embeds.")
+        check_inputs(
+            input_ids, inputs_embeds, attention_mask, cache.get_seq_length() if cache is not None else 0, self.config
+        )
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
@@ -457,6 +460,90 @@ class SALTransformerModel(SALTransformerPreTrainedModel):
             routing_losses=tuple(routing_losses) if local else None,
         )
         return output if return_dict else output.to_tuple()
+
+
+def _id_range(ids: torch.Tensor, ignore: int | None = None) -> tuple[int, int] | None:
+    """(min, max) of ``ids`` without the ``ignore`` entries, in one host sync; None when compiling (the sync would
+    break the graph) or when nothing is left."""
+    if torch.compiler.is_compiling():
+        return None
+    if ignore is not None:
+        ids = ids[ids != ignore]
+    if ids.numel() == 0:
+        return None
+    low, high = torch.stack(torch.aminmax(ids)).tolist()
+    return low, high
+
+
+def check_inputs(
+    input_ids: torch.Tensor | None,
+    inputs_embeds: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    past: int,
+    config: SALTransformerConfig,
+) -> None:
+    """Raise a ValueError naming the value and the fix unless ``input_ids`` (or ``inputs_embeds``) and
+    ``attention_mask`` are what the model reads: (batch, length) integer ids in ``[0, vocab_size)`` (or (batch, length,
+    hidden_size) embeddings), and a (batch, past + length) 2-D mask (a 4-D mask is taken as given). Torch would say
+    "index out of range in self" (a device-side assert on CUDA), "not enough values to unpack", or mask nothing
+    where the mask is too long."""
+    if input_ids is not None:
+        if not isinstance(input_ids, torch.Tensor):
+            raise TypeError(f"input_ids must be a torch.Tensor; got {type(input_ids).__name__}.")
+        if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+            raise ValueError(
+                f"input_ids must be integer token ids; got dtype={input_ids.dtype}. Pass the tokenizer's ids "
+                "(return_tensors='pt'), or embeddings as inputs_embeds."
+            )
+        shape, what = tuple(input_ids.shape), "input_ids"
+        if input_ids.dim() != 2:
+            hint = " Add a batch dimension with input_ids.unsqueeze(0)." if input_ids.dim() == 1 else ""
+            raise ValueError(f"input_ids must have shape (batch, length); got {shape}.{hint}")
+    else:
+        shape, what = tuple(inputs_embeds.shape), "inputs_embeds"
+        if inputs_embeds.dim() != 3 or shape[-1] != config.hidden_size:
+            raise ValueError(
+                f"inputs_embeds must have shape (batch, length, {config.hidden_size}) (config.hidden_size); got {shape}."
+            )
+    if shape[0] == 0 or shape[1] == 0:
+        raise ValueError(f"Got an empty batch: {what} has shape {shape}.")
+    if input_ids is not None and (bounds := _id_range(input_ids)) is not None:
+        bad = bounds[0] if bounds[0] < 0 else bounds[1] if bounds[1] >= config.vocab_size else None
+        if bad is not None:
+            raise ValueError(
+                f"Token id {bad} is outside [0, {config.vocab_size}) (config.vocab_size={config.vocab_size}). The "
+                "tokenizer's vocabulary is larger than the model's: build the model with vocab_size=len(tokenizer), "
+                "or call model.resize_token_embeddings(len(tokenizer))."
+            )
+    if attention_mask is None or attention_mask.dim() == 4:
+        return
+    expected = (shape[0], past + shape[1])
+    if attention_mask.dim() != 2 or tuple(attention_mask.shape) != expected:
+        raise ValueError(
+            f"attention_mask must have shape (batch, past + length) = {expected} (past = {past} cached tokens); got "
+            f"{tuple(attention_mask.shape)}. Pass the tokenizer's attention_mask for these {what}, extended by the "
+            "cached tokens' mask when a cache is given."
+        )
+
+
+def check_lm_labels(labels: Any, shape: tuple[int, ...], vocab_size: int, ignore_index: int = -100) -> None:
+    """Raise a ValueError naming the value and the fix unless ``labels`` is an integer tensor of the input's shape
+    ``(batch, length)`` with token ids in ``[0, vocab_size)`` or ``ignore_index`` (-100: does not count)."""
+    if not isinstance(labels, torch.Tensor):
+        raise ValueError(f"labels must be a tensor of token ids; got a {type(labels).__name__}.")
+    if tuple(labels.shape) != tuple(shape) or labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError(
+            f"labels must be integer token ids of the input's shape {tuple(shape)} (the input ids, shifted inside; "
+            f"{ignore_index} where a token does not count); got shape {tuple(labels.shape)}, dtype {labels.dtype}. "
+            "DataCollatorForLanguageModeling(tokenizer, mlm=False) builds them."
+        )
+    bounds = _id_range(labels, ignore=ignore_index)
+    if bounds is not None and (bounds[0] < 0 or bounds[1] >= vocab_size):
+        bad = bounds[0] if bounds[0] < 0 else bounds[1]
+        raise ValueError(
+            f"Label {bad} is outside [0, {vocab_size}) (config.vocab_size) and is not {ignore_index} (ignored). "
+            f"Mark the positions that do not count with {ignore_index}."
+        )
 
 
 def _loss_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -556,6 +643,12 @@ class SALTransformerForCausalLM(SALTransformerPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss_kwargs = _loss_kwargs(kwargs)
+            check_lm_labels(
+                labels,
+                outputs.last_hidden_state.shape[:2],
+                self.config.vocab_size,
+                loss_kwargs.get("ignore_index", -100),
+            )
             if "num_items_in_batch" not in loss_kwargs:
                 # The mean over the positions that count, and 0 (not 0/0) where none does: a prompt-only row
                 # (labels all -100) in a micro-batch of its own. No host sync.

@@ -256,3 +256,43 @@ def test_a_vocab_error_language_model_loads_as_a_classifier(tmp_path, alignment)
         ValueError, match=r"score.weight saved \(4, 32\), here \(5, 32\) \(this call sets num_labels=5\)"
     ):
         SALTransformerForSequenceClassification.from_pretrained(tmp_path / "cls", num_labels=5)
+
+
+def bad_transformer_inputs():
+    ids = torch.randint(1, 64, (2, 5), generator=torch.Generator().manual_seed(0))
+    return [
+        (dict(input_ids=ids.float()), "input_ids must be integer token ids; got dtype=torch.float32"),
+        (dict(input_ids=torch.tensor([[1, 2, 64]])), r"Token id 64 is outside \[0, 64\).*resize_token_embeddings"),
+        (dict(input_ids=torch.tensor([[1, -1]])), r"Token id -1 is outside \[0, 64\)"),
+        (dict(input_ids=ids[0]), r"shape \(batch, length\); got \(5,\).*unsqueeze\(0\)"),
+        (dict(input_ids=ids[:0]), r"empty batch: input_ids has shape \(0, 5\)"),
+        (
+            dict(input_ids=ids, attention_mask=torch.ones(2, 3)),
+            r"attention_mask must have shape .* \(2, 5\).*got \(2, 3\)",
+        ),
+        (
+            dict(input_ids=ids[:1], attention_mask=torch.ones(1, 7)),
+            r"\(1, 5\) \(past = 0 cached tokens\); got \(1, 7\)",
+        ),
+        (dict(input_ids=ids, attention_mask=torch.ones(5)), r"got \(5,\)"),
+        (dict(inputs_embeds=torch.rand(2, 5, 31)), r"inputs_embeds must have shape \(batch, length, 32\)"),
+        (dict(input_ids=ids, labels=torch.full((2, 5), 70)), r"Label 70 is outside \[0, 64\).*not -100"),
+        (dict(input_ids=ids, labels=torch.full((2, 5), -5)), r"Label -5 is outside"),
+        (dict(input_ids=ids, labels=ids.float()), r"integer token ids of the input's shape \(2, 5\).*float32"),
+        (dict(input_ids=ids, labels=ids[:, :3]), r"input's shape \(2, 5\).*got shape \(2, 3\)"),
+    ]
+
+
+@pytest.mark.parametrize("inputs, says", bad_transformer_inputs())
+def test_bad_ids_masks_and_labels_are_named_before_torch_fails(inputs, says):
+    """Each reached torch: 'index out of range in self' (a device-side assert on CUDA), 'not enough values to
+    unpack', a reshape or size error, a target-dtype error; a mask longer than the tokens masked the wrong ones
+    silently. With the defaults."""
+    size = dict(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16)
+    model = SALTransformerForCausalLM(SALTransformerConfig(**size)).eval()
+    with pytest.raises(ValueError, match=says):
+        model(**inputs)
+    if "labels" not in inputs:  # the classifier reads its inputs through the same body
+        classifier = SALTransformerForSequenceClassification(SALTransformerConfig(**size, pad_token_id=0)).eval()
+        with pytest.raises(ValueError, match=says):
+            classifier(**inputs)
