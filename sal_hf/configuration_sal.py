@@ -262,7 +262,7 @@ class SALConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         if self.hidden_sizes is None:
             self.hidden_sizes = [256]
-        else:
+        elif isinstance(self.hidden_sizes, (list, tuple)):
             self.hidden_sizes = list(self.hidden_sizes)
         if isinstance(self.image_size, int) and not isinstance(self.image_size, bool):
             self.image_size = [self.image_size, self.image_size]
@@ -308,15 +308,26 @@ class SALConfig(PreTrainedConfig):
             if getattr(self, name) < 1:
                 raise ValueError(f"SALConfig.{name} must be >= 1; got {name}={getattr(self, name)!r}.")
         sizes = self.hidden_sizes
-        if not sizes or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in sizes):
+        if (
+            not isinstance(sizes, list)
+            or not sizes
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in sizes)
+        ):
             raise ValueError(
-                f"SALConfig.hidden_sizes must be a non-empty list of positive ints; got hidden_sizes={sizes!r}."
+                f"SALConfig.hidden_sizes must be a non-empty list of positive ints, one a hidden layer; got "
+                f"hidden_sizes={sizes!r}"
+                + (f" (one hidden layer: hidden_sizes=[{sizes}])." if isinstance(sizes, int) else ".")
             )
         if self.num_channels not in (1, 3) or isinstance(self.num_channels, bool):
             raise ValueError(
                 f"SALConfig.num_channels must be 1 (luminance) or 3 (RGB); got num_channels={self.num_channels!r}."
             )
         size = self.image_size
+        if size is None and self.input_size % self.num_channels:
+            raise ValueError(
+                f"SALConfig.input_size={self.input_size} does not split into num_channels={self.num_channels} "
+                "channels; set input_size=num_channels*height*width (image_size=[height, width] checks it)."
+            )
         if size is not None:
             if len(size) != 2 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in size):
                 raise ValueError(
@@ -431,8 +442,9 @@ class SALConfig(PreTrainedConfig):
                 )
             if self.output_areas:
                 raise ValueError("area_mode='partition' cannot split the output layer; set output_areas=False.")
-        if not isinstance(self.residual, bool):
-            raise ValueError(f"SALConfig.residual must be a bool; got residual={self.residual!r}.")
+        for name in ("residual", "output_areas"):  # a string "false" would read as True
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"SALConfig.{name} must be a bool; got {name}={getattr(self, name)!r}.")
         if self.residual and len(set(sizes)) != 1:
             raise ValueError(
                 f"residual=True adds each hidden layer's input to its output, so all hidden sizes must be equal; "

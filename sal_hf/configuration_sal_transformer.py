@@ -243,6 +243,20 @@ class SALTransformerConfig(PreTrainedConfig):
             )
         if self.dual_path not in (None, True, False):
             raise ValueError(f"{name}.dual_path must be a bool or None; got dual_path={self.dual_path!r}.")
+        for field in ("area_down_proj", "use_cache", "tie_word_embeddings"):  # a string "false" would read as True
+            if not isinstance(getattr(self, field), bool):
+                raise ValueError(f"{name}.{field} must be a bool; got {field}={getattr(self, field)!r}.")
+        for field in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            value = getattr(self, field)
+            for token in value if isinstance(value, (list, tuple)) else [value]:
+                if token is not None and (
+                    not isinstance(token, int) or isinstance(token, bool) or not 0 <= token < self.vocab_size
+                ):
+                    raise ValueError(
+                        f"{name}.{field} must be a token id in [0, vocab_size={self.vocab_size}) or None; got "
+                        f"{field}={value!r}. Take it from the tokenizer (tokenizer.{field}) and set "
+                        "vocab_size=len(tokenizer)."
+                    )
         if self.num_areas == 1 and self.dual_path:
             raise ValueError("dual_path=True needs areas; got num_areas=1. Set num_areas > 1 or dual_path=None.")
         if self.num_areas == 1 and self.area_down_proj:

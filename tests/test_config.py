@@ -53,6 +53,10 @@ INVALID = [
     ({"residual_scale": 0.0}, "residual_scale=0.0"),
     ({"residual": True, "hidden_sizes": [32, 16]}, "hidden_sizes=[32, 16]"),
     ({"area_implementation": "dense"}, "area_implementation='dense'"),
+    # A string "false" read as True; an int failed on iteration; RGB on 784 values failed only in the processor.
+    ({"output_areas": "false"}, "output_areas='false'"),
+    ({"hidden_sizes": 256}, "hidden_sizes=256 (one hidden layer: hidden_sizes=[256]"),
+    ({"num_channels": 3}, "input_size=16 does not split into num_channels=3"),
 ]
 
 

@@ -83,6 +83,12 @@ def surrogate(model, ids_, labels=None, **kwargs) -> torch.Tensor:
         # The MLP's fields would be stored and ignored (PreTrainedConfig keeps unknown keywords).
         ({"feedback_gain": 11.3}, "feedback_gain"),
         ({"hidden_sizes": [64], "norm": "layernorm"}, "hidden_sizes=.*norm="),
+        # A string "false" read as True; token ids outside the vocabulary were kept.
+        ({"area_down_proj": "false"}, "area_down_proj='false'"),
+        ({"use_cache": "no"}, "use_cache='no'"),
+        ({"pad_token_id": 64}, r"pad_token_id must be a token id in \[0, vocab_size=64\)"),
+        ({"pad_token_id": -1}, "pad_token_id=-1"),
+        ({"eos_token_id": [1, 900]}, r"eos_token_id=\[1, 900\]"),
     ],
 )
 def test_invalid_config_raises_naming_the_field(overrides, field):
