@@ -545,9 +545,13 @@ class SALTrainer(Trainer):
         if model.training and not torch.isfinite(loss.detach()).all():
             core.discard_routing_statistics()  # this forward's, never applied: a later `train()` starts clean
             reset_area_selection(core)
+            step = self.state.global_step
+            largest = max((float(p.detach().abs().max()) for p in core.parameters() if p.numel()), default=0.0)
             raise FloatingPointError(
-                f"Training loss is {loss.item()} at step {self.state.global_step} (epoch {self.state.epoch}); "
-                "stopped before applying the update, so the model and saved checkpoints are unchanged. Lower "
+                f"Training loss is {loss.item()} at step {step + 1} (epoch {self.state.epoch}); stopped before "
+                f"applying its update, so no checkpoint is written. The model holds the weights after step {step} "
+                f"(largest |weight| {largest:.3g}), which gave this loss: a checkpoint saved at step {step} holds them "
+                "too, so resume from an earlier one if they diverged (save_total_limit keeps only the newest). Lower "
                 "learning_rate, set max_grad_norm, or check the inputs for NaN/Inf."
             )
         return (loss, outputs) if return_outputs else loss

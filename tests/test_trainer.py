@@ -224,7 +224,7 @@ def test_nan_loss_stops_training_before_the_update(make_config, tmp_path):
     steps = StateAtStepBegin()
     args = training_args(tmp_path, per_device_train_batch_size=16, train_sampling_strategy="sequential")
     trainer = SALTrainer(model=model, args=args, train_dataset=as_dataset(x, y), callbacks=[steps])
-    with pytest.raises(FloatingPointError, match="Training loss is nan at step 1 "):
+    with pytest.raises(FloatingPointError, match="Training loss is nan at step 2 "):
         trainer.train()
     assert trainer.state.global_step == 1 and len(steps.states) == 2
     first, after_good_step = steps.states
