@@ -433,6 +433,10 @@ LOADERS: dict[str, Callable[..., DatasetDict]] = {
 }
 
 
+# The top-level modules of the `data` extra (pyproject.toml) that the loaders import.
+DATA_EXTRA = ("datasets", "sklearn", "mnist1d")
+
+
 def load_image_dataset(name: str, **kwargs) -> DatasetDict:
     """Load a dataset by name (see `LOADERS`) as a `DatasetDict` with `train` and `test` splits; `kwargs` go to
     the loader (e.g. `source="hub"` for the full MNIST)."""
@@ -440,7 +444,16 @@ def load_image_dataset(name: str, **kwargs) -> DatasetDict:
         if name in UNAVAILABLE_OFFLINE:
             raise ValueError(f"Dataset {name!r} is not available offline and has no loader here.")
         raise ValueError(f"Unknown dataset {name!r}; available: {sorted(LOADERS)}.")
-    return LOADERS[name](**kwargs)
+    try:
+        return LOADERS[name](**kwargs)
+    except ModuleNotFoundError as error:
+        if error.name not in DATA_EXTRA:
+            raise
+        raise ModuleNotFoundError(
+            f"Loading {name!r} needs `{error.name}`, which `pip install sal-hf` leaves out: "
+            "pip install 'sal-hf[data]' (datasets, scikit-learn, mnist1d).",
+            name=error.name,
+        ) from error
 
 
 __all__ = [

