@@ -29,7 +29,7 @@ from sal_hf.data import load_image_dataset
 
 @dataclass
 class ModelArguments:
-    learning_rule: str = field(default="sal", metadata={"help": "sal, dfa, fa or bp"})
+    learning_rule: str = field(default="sal", metadata={"help": "sal, dfa, fa or bp (the MLP has all four)"})
     num_areas: int = field(default=16, metadata={"help": "areas K per layer"})
     hidden_sizes: list[int] = field(default_factory=lambda: [256], metadata={"help": "hidden units per layer"})
     residual: bool = field(default=False, metadata={"help": "residual blocks after the first hidden layer"})

@@ -60,7 +60,9 @@ class ModelArguments:
     tokenizer_vocab_size: int = field(
         default=1024, metadata={"help": "vocabulary of the trained byte-level BPE tokenizer (258 = plain bytes)"}
     )
-    learning_rule: str = field(default="sal", metadata={"help": "sal, dfa, fa or bp"})
+    learning_rule: str = field(
+        default="sal", metadata={"help": "sal, dfa or bp (the transformer has no layer-wise fa)"}
+    )
     num_areas: int | None = field(default=4, metadata={"help": "areas K per block's MLP (1 = dense)"})
     hidden_size: int | None = field(default=64)
     num_hidden_layers: int | None = field(default=2)

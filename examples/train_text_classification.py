@@ -60,7 +60,8 @@ class ModelArguments:
     )
     tokenizer_vocab_size: int = field(default=1024, metadata={"help": "vocabulary of the trained tokenizer"})
     learning_rule: str | None = field(
-        default=None, metadata={"help": "sal (the default for a new model), dfa, fa or bp"}
+        default=None,
+        metadata={"help": "sal (the default for a new model), dfa or bp (the transformer has no layer-wise fa)"},
     )
     num_areas: int | None = field(default=4, metadata={"help": "areas K per block's MLP (1 = dense)"})
     hidden_size: int | None = field(default=64)

@@ -150,7 +150,8 @@ class SALConfig(PreTrainedConfig):
             local update. Deep residual stacks (tens of layers) need it.
         learning_rule (`str`, defaults to `"sal"`):
             `sal` (area-local feedback alignment), `dfa`, `fa` or `bp` (ordinary backpropagation). All train the
-            same architecture, so every comparison is this one flag.
+            same architecture, so every comparison is this one flag: `dfa` keeps `num_areas` (16 routed areas by
+            default); plain DFA, the benchmarks' baseline, is `learning_rule="dfa", num_areas=1`.
         feedback (`str`, *optional*):
             `direct` (DFA-style), `layerwise` (FA-style) or `stream` (residual-stream feedback, for `residual=True`
             stacks: one matrix `B` (num_labels, width) and every hidden layer receives the same signal, the output
