@@ -60,6 +60,11 @@ class SALRoutingCallback(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if not isinstance(model, SAL_MODELS):
             return
+        if self.accelerator is not None and self.accelerator.optimizer_step_was_skipped:
+            # fp16 loss scaling found an overflow and skipped the step: the weights did not move, nor do the routers.
+            model.discard_routing_statistics()
+            reset_area_selection(model)
+            return
         if self.accelerator is not None and self.accelerator.num_processes > 1:
             for router in model.routers:
                 for name in router.pending:

@@ -284,3 +284,22 @@ def test_local_rules_refuse_a_custom_loss(tmp_path):
         model=SALForImageClassification(tiny_config(learning_rule="bp")),
         args=training_args(tmp_path, label_smoothing_factor=0.1),
     )
+
+
+def test_a_step_the_optimizer_skipped_moves_no_router(tmp_path, monkeypatch):
+    """fp16 loss scaling skips the steps whose gradients overflowed; the routers applied the skipped step's
+    statistics all the same (running input mean, balancing bias, update count). With the defaults."""
+    from accelerate import Accelerator
+
+    monkeypatch.setattr(Accelerator, "optimizer_step_was_skipped", property(lambda self: True))
+    torch.manual_seed(0)
+    model = SALForImageClassification(defaults_config())
+    before = {name: buffer.clone() for name, buffer in model.named_buffers() if ".router." in name}
+    x, y = tiny_batch(32)
+    args = training_args(tmp_path, per_device_train_batch_size=8, max_steps=3)
+    SALTrainer(model=model, args=args, train_dataset=as_dataset(x, y)).train()
+    assert len(before) >= 4
+    for name, buffer in model.named_buffers():
+        if name in before:
+            assert torch.equal(buffer, before[name]), name
+    assert all(float(getattr(router, name).abs().sum()) == 0 for router in model.routers for name in router.pending)
