@@ -402,18 +402,21 @@ def lr_grid(suite: str, protocol: str) -> list[float]:
 
 
 def grid_extension(suite: str, tune_records: list[dict]) -> list[float]:
-    """The lr to try next when a finished search's best lr lies on the edge of the lrs it tried (`extend_grid`
-    suites): the next LR_LADDER step beyond that edge, or [] when the best is inside or the ladder ends."""
+    """The lrs to try next when a finished search's best validation accuracy is reached on an edge of the lrs it
+    tried (`extend_grid` suites): the next LR_LADDER step beyond each such edge, or [] when the best lies inside
+    or the ladder ends. An lr that ties the best on accuracy counts, whichever the loss tie-break picked: a tie at
+    the edge is a search that has not found where accuracy falls."""
     scores = lr_scores(tune_records)
     if not SUITES[suite].get("extend_grid") or len(scores) < 2:
         return []
-    best = best_lr(tune_records)
-    above, below = [lr for lr in LR_LADDER if lr > best * 1.01], [lr for lr in LR_LADDER if lr < best / 1.01]
-    if best == max(scores) and above:
-        return [above[0]]
-    if best == min(scores) and below:
-        return [below[-1]]
-    return []
+    top = max(accuracy for accuracy, _ in scores.values())
+    best = [lr for lr, (accuracy, _) in scores.items() if accuracy == top]
+    wider = []
+    if max(scores) in best and (above := [lr for lr in LR_LADDER if lr > max(scores) * 1.01]):
+        wider.append(above[0])
+    if min(scores) in best and (below := [lr for lr in LR_LADDER if lr < min(scores) / 1.01]):
+        wider.append(below[-1])
+    return wider
 
 
 def model_config(job: Job, input_size: int, num_labels: int) -> dict:
@@ -923,8 +926,11 @@ def targets_table(main: dict, variants: dict) -> list[str]:
         "",
         "Points of mean test accuracy, from the tables below. Fair protocol (lr searched, 3 seeds): `defaults` is",
         "`SALConfig()` (Kolen-Pollack feedback, router lr x0.01), `as published` fixed feedback; the gap to tuned BP",
-        "is a target (>= -0.5, stretch >= 0) on full-size MNIST and Fashion-MNIST only. Paper protocol: the best SAL-16",
-        "row with 3 or more seeds of the main table or the step-size table (named) against same-protocol BP.",
+        "is a target (>= -0.5, stretch >= 0) on full-size MNIST and Fashion-MNIST only (a budget under the 25 epochs is",
+        "named in the cell: its verdict is for that budget). Paper protocol: the best SAL-16 row with 3 or more seeds",
+        "of the main table or the step-size table (named) against same-protocol BP. That row is picked by its test",
+        "accuracy among many (and the step-size rows' settings came from seed-0 sweeps on Digits' test set), while BP",
+        "has one configuration: the paper column flatters SAL-16.",
         "",
         "| dataset | defaults - DFA (>= +0.5) | as published - DFA (>= +0.5) | defaults - tuned BP | as published - tuned"
         " BP | paper: best SAL-16 - BP (>= 0) | other targets |",
@@ -933,6 +939,7 @@ def targets_table(main: dict, variants: dict) -> list[str]:
     for column, keys in _keys_by_dataset(main).items():
         dataset, epochs, max_train, _ = column
         full = max_train is None and dataset in ("mnist", "fashion_mnist")
+        budget = f" (at {epochs} epochs)" if full and epochs != 25 else ""
         bp, dfa, defaults = get("bp", "fair", column), get("dfa", "fair", column), get("sal+kp+r", "fair", column)
         best = best_paper(column)
         paper = (
@@ -946,15 +953,22 @@ def targets_table(main: dict, variants: dict) -> list[str]:
         if dataset == "mnist1d" and defaults and dfa:
             other.append(f"defaults >= DFA: {gap(defaults, dfa, 0.0)}")
         if full and defaults and bp:
-            other.append(f"stretch, defaults >= tuned BP: {gap(defaults, bp, 0.0)}")
+            other.append(f"stretch, defaults >= tuned BP: {gap(defaults, bp, 0.0)}{budget}")
         if dataset == "digits" and max_train is None and best:
-            other.append(f"paper, >= 60: {best[1]['mean']:.2f}, {'met' if best[1]['mean'] >= 60 else '**missed**'}")
+            entry, first = best[1], [a for seed, a in zip(best[1]["seeds"], best[1]["accuracies"]) if seed < 3]
+            seeds = (
+                ""
+                if len(entry["seeds"]) <= 3
+                else f" (n={len(entry['seeds'])}; seeds 0-2 alone: {sum(first) / len(first):.2f})"
+            )
+            other.append(f"paper, >= 60: {entry['mean']:.2f}{seeds}, {'met' if entry['mean'] >= 60 else '**missed**'}")
         cells = [
             dataset_label(dataset, main[keys[0]]["sizes"], epochs, main[keys[0]]["reduced"]),
             gap(defaults, dfa, 0.5),
             gap(get("sal+", "fair", column), dfa, 0.5),
-            gap(defaults, bp, -0.5 if full else None),
-            gap(get("sal+", "fair", column), bp, -0.5 if full else None),
+            gap(defaults, bp, -0.5 if full else None) + (budget if defaults and bp else ""),
+            gap(get("sal+", "fair", column), bp, -0.5 if full else None)
+            + (budget if get("sal+", "fair", column) and bp else ""),
             paper,
             "; ".join(other) or "-",
         ]
@@ -979,6 +993,15 @@ def targets_table(main: dict, variants: dict) -> list[str]:
     return lines + [""]
 
 
+def searched_apart(a: dict, b: dict) -> str:
+    """A warning for a comparison of two rows whose lrs were searched differently (one by k-fold cross-validation,
+    the other on the 10% split, or not at all), else ''."""
+    kinds = [
+        f"{e['folds']}-fold CV" if e.get("folds") else "10% split" if e.get("grid") else "no search" for e in (a, b)
+    ]
+    return "" if kinds[0] == kinds[1] else f"; lr searched apart: {kinds[0]} vs {kinds[1]}"
+
+
 def targets(table: dict, dataset: str, epochs: int, max_train, max_test) -> list[str]:
     """The issue's targets, stated with the numbers (measured, never asserted)."""
     get = lambda protocol, method: table.get(("main", dataset, protocol, method, epochs, max_train, max_test))  # noqa: E731
@@ -998,15 +1021,20 @@ def targets(table: dict, dataset: str, epochs: int, max_train, max_test) -> list
                 met = "meets" if sal_p["mean"] >= PAPER[dataset]["sal"] else "does NOT meet"
                 out[-1] += f" It {met} the paper's own SAL-16 ({PAPER[dataset]['sal']})."
         if sal_f and dfa_f:
-            gap = sal_f["mean"] - dfa_f["mean"]
+            # Issue 12's targets (DFA + 0.5; within 0.5 of tuned BP), judged on the rounded gap that is printed.
+            gap = round(sal_f["mean"] - dfa_f["mean"], 2)
+            said = (
+                "meets DFA + 0.5" if gap >= 0.5 else "at least DFA, short of DFA + 0.5" if gap >= 0 else "short of DFA"
+            )
             out.append(
-                f"- Fair protocol, {name}: {sal_f['mean']:.2f} vs DFA {dfa_f['mean']:.2f} "
-                f"({gap:+.2f}: {'at least as accurate' if gap >= 0 else 'short of DFA'})"
+                f"- Fair protocol, {name}: {sal_f['mean']:.2f} vs DFA {dfa_f['mean']:.2f} ({gap:+.2f}: {said}"
+                f"{searched_apart(sal_f, dfa_f)})"
             )
             if bp_f:
-                gap = sal_f["mean"] - bp_f["mean"]
+                gap = round(sal_f["mean"] - bp_f["mean"], 2)
                 out[-1] += (
-                    f"; vs tuned BP {bp_f['mean']:.2f} ({gap:+.2f}: {'within' if gap >= -1 else 'NOT within'} 1.0 point)"
+                    f"; vs tuned BP {bp_f['mean']:.2f} ({gap:+.2f}: {'within' if gap >= -0.5 else 'NOT within'} 0.5 "
+                    f"point{searched_apart(sal_f, bp_f)})"
                 )
             out[-1] += "."
     bp_ln, dfa_stream = get("fair", "bp+ln"), get("fair", "dfa+stream")
@@ -1015,7 +1043,7 @@ def targets(table: dict, dataset: str, epochs: int, max_train, max_test) -> list
         if not stream:
             continue
         parts = [
-            f"{name} {ref['mean']:.2f} ({stream['mean'] - ref['mean']:+.2f})"
+            f"{name} {ref['mean']:.2f} ({stream['mean'] - ref['mean']:+.2f}{searched_apart(stream, ref)})"
             for name, ref in (
                 ("tuned BP", bp_f),
                 ("BP with the same layer norm" + (" (lr searched)" if bp_ln and len(bp_ln["grid"]) > 1 else ""), bp_ln),
@@ -1034,7 +1062,7 @@ def targets(table: dict, dataset: str, epochs: int, max_train, max_test) -> list
             out.append(
                 f"- Fair protocol, what the areas add to Kolen-Pollack feedback: {label} {sal_kp['mean']:.2f} "
                 f"vs DFA + Kolen-Pollack {dfa_kp['mean']:.2f} ({gap:+.2f}"
-                f"{', within one std' if abs(gap) < noise else ''})."
+                f"{', within one std' if abs(gap) < noise else ''}{searched_apart(sal_kp, dfa_kp)})."
             )
     return out
 
@@ -1091,9 +1119,10 @@ def ablations_markdown(table: dict, hw: str, args: argparse.Namespace, suite: st
         title = "# Ablations of SAL-16, with SALConfig's defaults as the base (Kolen-Pollack feedback; fair protocol)"
         changes = methods
         base = [
-            "  feedback differ), ReLU, Kaiming init. `defaults (SAL-16 + KP)` is `SALConfig()` (Kolen-Pollack feedback,",
-            "  dual path, identical init, area lr / K); each other row changes the fields named in it. AdamW, no",
-            "  weight decay, batch 32; lr per",
+            "  feedback differ), ReLU, Kaiming init. `defaults (SAL-16 + KP)` is `SALConfig()` as it was before",
+            "  `router_lr_scale` (2026-11-29): Kolen-Pollack feedback, dual path, identical init, area lr / K, and the",
+            "  routers at the full lr (today's default is 1/100 of it); each other row changes the fields named in it.",
+            "  AdamW, no weight decay, batch 32; lr per",
         ]
     lines = [
         title,
@@ -1119,8 +1148,32 @@ def ablations_markdown(table: dict, hw: str, args: argparse.Namespace, suite: st
             dead = f"; dead areas ≤ {e['area'][2]}" if e and e["area"] else ""
             cells.append(f"{fmt(e)} (lr {e['lr']:g}; train {e['train_accuracy']:.1f}{dead})" if e else "-")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += ["", *search_caveats(table, suite, methods, cols)]
     lines += ["", "Fields each row changes: " + "; ".join(f"`{m}`: `{o}`" for m, o in changes.items()), ""]
     return "\n".join(lines)
+
+
+def search_caveats(table: dict, suite: str, methods, cols: list) -> list[str]:
+    """The cells whose lr choice is weak: the chosen lr is the grid's smallest or largest (this suite's grid does
+    not widen, so the best may lie beyond it), or it tied another lr on validation accuracy (10% of a small set
+    saturates; without a recorded loss the smaller lr was taken)."""
+    edge, tied = [], []
+    for method in methods:
+        for c in cols:
+            e = table.get((suite, c[0], "fair", method, c[1], c[2], c[3]))
+            if not e or len(e["grid"]) < 2:
+                continue
+            scores, chosen = e["grid"], f"{e['lr']:g}"
+            where = f"{method} ({c[0]}, lr {chosen})"
+            lrs = sorted(scores, key=float)
+            if chosen in (lrs[0], lrs[-1]):
+                edge.append(where)
+            if sum(score == scores.get(chosen) for score in scores.values()) > 1:
+                tied.append(where)
+    return [
+        f"- Chosen lr at the edge of the grid (the best may lie beyond it): {'; '.join(edge) or 'none'}.",
+        f"- Chosen lr tied with another on validation accuracy (the tie-break decided): {'; '.join(tied) or 'none'}.",
+    ]
 
 
 # One colour per main-suite method, the same in every plot; the gap plot adds one marker per method.
@@ -1211,10 +1264,10 @@ GAP_PANELS = {
     ("bp", "paper"): (["fa", "dfa", "dfa+kp", "sal+", "sal+kp"], (0.0, "SAL > BP")),
     ("bp", "fair"): (
         ["fa", "dfa", "dfa+kp", "sal+", "sal+kp", "sal+kp+r", "bp+ln", "dfa+stream", "sal+stream", "sal+stream+r"],
-        (-1.0, "SAL ≥ BP − 1.0"),
+        (-0.5, "SAL ≥ BP − 0.5"),
     ),
     ("dfa", "paper"): (["sal+", "sal+kp"], None),
-    ("dfa", "fair"): (["sal+", "sal+kp", "sal+kp+r"], (0.0, "SAL ≥ DFA")),
+    ("dfa", "fair"): (["sal+", "sal+kp", "sal+kp+r"], (0.5, "SAL ≥ DFA + 0.5")),
 }
 GAP_LABELS = {
     "bp": "BP",

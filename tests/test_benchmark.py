@@ -94,6 +94,9 @@ def test_the_grid_widens_one_ladder_step_beyond_an_edge(benchmark):
     assert benchmark.grid_extension("main", search("main", {**grid, 3e-2: 0.5})) == []  # 1e-2 is inside now
     assert benchmark.grid_extension("main", search("main", {**grid, 1e-4: 0.9})) == [3e-5]  # the lower edge too
     assert benchmark.grid_extension("ablations_kp", search("ablations_kp", grid)) == []  # a fixed grid there
+    # A tie with the edge counts, whichever lr the loss tie-break picks (breast cancer's DFA + KP tied 3e-3 and 1e-2).
+    assert benchmark.grid_extension("main", search("main", {**grid, 3e-3: 0.6})) == [3e-2]
+    assert benchmark.grid_extension("main", search("main", dict.fromkeys(grid, 0.9))) == [3e-2, 3e-5]  # both edges
 
 
 def test_cross_validation_folds_partition_the_training_set_by_class(benchmark):
