@@ -7,8 +7,8 @@ token), accuracy on the validation and test splits, and a folder that `pipeline(
 model=output_dir)` loads. The default task is offline: which of the 12 Debian fortunes category files with 500 or
 more unique entries a quote comes from (stratified 80/10/10 split, seed 0; `apt-get install fortunes
 fortunes-min`). A tiny SAL-4 model (2 blocks, width 64, 100 steps of 32 quotes) takes about 2 minutes on 2 CPU
-cores shared with other jobs and reaches about 43% test accuracy (chance ~13%; a review's run on 2026-11-30 of the
-command below: test 43.2%, validation 41.9%).
+cores shared with other jobs and reaches about 43% test accuracy (chance ~13%; the first command below, run on
+2026-11-30 with seed 0 on an Intel Xeon: test 43.2%, validation 41.9%, as a review's run had it).
 
     python examples/train_text_classification.py --output_dir outputs/fortunes-cls
     python examples/train_text_classification.py --learning_rule bp --max_steps 1000 --output_dir outputs/cls-bp
