@@ -32,7 +32,8 @@ from .configuration_sal import (
 )
 
 
-SCRIPTS_DIR = Path(__file__).resolve().parent.parent / "scripts"
+PACKAGE_DIR = Path(__file__).resolve().parent
+SCRIPTS_DIR = PACKAGE_DIR.parent / "scripts"
 COMMANDS = ("train", "info", "bench")
 
 
@@ -413,11 +414,21 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     try:
         return {"train": train, "info": info, "bench": bench}[command](rest)
-    except ValueError as error:  # a bad flag, dataset or folder: the message names it and the fix
-        if os.environ.get("SAL_HF_TRACEBACK"):
+    except ValueError as error:
+        # sal-hf's own checks (a bad flag, dataset, folder or setting) name the value and the fix: one line. A
+        # ValueError from torch or transformers keeps its traceback.
+        if os.environ.get("SAL_HF_TRACEBACK") or not _raised_here(error):
             raise
         print(f"sal-hf {command}: error: {error}\n(SAL_HF_TRACEBACK=1 shows where it was raised.)", file=sys.stderr)
         return 2
+
+
+def _raised_here(error: BaseException) -> bool:
+    """Whether ``error`` was raised by a `raise` in the sal_hf package (its innermost frame is one of its files)."""
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and Path(frame.tb_frame.f_code.co_filename).resolve().is_relative_to(PACKAGE_DIR)
 
 
 if __name__ == "__main__":

@@ -292,7 +292,12 @@ class SALRoutingMixin:
             )
         dropped = sorted(key for key in info["unexpected_keys"] if cls._dropped_from_body(model, key))
         if dropped:
-            overrides = [f"{k}={v!r}" for k, v in sorted(kwargs.items()) if hasattr(model.config, k)]
+            saved = cls._saved_config(pretrained_model_name_or_path, kwargs)  # this call's overrides that change it
+            overrides = [
+                f"{k}={v!r}"
+                for k, v in sorted(kwargs.items())
+                if hasattr(model.config, k) and (saved is None or getattr(saved, k, None) != v) and k != "dtype"
+            ]
             raise ValueError(
                 f"The checkpoint {source} holds {len(dropped)} weights this model has no place for, e.g. "
                 f"{dropped[:3]}: "

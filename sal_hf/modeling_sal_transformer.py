@@ -463,14 +463,12 @@ class SALTransformerModel(SALTransformerPreTrainedModel):
 
 
 def _id_range(ids: torch.Tensor, ignore: int | None = None) -> tuple[int, int] | None:
-    """(min, max) of ``ids`` without the ``ignore`` entries, in one host sync; None when compiling (the sync would
-    break the graph) or when nothing is left."""
+    """(min, max) of ``ids``, the ``ignore`` entries read as 0, in one host sync; None when compiling (the sync
+    would break the graph)."""
     if torch.compiler.is_compiling():
         return None
     if ignore is not None:
-        ids = ids[ids != ignore]
-    if ids.numel() == 0:
-        return None
+        ids = torch.where(ids == ignore, 0, ids)
     low, high = torch.stack(torch.aminmax(ids)).tolist()
     return low, high
 
@@ -515,12 +513,12 @@ def check_inputs(
                 "tokenizer's vocabulary is larger than the model's: build the model with vocab_size=len(tokenizer), "
                 "or call model.resize_token_embeddings(len(tokenizer))."
             )
-    if attention_mask is None or attention_mask.dim() == 4:
-        return
-    expected = (shape[0], past + shape[1])
+    if attention_mask is None or attention_mask.dim() == 4 or torch.compiler.is_compiling():
+        return  # (a static cache's length is a tensor: compiled, the comparison would break the graph)
+    expected = (shape[0], int(past) + shape[1])
     if attention_mask.dim() != 2 or tuple(attention_mask.shape) != expected:
         raise ValueError(
-            f"attention_mask must have shape (batch, past + length) = {expected} (past = {past} cached tokens); got "
+            f"attention_mask must have shape (batch, past + length) = {expected} (past = {int(past)} cached tokens); got "
             f"{tuple(attention_mask.shape)}. Pass the tokenizer's attention_mask for these {what}, extended by the "
             "cached tokens' mask when a cache is given."
         )
@@ -649,11 +647,16 @@ class SALTransformerForCausalLM(SALTransformerPreTrainedModel, GenerationMixin):
                 self.config.vocab_size,
                 loss_kwargs.get("ignore_index", -100),
             )
-            if "num_items_in_batch" not in loss_kwargs:
-                # The mean over the positions that count, and 0 (not 0/0) where none does: a prompt-only row
-                # (labels all -100) in a micro-batch of its own. No host sync.
+            # The mean over the positions that count, and 0 (not 0/0) where none does: a prompt-only row (labels all
+            # -100) in a micro-batch of its own, or Trainer's count of an accumulation window of such rows. No host
+            # sync.
+            count = loss_kwargs.get("num_items_in_batch")
+            if count is None:
                 ignore = loss_kwargs.get("ignore_index", -100)
-                loss_kwargs["num_items_in_batch"] = (labels[..., 1:] != ignore).sum().clamp(min=1)
+                count = (labels[..., 1:] != ignore).sum()
+            loss_kwargs["num_items_in_batch"] = (
+                torch.where(count == 0, torch.ones_like(count), count) if torch.is_tensor(count) else count or 1
+            )
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **loss_kwargs)
         output = SALTransformerCausalLMOutput(
             loss=loss,

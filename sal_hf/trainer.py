@@ -392,7 +392,7 @@ class SALTrainer(Trainer):
         if shapes is None:
             return  # no safetensors weights: Trainer reports what it finds
         ours = {name: tuple(tensor.shape) for name, tensor in core.state_dict().items()}
-        tied = getattr(core, "_tied_weights_keys", None) or ()  # dropped from the file by save_pretrained
+        tied = getattr(core, "all_tied_weights_keys", None) or {}  # this model's tied weights: not in the file
         unplaced = sorted(set(shapes) - set(ours))
         absent = sorted(set(ours) - set(shapes) - set(tied))
         reshaped = sorted(name for name in set(shapes) & set(ours) if shapes[name] != ours[name])
@@ -570,7 +570,9 @@ class SALTrainer(Trainer):
         tokens weighed as much as full ones."""
         if num_items_in_batch is None or not self.model_accepts_loss_kwargs:
             return {}
-        count = num_items_in_batch / self.current_gradient_accumulation_steps
+        # A window with no counted token (prompts only) is a loss of 0, as the model makes it alone, not 0 / 0.
+        count = num_items_in_batch.clamp(min=1) if torch.is_tensor(num_items_in_batch) else max(num_items_in_batch, 1)
+        count = count / self.current_gradient_accumulation_steps
         if self.args.average_tokens_across_devices and self.args.world_size > 1:  # counted over every process
             count = count / self.accelerator.num_processes
         return {"num_items_in_batch": count}

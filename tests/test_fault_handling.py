@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import DEFAULTS, as_dataset, tiny_batch, training_args
+from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 
 from sal_hf import SALConfig, SALForImageClassification, SALImageProcessor, SALTrainer, SALTransformerConfig
@@ -249,9 +250,24 @@ def test_resuming_a_transformer_of_another_depth_is_refused(tmp_path):
     trainer = SALTrainer(model=deeper, args=training_args(tmp_path, max_steps=2), train_dataset=rows)
     with pytest.raises(ValueError, match=r"tensors of this model the checkpoint lacks.*num_hidden_layers=2 \(this"):
         trainer.train(resume_from_checkpoint=True)
-    same = SALTransformerForCausalLM(
-        SALTransformerConfig(**size, num_hidden_layers=2)
-    )  # the tied lm_head: no false alarm
+    same = SALTransformerForCausalLM(SALTransformerConfig(**size, num_hidden_layers=2))
     SALTrainer(model=same, args=training_args(tmp_path, max_steps=2), train_dataset=rows).train(
         resume_from_checkpoint=True
     )
+    # A tied head is not in the file (no false alarm); an untied one that is missing is named.
+    tied = dict(size, num_hidden_layers=2, learning_rule="bp", tie_word_embeddings=True)
+    args = training_args(
+        tmp_path / "tied", max_steps=1, per_device_train_batch_size=4, save_strategy="steps", save_steps=1
+    )
+    SALTrainer(model=SALTransformerForCausalLM(SALTransformerConfig(**tied)), args=args, train_dataset=rows).train()
+    again = SALTransformerForCausalLM(SALTransformerConfig(**tied))
+    args = training_args(tmp_path / "tied", max_steps=2)
+    SALTrainer(model=again, args=args, train_dataset=rows).train(resume_from_checkpoint=True)
+    checkpoint = tmp_path / "out" / "checkpoint-1"
+    weights = load_file(checkpoint / "model.safetensors")
+    del weights["lm_head.weight"]
+    save_file(weights, checkpoint / "model.safetensors", metadata={"format": "pt"})
+    untied = SALTransformerForCausalLM(SALTransformerConfig(**size, num_hidden_layers=2))
+    trainer = SALTrainer(model=untied, args=training_args(tmp_path, max_steps=2), train_dataset=rows)
+    with pytest.raises(ValueError, match=r"tensors of this model the checkpoint lacks, e.g. \['lm_head.weight'\]"):
+        trainer.train(resume_from_checkpoint=str(checkpoint))

@@ -121,6 +121,13 @@ def test_a_micro_batch_with_no_labelled_token_trains_as_zero_loss_not_nan(tmp_pa
     rows = [{"input_ids": x[0], "labels": torch.full_like(x[0], -100)}, {"input_ids": x[0], "labels": labels[0]}]
     args = training_args(tmp_path, per_device_train_batch_size=1, gradient_accumulation_steps=2, max_steps=2)
     SALTrainer(model=model, args=args, train_dataset=rows * 2).train()  # raised FloatingPointError before
+    # A whole accumulation window of such rows (Trainer's count is 0), under the local rule and under bp.
+    for rule in ("sal", "bp"):
+        model = SALTransformerForCausalLM(shipped(learning_rule=rule))
+        args = training_args(
+            tmp_path / rule, per_device_train_batch_size=1, max_steps=2, train_sampling_strategy="sequential"
+        )
+        SALTrainer(model=model, args=args, train_dataset=rows).train()
 
 
 def test_bp_label_smoothing_scores_the_next_token(tmp_path):
