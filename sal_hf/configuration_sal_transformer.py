@@ -60,7 +60,7 @@ class SALTransformerConfig(PreTrainedConfig):
         router_lr_scale (`float`, defaults to 1.0): learning-rate multiplier of the learned routing projections,
             applied by [`SALTrainer`] (see [`SALConfig`], whose MLP at the full lr moved most images to another area
             every epoch and left a quarter of the areas dead, and at its default 0.01 kept every area alive). The
-            transformer keeps the full lr: its routers balance (`routing_balance_rate` 1e-2) and 0.01 scored 0.002-0.003
+            transformer keeps the full lr: its routers balance (`routing_balance_rate` 1e-2) and 0.01 scored about 0.002
             bits per byte worse on the fortunes LM (docs/RESULTS_TEXT.md, `+slow-router`).
         dual_path (`bool`, *optional*): a shared dense up-projection beside the areas, summed before the
             activation (with `area_down_proj`, a shared down-projection too). None derives False (areas only):

@@ -12,7 +12,8 @@ a plain loop so the script can look inside between steps. It reports per depth a
 - the cosine between that update and the true BP gradient of the same layer on the same probe batch.
 
 Writes ``<out>/DEPTH.md`` (table) and ``<out>/depth.png`` (accuracy and norms against depth), and the raw
-numbers to ``outputs/depth.json``.
+numbers to ``docs/results/depth/depth<tag>.json`` (commit them with the page: the pages' earlier runs wrote to
+``outputs/``, which is not committed, and those records are lost).
 
     python scripts/depth.py --quick --threads 1        # digits, ~8 min on the shared 2-core box
     python scripts/depth.py --dataset fashion_mnist    # once sal_hf.data can load it
@@ -36,6 +37,9 @@ from sal_hf import SALConfig, SALForImageClassification, SALTrainer
 from sal_hf.data import load_image_dataset
 from sal_hf.feedback import FEEDBACK_MODES
 from sal_hf.optim import lr_scaled_parameters
+
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def load(
@@ -406,8 +410,9 @@ def write_report(results: list[dict], args, out: Path, command: str) -> None:
         "unless the rule names its lr groups, `sal+ [area lr x0.25, router lr x0.01]`: `--lr-groups` applies the "
         "config's `area_lr_scale` and `router_lr_scale` as SALTrainer does), `sal-1`: SAL with one area (DFA with "
         f"SAL's feedback choice), DFA and BP with K=1 (*feedback*: each local rule's feedback path and matrices, docs/FEEDBACK.md); AdamW lr {args.lr}, batch {args.batch_size}, "
-        f"{args.epochs} epochs; the same budget for every depth, rule and seed. Machine: "
-        f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}.",
+        f"{args.epochs} epochs; the same budget for every depth, rule and seed. Page written on {cpu_name()}, torch "
+        f"{torch.__version__}; each run used the `--threads` of its command (the records, docs/results/depth/, name "
+        "their machine).",
         "",
         f"Reproduce: {command if command.startswith('`') else f'`{command}`'}",
         "",
@@ -536,8 +541,11 @@ def main() -> None:
             results.append(result)
             print(json.dumps(result), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    Path("outputs").mkdir(exist_ok=True)
-    Path(f"outputs/depth{args.tag}.json").write_text(json.dumps({"command": command, "results": results}, indent=1))
+    records = ROOT / "docs" / "results" / "depth"
+    records.mkdir(parents=True, exist_ok=True)
+    hardware = f"{cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    payload = {"command": command, "hardware": hardware, "results": results}
+    (records / f"depth{args.tag}.json").write_text(json.dumps(payload, indent=1))
     write_report(results, args, args.out, command)
     print((args.out / f"{args.name}.md").read_text())
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# On a CUDA machine: the speed benchmark and the 1e9-parameter SAL model's training steps in bf16, in < 8 min.
+# On a CUDA machine: the speed benchmark and the 1e9-parameter SAL model's training steps in bf16: at most about 12 min (step limits 180 + 150 + 130 + 240 s).
 # Writes $OUT/PERFORMANCE_GPU.md when $OUT is set, else docs/PERFORMANCE_GPU.md. No network.
 # Needs: python >= 3.10 with torch (a CUDA build), transformers>=5,<6, accelerate>=1.10, safetensors, numpy
 # (install from wheels if missing: pip install --no-index --find-links <wheels> transformers accelerate ...).

@@ -3,7 +3,7 @@
 Areas make the size cheap: each block's MLP holds K areas (up- and down-projection, `area_down_proj=True`) and a
 token runs through one of them, so parameters grow with K while compute per token does not. The configuration,
 ``SCALE_CONFIG``: vocabulary 4096, width 512, 8 heads, 4 blocks, MLP width 2048, K = 120 areas per block with the
-shared dense path beside them, learned routing, block-local `sal` rule; 1.03e9 parameters of which about 2 % are
+shared dense path beside them, learned routing, block-local `sal` rule; 1.02e9 parameters of which about 2 % are
 active per token (see `active_parameters_per_token`).
 
 Training uses plain SGD by default: a step of 2 x 64 tokens reaches most of the 120 areas of every block, so AdamW
@@ -12,7 +12,7 @@ would hold state for nearly all 1e9 parameters (+8 GB) where SGD holds none (`--
 Reports: parameter count, active parameters per token, peak resident memory after each phase, median step time,
 the losses, a save -> reload round trip with identical logits and routing.
 
-    python scripts/scale_text.py                            # the 1e9 model, 20 steps, CPU (~10 GB peak RSS)
+    python scripts/scale_text.py                            # the 1e9 model, 20 steps, CPU (8.2 GB peak RSS measured, docs/TEXT.md)
     python scripts/scale_text.py --tiny                     # a seconds-long check of the script (the tests run it)
     python scripts/scale_text.py --device cuda --bf16       # on a GPU (scripts/gpu_check.sh)
 """
