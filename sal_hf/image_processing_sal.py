@@ -20,9 +20,11 @@ logger = logging.get_logger(__name__)
 # ITU-R 601-2 luma, the weights of PIL's `Image.convert("L")`.
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
 BILINEAR = 2  # PIL.Image.Resampling.BILINEAR, without importing PIL at import time
-# PIL modes whose array is not colour values (palette indices, 1-bit) or has an alpha channel beside one gray channel:
-# converted by PIL first, to "L" for grayscale, else to these.
-INDIRECT_MODES = {"1": "L", "P": "RGB", "PA": "RGBA", "LA": "L"}
+# PIL modes whose array transformers reads as gray or RGB(A) values as they are; every other mode (palette indices,
+# 1-bit, an alpha channel beside one gray channel, CMYK, YCbCr, HSV, 16-bit or float gray, ...) is converted by
+# PIL first: to "L" for grayscale, else to INDIRECT_MODES' mode (RGB by default).
+DIRECT_MODES = ("L", "RGB", "RGBA")
+INDIRECT_MODES = {"1": "L", "P": "RGB", "PA": "RGBA", "LA": "L", "RGBa": "RGBA"}
 
 
 CHANNEL_COUNTS = (1, 3, 4)  # what transformers reads as a channel axis (gray, RGB, RGBA)
@@ -135,8 +137,8 @@ class SALImageProcessor(PilBackend):
         of palette, 1-bit or gray + alpha mode are converted by PIL first (their arrays hold palette indices, 0/1, or
         two channels), to "L" with `do_convert_grayscale`."""
         mode = getattr(image, "mode", None)
-        if mode in INDIRECT_MODES:
-            image = image.convert("L" if do_convert_grayscale else INDIRECT_MODES[mode])
+        if isinstance(mode, str) and mode not in DIRECT_MODES:  # a PIL image (a tensor's `mode` is a method)
+            image = image.convert("L" if do_convert_grayscale else INDIRECT_MODES.get(mode, "RGB"))
         image = super().process_image(image, *args, **kwargs)  # (C, H, W)
         if do_convert_grayscale and image.shape[0] in (3, 4):
             dtype = image.dtype

@@ -144,10 +144,11 @@ def test_a_bool_centre_momentum_is_refused():
 # ------------------------------------------------------------------------------------------------------- images
 
 
-@pytest.mark.parametrize("mode", ["LA", "P", "1", "RGBA", "RGB", "L"])
+@pytest.mark.parametrize("mode", ["LA", "P", "1", "RGBA", "RGB", "L", "CMYK", "YCbCr", "HSV", "I;16"])
 def test_every_pil_mode_becomes_the_luminance_pil_gives(mode):
     """Palette images gave their palette indices, 1-bit images 0/1 before the 1/255 rescale, gray + alpha two
-    channels (and the model refused the input size)."""
+    channels (and the model refused the input size); CMYK (common in JPEGs), YCbCr, HSV and LAB channels were read
+    as R, G, B (0.16-0.30 off) and 16-bit gray crashed."""
     from PIL import Image
 
     colours = (np.random.default_rng(0).random((8, 8, 3)) * 255).astype("uint8")
