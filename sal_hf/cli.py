@@ -278,7 +278,9 @@ def train(argv: list[str]) -> int:
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
     trainer.save_state()
-    trainer.create_model_card(dataset=data_args.dataset, command="sal-hf train " + shlex.join(argv))
+    # Your images are named by their folder (the card keeps its last part), not by the loader's name.
+    named = data_args.data_dir if data_args.dataset == "imagefolder" and data_args.data_dir else data_args.dataset
+    trainer.create_model_card(dataset=named, command="sal-hf train " + shlex.join(argv))
     trainer.save_model()  # with --push-to-hub, Trainer uploads args.output_dir here, card included
     print(f"Saved to {args.output_dir}: eval accuracy {metrics.get('eval_accuracy', float('nan')):.4f}")
     return 0

@@ -30,6 +30,8 @@ VERSIONED = ("transformers", "torch", "accelerate", "datasets", "evaluate")
 
 def _table(rows: list[tuple[str, Any]], header: str = "setting") -> str:
     def show(value: Any) -> str:
+        if isinstance(value, float) and value != 0 and abs(value) < 1e-3:
+            return f"{value:.3g}"  # a small rate, e.g. 5e-05 (four decimals would print 0.0001, or 0.0000)
         return f"{value:.4f}" if isinstance(value, float) and value != round(value, 4) else str(value)
 
     return "\n".join([f"| {header} | value |", "|---|---|", *(f"| {name} | `{show(value)}` |" for name, value in rows)])
@@ -158,12 +160,19 @@ def sal_model_card(
     model_name = model_name or Path(args.output_dir).name
     datasets = [dataset] if isinstance(dataset, str) else list(dataset or [])
     # The Hub's `datasets:` field takes dataset ids: a local folder is named by its last part (not this machine's path).
-    datasets = [Path(name).name if os.path.isdir(name) else name for name in datasets]
+    datasets = [Path(name).name if os.path.exists(name) else name for name in datasets]
     tags = [tags] if isinstance(tags, str) else list(tags or [])
     task, what, usage, rule, architecture, routing = _describe(model, model_name)
     tags += [tag for tag in ("sal", "backprop-free", task, "sal-hf") if tag not in tags]
 
     train_log, result_lines, eval_results = parse_log_history(history)
+    if train_log is None and eval_results:  # only evaluated: transformers returns the raw log entry then
+        skip = ("runtime", "samples_per_second", "steps_per_second")
+        eval_results = {
+            " ".join(part.capitalize() for part in key.removeprefix("eval_").split("_")): value
+            for key, value in eval_results.items()
+            if key.startswith("eval_") and not key.endswith(skip)
+        }
     accuracy = (eval_results or {}).get("Accuracy")
     card_data = ModelCardData(
         model_name=model_name,
@@ -191,8 +200,13 @@ def sal_model_card(
     sections = [
         f"---\n{card_data.to_yaml()}\n---",
         f"# {model_name}",
-        f"{what} trained **{'with' if config.learning_rule == 'bp' else 'without'} backpropagation** "
-        f"by {RULE_NAMES[config.learning_rule]}, with sal-hf (SAL: Selective Adaptive Learning, "
+        (
+            f"{what} trained **{'with' if config.learning_rule == 'bp' else 'without'} backpropagation** "
+            if trainer.state.global_step
+            else f"{what}, not trained by this run (its learning rule trains it "
+            f"**{'with' if config.learning_rule == 'bp' else 'without'} backpropagation**) "
+        )
+        + f"by {RULE_NAMES[config.learning_rule]}, with sal-hf (SAL: Selective Adaptive Learning, "
         f"[arXiv 2601.21561](https://arxiv.org/abs/2601.21561)).",
         "## How to use\n\n"
         "The repository ships its modeling code (`trust_remote_code=True`); with `sal_hf` installed and imported, "

@@ -154,3 +154,24 @@ def test_card_of_a_sal_transformer(head, tmp_path):
     assert "| num_areas (K) | `4` |" in card and "| error_source | `hidden` |" in card
     assert "| feedback_alignment | `identity` |" in card  # unset: the derived default, as trained
     assert "without backpropagation" in card
+
+
+def test_card_prints_small_rates_a_file_dataset_and_an_evaluation_only_run(trainer, tmp_path):
+    """Rates under 1e-3 printed as `0.0001` (5e-5) or `0.0000` (2e-5); a dataset file went into the YAML as its
+    absolute path; a trainer that only evaluated had no metrics in the YAML, raw `eval_*` keys in its table, and a
+    card saying it was trained."""
+    model = SALForImageClassification(
+        SALConfig(input_size=16, hidden_sizes=[8], num_labels=5, routing_balance_rate=2e-5)
+    )
+    x, y = tiny_batch(32)
+    args = training_args(tmp_path / "eval", learning_rate=5e-5)
+    only = SALTrainer(model=model, args=args, eval_dataset=as_dataset(x, y), compute_metrics=classification_metrics(5))
+    accuracy = only.evaluate()["eval_accuracy"]
+    data_file = tmp_path / "train.csv"
+    data_file.write_text("x\n")
+    only.create_model_card(dataset=str(data_file))
+    card = open(os.path.join(args.output_dir, "README.md")).read()
+    assert "| routing_balance_rate | `2e-05` |" in card and "| learning_rate | `5e-05` |" in card
+    assert "- train.csv" in card and str(tmp_path) not in card
+    assert "metrics:\n- accuracy" in card and f"value: {accuracy}" in card.replace("'", "")
+    assert "| Accuracy |" in card and "eval_runtime" not in card and "not trained by this run" in card
