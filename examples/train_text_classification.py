@@ -115,7 +115,7 @@ def build_parser() -> HfArgumentParser:
 
 
 def load_raw(data_args: DataTrainingArguments, seed: int):
-    from datasets import ClassLabel, load_dataset
+    from datasets import ClassLabel, Value, load_dataset
 
     if data_args.dataset_name is not None and data_args.train_file is not None:
         raise ValueError("Give --dataset_name or --train_file, not both.")
@@ -144,7 +144,9 @@ def load_raw(data_args: DataTrainingArguments, seed: int):
             unseen = sorted(set(map(str, raw[split]["label"])) - set(feature.names))
             if unseen:
                 raise ValueError(f"The {split} split has labels the training split lacks: {unseen[:10]}.")
-            raw[split] = raw[split].cast_column("label", feature)
+            # Through strings: a ClassLabel cast keeps an integer as its class id, but the ids are the training
+            # split's name order ("10" before "2"), so an integer label must be looked up by its name.
+            raw[split] = raw[split].cast_column("label", Value("string")).cast_column("label", feature)
     return raw
 
 

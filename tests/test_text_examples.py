@@ -122,6 +122,15 @@ def test_text_classification_maps_every_split_with_the_training_labels(tmp_path)
     raw = example.load_raw(args, seed=0)
     names = raw["train"].features["label"].names
     assert raw["validation"].features["label"].names == names and raw["validation"]["label"] == [names.index("dogs")]
+    # Integer labels: the training split's ids follow its names' order ("10" before "2"); a validation 2 was kept
+    # as id 2, which named "10".
+    (tmp_path / "train_ids.csv").write_text("text,label\n" + "".join(f"class {i % 11},{i % 11}\n" for i in range(33)))
+    (tmp_path / "val_ids.csv").write_text("text,label\n" + "".join(f"class {i},{i}\n" for i in range(11)))
+    files = dict(train_file=str(tmp_path / "train_ids.csv"), validation_file=str(tmp_path / "val_ids.csv"))
+    raw = example.load_raw(example.DataTrainingArguments(**files), seed=0)
+    names = raw["train"].features["label"].names
+    for split in ("train", "validation"):
+        assert all(names[row["label"]] == row["text"].split()[1] for row in raw[split])
     with pytest.raises(ValueError, match=r"labels the training split lacks: \['birds'\]"):
         example.load_raw(
             example.DataTrainingArguments(
