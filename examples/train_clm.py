@@ -179,11 +179,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         eval_set = eval_set.shuffle(seed=training_args.seed).select(
             range(min(data_args.max_eval_samples, len(eval_set)))
         )
-    if training_args.do_eval and len(eval_set) == 0:
-        raise ValueError(
-            f"The validation text holds no block of {data_args.block_size} tokens: lower --block_size or give more "
-            "validation text."
-        )
+    for name, blocks, needed in (("training", train_set, True), ("validation", eval_set, training_args.do_eval)):
+        if needed and len(blocks) == 0:
+            raise ValueError(
+                f"The {name} text holds no block of {data_args.block_size} tokens: lower --block_size or give more "
+                f"{name} text."
+            )
 
     if model_args.model_name_or_path:
         model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path)

@@ -224,6 +224,12 @@ def load_text_dataset(
 
     if validation_file is not None and train_file is None:
         raise ValueError(f"validation_file={validation_file!r} needs a train_file too (the text to train on).")
+    percent = validation_split_percentage
+    if isinstance(percent, bool) or not isinstance(percent, int) or not 0 < percent < 100:
+        raise ValueError(
+            f"validation_split_percentage={percent!r}: the share of the training text held out for validation, an int "
+            "in 1..99 (5 by default)."
+        )
     if dataset_name in (None, "fortunes") and train_file is None:
         return load_fortunes_lm(seed=seed)
     if dataset_name is not None:
@@ -245,7 +251,23 @@ def load_text_dataset(
         raise ValueError(f"train_file={train_file!r}: a .txt, .csv, .json or .jsonl file; got .{extension}.")
     builder = builders[extension]
     kwargs = {"keep_linebreaks": keep_linebreaks} if builder == "text" else {}
-    raw = load_dataset(builder, data_files=data_files, **kwargs, **load_kwargs)
+    for name in data_files.values():
+        if not Path(name).is_file():
+            raise ValueError(f"{name}: no such file.")
+    try:
+        raw = load_dataset(builder, data_files=data_files, **kwargs, **load_kwargs)
+    except Exception as error:  # datasets wraps the cause (an empty file, bytes that are not UTF-8) in its own error
+        cause = error.__cause__ or error.__context__ or error
+        raise ValueError(
+            f"Cannot read {', '.join(data_files.values())} as {builder} rows: {type(cause).__name__}: {cause}. The "
+            "files must be non-empty UTF-8 text (.txt: a row a line; .csv / .json / .jsonl: a text column)."
+        ) from error
+    rows = len(raw["train"])
+    if "validation" not in raw and not 1 <= round(rows * percent / 100) < rows:
+        raise ValueError(
+            f"train_file={train_file!r} has {rows} rows: its first {percent}% holds no row for validation, or all of "
+            "them. Pass a validation_file, another validation_split_percentage, or more text."
+        )
     if "validation" not in raw:
         raw["validation"] = load_dataset(
             builder, data_files=data_files, split=f"train[:{validation_split_percentage}%]", **kwargs, **load_kwargs

@@ -133,6 +133,26 @@ def test_text_files_load_offline(tmp_path):
         load_text_dataset(validation_file=str(tmp_path / "val.txt"))
 
 
+def test_text_files_that_cannot_make_the_splits_are_named(tmp_path):
+    """A file under 20 lines met datasets' 'Instruction "train[:5%]" corresponds to no data!'; a percentage of 100 or
+    more a slicing error, -5 swapped the splits silently; an empty or non-UTF-8 file a DatasetGenerationError."""
+    ten = tmp_path / "ten.txt"
+    ten.write_text("".join(f"line {i}\n" for i in range(10)), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"ten.txt' has 10 rows: its first 5% holds no row .*validation_file"):
+        load_text_dataset(train_file=str(ten))
+    assert len(load_text_dataset(train_file=str(ten), validation_split_percentage=20)["validation"]) == 2
+    for percent in (100, 150, -5, 0, 2.5):
+        with pytest.raises(ValueError, match=f"validation_split_percentage={percent!r}: .* 1..99"):
+            load_text_dataset(train_file=str(ten), validation_split_percentage=percent)
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1") * 40)
+    for name in ("empty.txt", "latin1.txt"):
+        with pytest.raises(ValueError, match=f"Cannot read .*{name}.*non-empty UTF-8"):
+            load_text_dataset(train_file=str(tmp_path / name))
+    with pytest.raises(ValueError, match="absent.txt: no such file"):
+        load_text_dataset(train_file=str(tmp_path / "absent.txt"))
+
+
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.\n\t\t-- Typist",
     "Naïve café — ünïcödé ✓",

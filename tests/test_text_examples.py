@@ -69,6 +69,22 @@ def test_train_clm_on_text_files_reports_bits_per_byte_and_generates(text_files,
     assert text.startswith("The cat") and len(text) > len("The cat")
 
 
+@pytest.mark.parametrize("short", ["training", "validation"])
+def test_train_clm_names_a_text_shorter_than_one_block(text_files, short):
+    """A training text shorter than one block reached torch's RandomSampler: 'num_samples should be a positive
+    integer value, but got num_samples=0', after the model was built."""
+    (text_files / "short.txt").write_text("The cat.\nA dog.\n", encoding="utf-8")
+    files = {"training": "train.txt", "validation": "val.txt", short: "short.txt"}
+    argv = [
+        "--train_file",
+        str(text_files / files["training"]),
+        "--validation_file",
+        str(text_files / files["validation"]),
+    ]
+    with pytest.raises(ValueError, match=f"The {short} text holds no block of 64 tokens: lower --block_size"):
+        load_example("train_clm").main([*argv, *TINY, "--block_size", "64", "--output_dir", str(text_files / "out")])
+
+
 def test_train_clm_hub_path_calls_load_dataset(tmp_path, monkeypatch):
     """`--dataset_name wikitext --dataset_config_name wikitext-2-raw-v1`, with the loader mocked."""
     import datasets
