@@ -25,6 +25,25 @@ def test_accuracy_module_loads_by_path_and_computes():
     assert "accuracy" in METRICS
 
 
+@pytest.mark.parametrize(
+    "inputs, says",
+    [
+        (
+            dict(predictions=[0, 1], references=[0, 5], num_labels=3),
+            r"references hold the class id 5, outside \[0, 3\)",
+        ),
+        (dict(predictions=[0, 1], references=[0, -100]), r"references hold the class id -100.*drop ignored rows"),
+        (dict(predictions=[0, 7], references=[0, 1], num_labels=3), "predictions hold the class id 7"),
+        (dict(predictions=[], references=[]), "No predictions to score"),
+    ],
+)
+def test_accuracy_refuses_ids_outside_the_classes_and_empty_input(inputs, says):
+    """An out-of-range reference counted in accuracy and not in balanced accuracy (0.5 and 1.0), -100 counted as a
+    wrong answer, and empty input gave nan with a RuntimeWarning."""
+    with pytest.raises(ValueError, match=says):
+        load_metric("accuracy").compute(**inputs)
+
+
 def test_classification_metrics_take_the_argmax_of_the_logits():
     logits = np.array([[0.1, 2.0], [3.0, -1.0], [0.0, 0.5], [1.0, 0.0]])
     compute = classification_metrics(num_labels=2)

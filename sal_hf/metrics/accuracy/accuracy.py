@@ -40,6 +40,16 @@ class Accuracy(evaluate.Metric):
         predictions, references = np.asarray(predictions), np.asarray(references)
         if predictions.shape != references.shape:
             raise ValueError(f"predictions and references differ in shape: {predictions.shape} vs {references.shape}.")
+        if predictions.size == 0:
+            raise ValueError("No predictions to score: predictions and references are empty.")
+        upper = num_labels if num_labels is not None else np.inf
+        for name, ids in (("references", references), ("predictions", predictions)):
+            bad = ids[(ids < 0) | (ids >= upper)]
+            if bad.size:
+                raise ValueError(
+                    f"{name} hold the class id {bad[0]}, outside [0, {upper}) (num_labels={num_labels}): class ids "
+                    "count from 0; drop ignored rows (e.g. label -100) before scoring, or pass the right num_labels."
+                )
         correct = predictions == references
         result = {"accuracy": float(correct.mean()) if normalize else int(correct.sum())}
         if num_labels is not None:
