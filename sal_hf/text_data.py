@@ -234,6 +234,8 @@ def load_text_dataset(
             f"validation_split_percentage={percent!r}: the share of the training text held out for validation, an int "
             "in 1..99 (5 by default)."
         )
+    if dataset_name is not None and train_file is not None:
+        raise ValueError(f"Give dataset_name ({dataset_name!r}) or train_file ({train_file!r}), not both.")
     if dataset_name in (None, "fortunes") and train_file is None:
         return load_fortunes_lm(seed=seed)
     if dataset_name is not None:
@@ -371,6 +373,8 @@ def predicted_bytes(labels: torch.Tensor, byte_lengths: torch.Tensor) -> int:
 def group_texts(examples: dict[str, list[list[int]]], block_size: int) -> dict[str, list[list[int]]]:
     """`run_clm.py`'s grouping: concatenate every tokenized column, cut into blocks of `block_size` (the remainder
     shorter than one block is dropped), and copy `input_ids` into `labels` (the model shifts them)."""
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size={block_size!r}: tokens per block, a positive int (--block_size).")
     concatenated = {k: [token for row in examples[k] for token in row] for k in examples}
     total = (len(concatenated[next(iter(examples))]) // block_size) * block_size
     result = {k: [t[i : i + block_size] for i in range(0, total, block_size)] for k, t in concatenated.items()}

@@ -151,6 +151,11 @@ def test_text_files_that_cannot_make_the_splits_are_named(tmp_path):
             load_text_dataset(train_file=str(tmp_path / name))
     with pytest.raises(ValueError, match="absent.txt: no such file"):
         load_text_dataset(train_file=str(tmp_path / "absent.txt"))
+    with pytest.raises(ValueError, match="Give dataset_name .* or train_file .*, not both"):  # reached for the Hub
+        load_text_dataset(dataset_name="fortunes", train_file=str(ten))
+    for size in (0, -1):  # a ZeroDivisionError, and nothing
+        with pytest.raises(ValueError, match=f"block_size={size}: tokens per block"):
+            group_texts({"input_ids": [[1, 2, 3]]}, size)
 
 
 TEXTS = [
