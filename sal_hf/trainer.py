@@ -326,8 +326,9 @@ class SALTrainer(Trainer):
         return model
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
-        """[`~transformers.Trainer.train`], after refusing a checkpoint to resume whose learning-rate groups
-        (`area_lr_scale`, `router_lr_scale`) differ from the ones this model gets (see `check_resume`)."""
+        """[`~transformers.Trainer.train`], after refusing a checkpoint to resume that cannot continue with this model:
+        another architecture's weights, or other learning-rate groups (`area_lr_scale`, `router_lr_scale`); see
+        `check_resume`."""
         if resume_from_checkpoint and self.model_init is None:
             self.check_resume(resume_from_checkpoint)
         try:
