@@ -534,6 +534,17 @@ class SALPreTrainedModel(SALRoutingMixin, PreTrainedModel):
         return pixel_values.reshape(pixel_values.shape[0], per_sample).to(self.dtype)  # (B, input_size)
 
 
+def id_range(ids: torch.Tensor, ignore: int | None = None) -> tuple[int, int] | None:
+    """(min, max) of integer ``ids``, the ``ignore`` entries read as 0, in one host sync; None when compiling (the
+    sync would break the graph; the embedding's or cross_entropy's own check remains)."""
+    if torch.compiler.is_compiling():
+        return None
+    if ignore is not None:
+        ids = torch.where(ids == ignore, 0, ids)
+    low, high = torch.stack(torch.aminmax(ids)).tolist()
+    return low, high
+
+
 def class_ids(labels: Any, batch_size: int, num_labels: int, hint: str = "") -> torch.Tensor:
     """``labels`` as int64 class ids, after raising a ValueError that names the value and the fix unless it is a
     (batch_size,) tensor of integer class ids (any integer dtype, not bool) in ``[0, num_labels)``. ``hint`` ends the
@@ -549,10 +560,10 @@ def class_ids(labels: Any, batch_size: int, num_labels: int, hint: str = "") -> 
             f"dtype {labels.dtype}.{hint}"
         )
     labels = labels.long()
-    if torch.compiler.is_compiling():
-        # Reading the range back is a host sync and a graph break; compiled, cross_entropy's own check remains.
+    bounds = id_range(labels)
+    if bounds is None:
         return labels
-    low, high = torch.stack(torch.aminmax(labels)).tolist()  # one host sync for both
+    low, high = bounds
     if low < 0 or high >= num_labels:
         bad = low if low < 0 else high
         raise ValueError(

@@ -31,7 +31,7 @@ from .activations import ACTIVATIONS
 from .areas import SALAreaLinear
 from .configuration_sal_transformer import SALTransformerConfig
 from .feedback import FeedbackMatrices
-from .modeling_sal import SALRoutingMixin, class_ids
+from .modeling_sal import SALRoutingMixin, class_ids, id_range
 from .routing import AreaRouter
 
 
@@ -462,17 +462,6 @@ class SALTransformerModel(SALTransformerPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-def _id_range(ids: torch.Tensor, ignore: int | None = None) -> tuple[int, int] | None:
-    """(min, max) of ``ids``, the ``ignore`` entries read as 0, in one host sync; None when compiling (the sync
-    would break the graph)."""
-    if torch.compiler.is_compiling():
-        return None
-    if ignore is not None:
-        ids = torch.where(ids == ignore, 0, ids)
-    low, high = torch.stack(torch.aminmax(ids)).tolist()
-    return low, high
-
-
 def check_inputs(
     input_ids: torch.Tensor | None,
     inputs_embeds: torch.Tensor | None,
@@ -505,7 +494,7 @@ def check_inputs(
             )
     if shape[0] == 0 or shape[1] == 0:
         raise ValueError(f"Got an empty batch: {what} has shape {shape}.")
-    if input_ids is not None and (bounds := _id_range(input_ids)) is not None:
+    if input_ids is not None and (bounds := id_range(input_ids)) is not None:
         bad = bounds[0] if bounds[0] < 0 else bounds[1] if bounds[1] >= config.vocab_size else None
         if bad is not None:
             raise ValueError(
@@ -535,7 +524,7 @@ def check_lm_labels(labels: Any, shape: tuple[int, ...], vocab_size: int, ignore
             f"{ignore_index} where a token does not count); got shape {tuple(labels.shape)}, dtype {labels.dtype}. "
             "DataCollatorForLanguageModeling(tokenizer, mlm=False) builds them."
         )
-    bounds = _id_range(labels, ignore=ignore_index)
+    bounds = id_range(labels, ignore=ignore_index)
     if bounds is not None and (bounds[0] < 0 or bounds[1] >= vocab_size):
         bad = bounds[0] if bounds[0] < 0 else bounds[1]
         raise ValueError(

@@ -571,9 +571,8 @@ class SALTrainer(Trainer):
         tokens weighed as much as full ones."""
         if num_items_in_batch is None or not self.model_accepts_loss_kwargs:
             return {}
-        # A window with no counted token (prompts only) is a loss of 0, as the model makes it alone, not 0 / 0.
-        count = num_items_in_batch.clamp(min=1) if torch.is_tensor(num_items_in_batch) else max(num_items_in_batch, 1)
-        count = count / self.current_gradient_accumulation_steps
+        # (A window with no counted token stays 0: the model reads a count of 0 as 1, a loss of 0, not 0 / 0.)
+        count = num_items_in_batch / self.current_gradient_accumulation_steps
         if self.args.average_tokens_across_devices and self.args.world_size > 1:  # counted over every process
             count = count / self.accelerator.num_processes
         return {"num_items_in_batch": count}
