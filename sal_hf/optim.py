@@ -5,6 +5,7 @@ Pure torch; knows the area layer (``areas.SALAreaLinear``), never the reverse. A
 - :func:`lr_scaled_parameters` and :func:`scale_learning_rates`: the parameters a config's learning-rate multipliers
   apply to (the areas, :func:`area_parameters`, at ``area_lr_scale``; the learned routing projections,
   :func:`router_parameters`, at ``router_lr_scale``), each moved into param groups of their own at the scaled lr;
+  :func:`scale_applied` tells whether a user's own optimizer already does that;
 - :func:`clear_unselected_area_grads` / :func:`reset_area_selection`: before a step, drop the zero gradients that
   the masked kernel hands unselected areas, and those of areas whose rows carried no error, so momentum and weight
   decay cannot move them;
@@ -76,6 +77,29 @@ def lr_scaled_parameters(model: nn.Module, config) -> dict[str, tuple[float, lis
         "router_lr_scale": (config.router_lr_scale, router_parameters(model)),
     }
     return {name: (scale, params) for name, (scale, params) in scales.items() if scale != 1.0 and params}
+
+
+def scale_applied(
+    optimizer: torch.optim.Optimizer, params: list[nn.Parameter], scale: float, other: list[nn.Parameter] = ()
+) -> bool:
+    """Whether ``optimizer`` already gives every parameter of ``params`` ``scale`` times the lr of the base
+    parameters: those in neither ``params`` nor ``other`` (another multiplier's parameters). Reads each group's
+    ``initial_lr`` once a scheduler has set it, else its ``lr``. False when that cannot be told: no base parameter,
+    several base lrs, or a parameter of ``params`` missing from the optimizer."""
+    chosen, skipped = {id(p) for p in params}, {id(p) for p in other}
+    scaled, base, seen = set(), set(), set()
+    for group in optimizer.param_groups:
+        lr = group.get("initial_lr", group["lr"])
+        for p in group["params"]:
+            seen.add(id(p))
+            if id(p) in chosen:
+                scaled.add(lr)
+            elif id(p) not in skipped:
+                base.add(lr)
+    if len(base) != 1 or not chosen <= seen:
+        return False
+    (lr,) = base
+    return all(abs(value - lr * scale) <= 1e-6 * abs(lr * scale) + 1e-12 for value in scaled)
 
 
 class _InPlaceSGDLinear(torch.autograd.Function):

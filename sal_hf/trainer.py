@@ -30,6 +30,7 @@ from .optim import (
     in_place_sgd_problems,
     lr_scaled_parameters,
     reset_area_selection,
+    scale_applied,
     scale_learning_rates,
 )
 
@@ -598,7 +599,10 @@ class SALTrainer(Trainer):
         scales = lr_scaled_parameters(core, core.config)
         if scales and not made_here:  # one made here was scaled when it was made
             if existing is not None:
-                for name, (scale, _) in scales.items():
+                every = [p for _, params in scales.values() for p in params]
+                for name, (scale, params) in scales.items():
+                    if scale_applied(torch_optimizer, params, scale, every):  # scaled as this warning says
+                        continue
                     finder = f"{name.removesuffix('_lr_scale')}_parameters"
                     logger.warning(
                         f"config.{name}={scale} is not applied: SALTrainer scales these learning rates only in the "

@@ -229,6 +229,22 @@ def test_area_lr_scale_with_the_users_own_optimizer_warns(tmp_path, caplog):
     assert len(optimizer.param_groups) == 1 and optimizer.param_groups[0]["initial_lr"] == 1e-3
 
 
+def test_own_optimizer_scaled_as_the_warning_says_is_not_warned_about(tmp_path, caplog):
+    from sal_hf.optim import area_parameters, router_parameters, scale_learning_rates
+
+    model = SALForImageClassification(SALConfig(**DEFAULTS))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scale_learning_rates(optimizer, area_parameters(model), 0.0625)  # what the warning tells the user to do
+    scale_learning_rates(optimizer, router_parameters(model), 0.5)  # not the config's 0.01
+    x, y = tiny_batch(16)
+    args = training_args(tmp_path, max_steps=1)
+    trainer = SALTrainer(model=model, args=args, train_dataset=as_dataset(x, y), optimizers=(optimizer, None))
+    with caplog.at_level("WARNING"):
+        trainer.train()
+    assert "area_lr_scale=0.0625 is not applied" not in caplog.text
+    assert "router_lr_scale=0.01 is not applied" in caplog.text
+
+
 def test_batch_size_one_logs_area_health_over_enough_samples_and_balances_exactly(tmp_path):
     """With one sample per step, shares of one log window say nothing (K - 1 areas would look dead): the health
     waits for 4 K samples. The balancing bias stays exact: after n steps, b_k = rate (n - K n_k)."""
