@@ -12,6 +12,10 @@ a plain loop (Trainer's data loading and logging would only add noise). Variants
   ``SALConfig.area_implementation``). The optimizer carries SALTrainer's pre-step hook
   (``clear_unselected_area_grads``), as in training;
 - ``bp-dense``: BP on a dense K=1 model widened to the parameter count of ``sal-16`` (first architecture only).
+- with ``--defaults``: ``sal-1-defaults`` and ``sal-16-defaults``, today's ``SALConfig()`` learning settings
+  (Kolen-Pollack feedback, dual path, identical area init, area lr / K, router lr x0.01) on the same
+  architecture. The variants above pin the foundation design (fixed feedback, no shared path, independent areas,
+  area lr x1) that the step-time tables of docs/PERFORMANCE.md were first measured with.
 
 Each step runs every variant once, in turn (so slow drifts of a shared machine hit all alike); after warm-up the
 median of ``--steps`` steps is reported with its inter-quartile range, the ratio to ``bp`` of the same
@@ -90,6 +94,7 @@ class Variant:
         from transformers import TrainingArguments
 
         from sal_hf import SALForImageClassification, SALTrainer
+        from sal_hf.optim import lr_scaled_parameters, scale_learning_rates
 
         self.name = name
         self.device = args.device
@@ -106,6 +111,10 @@ class Variant:
             self.trainer.optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.0, **extra)
         else:
             self.trainer.optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01, **extra)
+        # The lr multipliers the config asks for (today's defaults: area lr / K, router lr x0.01), in param groups of
+        # their own as in the optimizer SALTrainer creates (the foundation design pinned above has none).
+        for scale, group in lr_scaled_parameters(self.model, config).values():
+            scale_learning_rates(self.trainer.optimizer, group, scale)
         # SALTrainer keeps an optimizer it is given and registers its pre-step hook on it (clear_unselected_area_grads:
         # areas no sample selected, or whose rows carried no error, get no gradient), as in training.
         self.optimizer = self.trainer.create_optimizer()
@@ -247,6 +256,10 @@ def bench(arch: str, hidden: list[int], optimizer: str, args, dtype: torch.dtype
         configs[name] = SALConfig(
             **common, hidden_sizes=hidden, num_areas=args.areas, learning_rule="sal", area_implementation=implementation
         )
+    if args.defaults:  # today's SALConfig() learning settings: only the shapes are given
+        shapes = {"input_size": args.input_size, "num_labels": 10, "hidden_sizes": hidden}
+        configs["sal-1-defaults"] = SALConfig(**shapes, num_areas=1)
+        configs[f"sal-{args.areas}-defaults"] = SALConfig(**shapes, num_areas=args.areas)
     if dense:
         target = configs[area_variant(args.areas, args.area_impl[0])]
         from scale import expected_parameters
@@ -401,6 +414,11 @@ def main() -> None:
         metavar="BACKEND",
         help="torch.compile each variant's forward + local rule (SALTrainer.compute_loss); default backend inductor. "
         "Use with --area-impl masked: the split kernel's per-area sizes recompile.",
+    )
+    parser.add_argument(
+        "--defaults",
+        action="store_true",
+        help="also time today's SALConfig() settings with K=1 and K areas (sal-1-defaults, sal-16-defaults)",
     )
     parser.add_argument("--input-size", type=int, default=784)
     parser.add_argument("--archs", nargs="+", default=["mlp", "deep"], choices=["mlp", "deep"])

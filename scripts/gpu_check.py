@@ -1,7 +1,8 @@
 """GPU check: the speed benchmark and the 1e9-parameter model's training steps in bf16, in one markdown report.
 
 Runs ``scripts/bench_speed.py`` (bf16, SGD and AdamW, fused optimizers, the 16-area model with both area
-implementations, ``sal-16`` split and ``sal-16-masked``, and with SGD ``sal-16-in-place``), the same benchmark
+implementations, ``sal-16`` split and ``sal-16-masked``, with SGD ``sal-16-in-place``, and today's ``SALConfig()`` settings,
+``sal-1-defaults`` and ``sal-16-defaults``), the same benchmark
 with ``--compile`` (MLP, masked areas) and ``scripts/scale.py`` (bf16 autocast, 24 steps of batch 128, save and
 reload) as subprocesses with time limits, and writes ``<out>`` with the card's name (``torch.cuda.get_device_name``). Called by ``scripts/gpu_check.sh``; on a CPU
 ``--device cpu --tiny`` runs the same path with tiny models in seconds (the tests do that).
@@ -64,7 +65,8 @@ def main() -> None:
     steps = ["--steps", "3", "--warmup", "1", "--optimizers", "sgd", "--archs", "mlp"] if args.tiny else []
     bench = [sys.executable, str(HERE / "bench_speed.py"), "--device", args.device, *precision, *small, *steps]
     impl = ["--impl", "fused"] if args.device == "cuda" else []
-    both = ["--area-impl", "split", "masked", "--in-place"]  # and, with SGD, sal-16-in-place
+    # and, with SGD, sal-16-in-place; and today's SALConfig() settings (sal-1-defaults, sal-16-defaults)
+    both = ["--area-impl", "split", "masked", "--in-place", "--defaults"]
     code_bench, log_bench, s_bench = run([*bench, *impl, *both, "--out", str(bench_md)], args.bench_timeout)
 
     # The same step with the forward and the local rule compiled (inductor: fewer, fused kernels for a host-bound

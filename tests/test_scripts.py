@@ -21,6 +21,7 @@ def test_gpu_check_runs_bench_and_scale_on_cpu_and_writes_markdown(tmp_path):
         assert expected in text
     assert "| mlp 784-64-64-10 | sgd | sal-16-masked |" in text  # both area implementations are timed
     assert "| mlp 784-64-64-10 | sgd | sal-16-in-place |" in text
+    assert "| mlp 784-64-64-10 | sgd | sal-16-defaults |" in text  # today's SALConfig() is timed too
     assert "Kernel floor of the 16-area model's SGD step" in text and "- mlp: forward " in text
     compiled = text.split("## The same step, compiled")[1].split("## 1e9")[0]
     assert "compute_loss compiled (`torch.compile`, backend `eager`)" in compiled
