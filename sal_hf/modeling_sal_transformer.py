@@ -543,6 +543,9 @@ class SALTransformerForCausalLM(SALTransformerPreTrainedModel, GenerationMixin):
     as in transformers' causal LMs. Holds the feedback matrices (`feedback.layer_*`) under a local rule."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    # A body's checkpoint (`SALTransformerModel`, or a classifier's) has no `lm_head`: loading one here draws it fresh,
+    # as transformers' causal LMs do; a checkpoint of this class without it raises.
+    _sal_new_head_prefixes = ("lm_head.",)
 
     def __init__(self, config: SALTransformerConfig) -> None:
         super().__init__(config)

@@ -297,6 +297,26 @@ def test_a_classifier_checkpoint_without_its_head_raises_but_an_lm_body_loads(sa
     )
 
 
+def test_a_body_checkpoint_loads_as_a_causal_lm_with_a_fresh_head_but_an_lm_without_its_head_raises(saved_lm, tmp_path):
+    """Found in review: `AutoModelForCausalLM` refused a `SALTransformerModel` (AutoModel) checkpoint, blaming a
+    corrupted file; transformers' causal LMs load a body and draw `lm_head` fresh."""
+    model, path = saved_lm
+    model.model.save_pretrained(tmp_path / "body")
+    started, info = AutoModelForCausalLM.from_pretrained(tmp_path / "body", output_loading_info=True)
+    # The head, and the feedback matrices that the head's class holds (regenerated from the config).
+    assert {key for key in info["missing_keys"] if not key.startswith("feedback.")} == {"lm_head.weight"}
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.model.state_dict().values(), started.model.state_dict().values())
+    )
+    weights = load_file(path / "model.safetensors")
+    del weights["lm_head.weight"]
+    (tmp_path / "headless").mkdir()
+    save_file(weights, tmp_path / "headless" / "model.safetensors", metadata={"format": "pt"})
+    (tmp_path / "headless" / "config.json").write_text((path / "config.json").read_text())
+    with pytest.raises(ValueError, match=r"lm_head\.weight"):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "headless")
+
+
 def test_a_transformer_round_trip_still_loads_with_identical_logits(saved_lm):
     model, path = saved_lm
     loaded, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True)
