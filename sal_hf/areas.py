@@ -149,8 +149,17 @@ class SALAreaLinear(nn.Module):
         """Whether a forward on ``device`` runs the masked implementation (resolves ``"auto"``)."""
         if self.num_areas == 1:
             return False
+        capturing = torch.jit.is_tracing() or torch.compiler.is_exporting()
         if self.implementation == "auto":
-            return torch.device(device).type == "cuda" and self.num_areas <= AUTO_MASKED_MAX_AREAS
+            # Traced or exported, the split kernel's per-area sizes (the batch's area counts) would be baked in.
+            cuda = torch.device(device).type == "cuda" and self.num_areas <= AUTO_MASKED_MAX_AREAS
+            return cuda or capturing
+        if self.implementation == "split" and capturing:
+            raise ValueError(
+                "area_implementation='split' sizes one matmul per area from the batch's area counts: torch.jit.trace "
+                "would bake this batch's counts into the graph (wrong outputs for other inputs) and torch.export "
+                "cannot capture them. Load the model with area_implementation='masked' (or 'auto') to trace or export."
+            )
         return self.implementation == "masked"
 
     def _parameters_of(self, k: int, grad_scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

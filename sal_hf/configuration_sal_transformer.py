@@ -166,8 +166,48 @@ class SALTransformerConfig(PreTrainedConfig):
                 "of SALForImageClassification) that the transformer does not use. Remove them; its feedback is set by "
                 "feedback_points, error_source and feedback_alignment (docs/TEXT.md)."
             )
+        self._check_llama_fields(kwargs)
         super().__post_init__(**kwargs)
         self.validate_sal()
+
+    def _check_llama_fields(self, kwargs: dict) -> None:
+        """Llama-style fields (a ported config): pop those that say what this model already does (the derived
+        `head_dim`, as many key-value heads as heads, no biases; `rope_parameters` of the default RoPE, whose
+        `rope_theta` is taken), refuse those it cannot do, which PreTrainedConfig would keep and the model ignore."""
+        heads = self.num_attention_heads
+        rope = kwargs.pop("rope_parameters", None)
+        if rope is not None:
+            if (
+                not isinstance(rope, dict)
+                or rope.get("rope_type", "default") != "default"
+                or set(rope)
+                - {
+                    "rope_type",
+                    "rope_theta",
+                }
+            ):
+                raise ValueError(
+                    f"{type(self).__name__} got rope_parameters={rope!r}: only the default RoPE is implemented (no "
+                    "scaling). Pass rope_theta=... alone, or rope_parameters={'rope_type': 'default', "
+                    "'rope_theta': ...}."
+                )
+            self.rope_theta = float(rope.get("rope_theta", self.rope_theta))
+        same = {
+            "head_dim": (self.hidden_size // heads if heads else None, "hidden_size / num_attention_heads"),
+            "num_key_value_heads": (heads, "num_attention_heads (grouped-query attention is not implemented)"),
+            "attention_bias": (False, "False (the attention projections have no bias)"),
+            "mlp_bias": (False, "False (the MLP projections have no bias)"),
+            "rope_scaling": (None, "None (RoPE scaling is not implemented)"),
+            "sliding_window": (None, "None (sliding-window attention is not implemented)"),
+        }
+        for field, (value, meaning) in same.items():
+            if field in kwargs:
+                given = kwargs.pop(field)
+                if given is not None and given != value:
+                    raise ValueError(
+                        f"{type(self).__name__} got {field}={given!r}: this transformer has {field} = {meaning}. "
+                        f"Remove {field}, or set it to {value!r}."
+                    )
 
     def validate_sal(self) -> None:
         """Raise a `ValueError` naming the field, its value and the fix for every invalid setting. Models call it

@@ -26,6 +26,7 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutputWithPast,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import logging
 
 from .activations import ACTIVATIONS
 from .areas import SALAreaLinear
@@ -33,6 +34,9 @@ from .configuration_sal_transformer import SALTransformerConfig
 from .feedback import FeedbackMatrices
 from .modeling_sal import SALRoutingMixin, class_ids, id_range
 from .routing import AreaRouter
+
+
+logger = logging.get_logger(__name__)
 
 
 def rotary_cos_sin(
@@ -95,7 +99,9 @@ class SALTransformerAttention(nn.Module):
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None,
         cache: Cache | None = None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Returns ``(output (B, T, d), attention weights (B, nh, T, S) or None)``: the eager kernel returns its
+        weights, sdpa none."""
         batch, length, _ = hidden_states.shape
         shape = (batch, length, -1, self.head_dim)
         query = self.q_proj(hidden_states).view(shape).transpose(1, 2)  # (B, nh, T, hd)
@@ -109,7 +115,7 @@ class SALTransformerAttention(nn.Module):
         attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
-        output, _ = attention(
+        output, weights = attention(
             self,
             query,
             key,
@@ -118,7 +124,7 @@ class SALTransformerAttention(nn.Module):
             dropout=self.config.attention_dropout if self.training else 0.0,
             scaling=self.scaling,
         )
-        return self.o_proj(output.reshape(batch, length, -1))  # (B, T, d)
+        return self.o_proj(output.reshape(batch, length, -1)), weights  # (B, T, d)
 
 
 class SALTransformerMLP(nn.Module):
@@ -185,6 +191,7 @@ class SALTransformerBlockOutput:
     attention_output: torch.Tensor
     area: torch.Tensor | None
     routing_loss: torch.Tensor | None
+    attention_weights: torch.Tensor | None = None
 
 
 class SALTransformerBlock(nn.Module):
@@ -208,10 +215,11 @@ class SALTransformerBlock(nn.Module):
         micro: bool = False,
         token_mask: torch.Tensor | None = None,
     ) -> SALTransformerBlockOutput:
-        m = x + self.self_attn(self.input_layernorm(x), position_embeddings, attention_mask, cache)
+        attended, weights = self.self_attn(self.input_layernorm(x), position_embeddings, attention_mask, cache)
+        m = x + attended
         mlp_input = m.detach() if local and micro else m
         y, area, routing_loss = self.mlp(self.post_attention_layernorm(mlp_input), local=local, token_mask=token_mask)
-        return SALTransformerBlockOutput(mlp_input + y, m, area, routing_loss)
+        return SALTransformerBlockOutput(mlp_input + y, m, area, routing_loss, weights)
 
 
 @dataclass
@@ -380,10 +388,13 @@ class SALTransformerModel(SALTransformerPreTrainedModel):
         """
         if cache is None:
             cache = kwargs.pop("past_key_values", None)
-        if kwargs.get("output_attentions"):
+        output_attentions = kwargs.get("output_attentions")
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        if output_attentions and self.config._attn_implementation != "eager":
             raise ValueError(
-                "output_attentions=True is not supported: the attention kernels (sdpa by default) do not return their "
-                "weights here. Call without it."
+                f"output_attentions=True needs the eager attention kernel; this model uses "
+                f"{self.config._attn_implementation!r}, which does not return its weights. Load it with "
+                "from_pretrained(..., attn_implementation='eager') or call model.set_attn_implementation('eager')."
             )
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
@@ -433,7 +444,7 @@ class SALTransformerModel(SALTransformerPreTrainedModel):
         micro = self.config.feedback_points == "micro"
 
         h = inputs_embeds
-        hidden_states, areas, points, routing_losses = [h], [], [], []
+        hidden_states, areas, points, routing_losses, attentions = [h], [], [], [], []
         for index, block in enumerate(self.layers):
             # The block boundary: no gradient crosses it. Block 0 keeps the embedding in its graph.
             x = h.detach() if local and index > 0 else h
@@ -441,6 +452,7 @@ class SALTransformerModel(SALTransformerPreTrainedModel):
             h = out.hidden_states
             hidden_states.append(h)
             areas.append(out.area)
+            attentions.append(out.attention_weights)
             if local:
                 if micro:
                     points.append(out.attention_output)
@@ -454,6 +466,7 @@ class SALTransformerModel(SALTransformerPreTrainedModel):
             cache=cache,
             # The last entry normalised, as transformers' language models return it (`tie_last_hidden_states`).
             hidden_states=(*hidden_states[:-1], last) if output_hidden_states else None,
+            attentions=tuple(attentions) if output_attentions else None,
             areas=tuple(areas) if self.returns_areas(return_areas, local) else None,
             feedback_outputs=tuple(points) if local else None,
             head_input=head_input,
@@ -622,7 +635,7 @@ class SALTransformerForCausalLM(SALTransformerPreTrainedModel, GenerationMixin):
             output_hidden_states=output_hidden_states,
             return_dict=True,
             return_areas=return_areas,
-            output_attentions=kwargs.get("output_attentions", False),  # refused there when True
+            output_attentions=kwargs.get("output_attentions"),  # eager attention only
         )
         hidden = outputs.last_hidden_state
         if isinstance(logits_to_keep, int):
@@ -655,6 +668,7 @@ class SALTransformerForCausalLM(SALTransformerPreTrainedModel, GenerationMixin):
             logits=logits,
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
             areas=outputs.areas,
             feedback_outputs=outputs.feedback_outputs,
             head_input=outputs.head_input,
@@ -752,15 +766,20 @@ class SALTransformerForSequenceClassification(SALTransformerPreTrainedModel):
             output_hidden_states=output_hidden_states,
             return_dict=True,
             return_areas=return_areas,
-            output_attentions=kwargs.get("output_attentions", False),  # refused there when True
+            output_attentions=kwargs.get("output_attentions"),  # eager attention only
         )
         hidden = outputs.last_hidden_state  # (B, T, d)
         batch, length = hidden.shape[:2]
-        if batch > 1 and input_ids is not None and attention_mask is None and self.config.pad_token_id is None:
+        if batch > 1 and attention_mask is None and self.config.pad_token_id is None:
             raise ValueError(
                 f"A batch of {batch} sequences with neither an attention_mask nor config.pad_token_id: the last real "
                 "token of each cannot be found (transformers' classifiers refuse this too). Pass the tokenizer's "
                 "attention_mask, or set config.pad_token_id."
+            )
+        if batch > 1 and attention_mask is None and input_ids is None:
+            logger.warning_once(
+                "inputs_embeds without an attention_mask: padding cannot be found in embeddings, so each sequence is "
+                "classified from its last position. Pass the attention_mask if the batch is padded."
             )
         positions = last_token_positions(input_ids, attention_mask, self.config.pad_token_id, length)
         positions = positions.to(hidden.device).expand(batch) if positions.numel() == 1 else positions.to(hidden.device)
@@ -789,6 +808,7 @@ class SALTransformerForSequenceClassification(SALTransformerPreTrainedModel):
             logits=logits,
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
             areas=outputs.areas,
             feedback_outputs=outputs.feedback_outputs,
             head_input=outputs.head_input,

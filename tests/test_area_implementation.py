@@ -252,3 +252,30 @@ def test_the_hook_keeps_every_area_gradient_with_a_nonzero_entry_and_dense_layer
     assert clear_unselected_area_grads(model) == 2  # area 0's weight and bias
     assert [areas.weights[k].grad is not None for k in range(4)] == [False, True, True, False]
     assert dense.weight_0.grad is not None and dense.bias_0.grad is not None
+
+
+class _Logits(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values):
+        return self.model(pixel_values=pixel_values).logits
+
+
+def test_tracing_takes_the_masked_kernel_under_auto_and_refuses_split():
+    """Found in review: on CPU "auto" picks the split kernel, whose per-area sizes torch.jit.trace baked in (other
+    inputs then got wrong logits, with only a TracerWarning)."""
+    torch.manual_seed(0)
+    auto = SALForImageClassification(tiny_config(area_init="independent", area_implementation="auto")).eval()
+    x, _ = tiny_batch(16)
+    other, _ = tiny_batch(16, seed=1)
+    traced = torch.jit.trace(_Logits(auto), (x,), check_trace=False)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(other), auto(pixel_values=other).logits)
+    split = copy.deepcopy(auto)
+    for layer in split.modules():
+        if isinstance(layer, SALAreaLinear):
+            layer.implementation = "split"
+    with pytest.raises(ValueError, match="area_implementation='split'.*torch.jit.trace"):
+        torch.jit.trace(_Logits(split), (x,), check_trace=False)

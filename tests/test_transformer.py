@@ -89,11 +89,23 @@ def surrogate(model, ids_, labels=None, **kwargs) -> torch.Tensor:
         ({"pad_token_id": 64}, r"pad_token_id must be a token id in \[0, vocab_size=64\)"),
         ({"pad_token_id": -1}, "pad_token_id=-1"),
         ({"eos_token_id": [1, 900]}, r"eos_token_id=\[1, 900\]"),
+        # Llama-style fields for what this model does not do were kept and ignored (a ported config).
+        ({"rope_scaling": {"rope_type": "linear", "factor": 4.0}}, "rope_scaling=.*not implemented"),
+        ({"rope_parameters": {"rope_type": "yarn", "factor": 2.0}}, "rope_parameters=.*only the default RoPE"),
+        ({"num_key_value_heads": 1}, "num_key_value_heads=1.*grouped-query"),
+        ({"attention_bias": True}, "attention_bias=True"),
+        ({"head_dim": 32}, "head_dim=32.*hidden_size / num_attention_heads"),
     ],
 )
 def test_invalid_config_raises_naming_the_field(overrides, field):
     with pytest.raises(ValueError, match=field):
         tiny(**overrides)
+
+
+def test_llama_fields_that_say_what_the_model_does_are_taken():
+    config = tiny(rope_parameters={"rope_type": "default", "rope_theta": 500.0}, head_dim=16, num_key_value_heads=2)
+    assert config.rope_theta == 500.0 and config.head_dim == 16
+    assert not hasattr(config, "rope_parameters") and not hasattr(config, "num_key_value_heads")
 
 
 def test_tied_embeddings_work_under_bp_only():

@@ -189,13 +189,45 @@ def test_a_batch_without_pad_token_or_attention_mask_is_refused():
         model(input_ids=token_batch(2))
     assert model(input_ids=token_batch(1)).logits.shape == (1, 2)  # one sequence: its last token
     assert model(input_ids=token_batch(2), attention_mask=torch.ones(2, 8)).logits.shape == (2, 2)
+    # Embeddings too (found in review: only ids were refused); with a pad id, embeddings hide the padding: a warning.
+    with pytest.raises(ValueError, match="neither an attention_mask nor config.pad_token_id"):
+        model(inputs_embeds=model.model.embed_tokens(token_batch(2)))
 
 
-def test_output_attentions_is_refused_not_ignored():
+def test_padded_embeddings_without_a_mask_are_warned_about(caplog):
+    model = classifier(pad_token_id=0).eval()
+    ids = torch.tensor([[5, 6, 7, 8], [5, 6, 0, 0]])
+    with caplog.at_level("WARNING"):
+        model(inputs_embeds=model.model.embed_tokens(ids))
+    assert "inputs_embeds without an attention_mask" in caplog.text
+    masked = model(inputs_embeds=model.model.embed_tokens(ids), attention_mask=(ids != 0).long()).logits
+    torch.testing.assert_close(masked, model(input_ids=ids).logits)
+
+
+def test_output_attentions_are_llamas_under_eager_attention_and_refused_under_sdpa():
+    """Found in review: refused under every kernel, though the eager kernel returns its weights."""
     model = classifier().eval()
-    with pytest.raises(ValueError, match="output_attentions=True is not supported"):
+    with pytest.raises(ValueError, match="output_attentions=True needs the eager attention kernel.*'sdpa'"):
         model(input_ids=token_batch(2), output_attentions=True)
-    assert model(input_ids=token_batch(2), output_attentions=False).logits.shape == (2, 2)
+    assert model(input_ids=token_batch(2), output_attentions=False).attentions is None
+    model.set_attn_implementation("eager")
+    ids = token_batch(2)
+    out = model(input_ids=ids, output_attentions=True)
+    assert len(out.attentions) == TINY["num_hidden_layers"]
+    weights = out.attentions[0]
+    assert weights.shape == (2, TINY["num_attention_heads"], ids.shape[1], ids.shape[1])
+    torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))
+    assert torch.all(weights.triu(1) == 0)  # causal: no weight on later tokens
+    # The weights are those the layer used: recomputed from its projections, they give its output.
+    block = model.model.layers[0]
+    captured = {}
+    block.self_attn.register_forward_hook(lambda module, args, output: captured.update(out=output[0], args=args))
+    model(input_ids=ids)
+    attention = block.self_attn
+    hidden = captured["args"][0]
+    value = attention.v_proj(hidden).view(2, ids.shape[1], -1, attention.head_dim).transpose(1, 2)
+    mixed = (weights @ value).transpose(1, 2).reshape(2, ids.shape[1], -1)
+    torch.testing.assert_close(attention.o_proj(mixed), captured["out"])
 
 
 def test_a_causal_lm_batch_without_labels_names_the_lm_collator(tmp_path):
