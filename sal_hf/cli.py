@@ -67,9 +67,15 @@ class ModelArguments:
     dual_path: bool | None = field(default=None, metadata={"help": "add a shared dense path beside the areas"})
     area_update_norm: str | None = field(default=None, metadata={"choices": list(AREA_NORMS)})
     routing_seed: int | None = field(
-        default=None, metadata={"help": "seed of prototypes and initial routing projections"}
+        default=None,
+        metadata={
+            "help": "seed of prototypes and initial routing projections (the config's 0 if unset; --seed does not set it)"
+        },
     )
-    feedback_seed: int | None = field(default=None, metadata={"help": "seed of the feedback matrices"})
+    feedback_seed: int | None = field(
+        default=None,
+        metadata={"help": "seed of the feedback matrices (the config's 1000 if unset; --seed does not set it)"},
+    )
     config_overrides: str | None = field(
         default=None,
         metadata={"help": "other SALConfig fields as key=value,key=value (e.g. routing_balance_rate=0.01)"},

@@ -21,7 +21,7 @@ from .block_rule import BlockLocalRule
 from .configuration_sal import SALConfig
 from .configuration_sal_transformer import SALTransformerConfig
 from .learning_rule import LocalLearningRule
-from .modeling_sal import SALRoutingMixin
+from .modeling_sal import SALPreTrainedModel, SALRoutingMixin
 from .modeling_sal_transformer import SALTransformerForCausalLM
 from .optim import (
     area_layers,
@@ -318,6 +318,27 @@ class SALTrainer(Trainer):
             self.loss_is_scaled_for_ga = False
         self._health.learning_rule = self.learning_rule
         self._check_parallelism(core)
+        self._check_arguments(core)
+
+    def _check_arguments(self, core: nn.Module) -> None:
+        """TrainingArguments that this model cannot honour (refused), or that would cost far more than they give
+        (warned about)."""
+        if self.args.neftune_noise_alpha is not None and core.get_input_embeddings() is None:
+            raise ValueError(
+                f"neftune_noise_alpha={self.args.neftune_noise_alpha}: NEFTune adds noise to token embeddings, and "
+                f"{type(core).__name__} has none. Remove neftune_noise_alpha (it is for the text models)."
+            )
+        # (The transformer's split kernel settles after two compiles: dynamic shapes. The MLP's did not.)
+        mlp = isinstance(core, SALPreTrainedModel)
+        split = [
+            layer for layer in area_layers(core) if layer.num_areas > 1 and not layer.uses_masked(self.args.device)
+        ]
+        if self.args.torch_compile and mlp and split:
+            logger.warning(
+                "torch_compile=True with the split area kernel (area_implementation='split', or 'auto' off CUDA): its "
+                "per-area matmul sizes change with every batch, so torch.compile recompiles each step until its "
+                "recompile limit and then runs eagerly. Build the model with area_implementation='masked' to compile."
+            )
 
     def call_model_init(self, trial: Any = None) -> nn.Module:
         """[`~transformers.Trainer.call_model_init`], then the learning rule and checks of the new model's config."""
@@ -366,6 +387,12 @@ class SALTrainer(Trainer):
         core = self.accelerator.unwrap_model(self.model)
         saved_config = type(core.config).from_pretrained(checkpoint)
         self._check_resumed_architecture(core, checkpoint, saved_config)
+        if not any(name.startswith("optimizer") for name in os.listdir(checkpoint)):  # .pt, .bin, FSDP's optimizer_0
+            logger.warning(
+                f"{checkpoint} holds no optimizer state (saved with save_only_model=True?): training continues from its "
+                "weights and routing state with a fresh optimizer and schedule, so it will not match an uninterrupted "
+                "run. Resume from a checkpoint saved without save_only_model for that."
+            )
         if self._users_optimizer:
             return
         saved, ours = (

@@ -2,6 +2,7 @@
 shipped default routes real images stably (docs/ROUTING.md)."""
 
 import json
+import os
 import re
 
 import pytest
@@ -147,3 +148,23 @@ def test_with_an_optimizer_of_your_own_resume_is_not_checked(tmp_path):
     with pytest.raises(Exception) as raised:  # Trainer's own loading fails on the config-only folder, not ours
         trainer.train(resume_from_checkpoint=str(checkpoint))
     assert "router_lr_scale" not in str(raised.value)
+
+
+def test_resuming_a_checkpoint_without_optimizer_state_warns_that_it_is_not_exact(tmp_path, caplog):
+    """Found in review: a `save_only_model=True` checkpoint resumed silently with a fresh optimizer and schedule."""
+    x, y = tiny_batch(32)
+    torch.manual_seed(0)
+    args = training_args(tmp_path, max_steps=4, per_device_train_batch_size=8, save_strategy="steps", save_steps=2)
+    model = SALForImageClassification(tiny_config())
+    SALTrainer(model=model, args=args, train_dataset=as_dataset(x, y)).train()
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    trainer = SALTrainer(model=SALForImageClassification(tiny_config()), args=args, train_dataset=as_dataset(x, y))
+    with caplog.at_level("WARNING"):
+        trainer.check_resume(checkpoint)
+    assert "holds no optimizer state" not in caplog.text
+    for name in os.listdir(checkpoint):
+        if name.startswith("optimizer"):
+            os.remove(checkpoint / name)
+    with caplog.at_level("WARNING"):
+        trainer.check_resume(checkpoint)
+    assert "holds no optimizer state (saved with save_only_model=True?)" in caplog.text

@@ -303,3 +303,23 @@ def test_a_step_the_optimizer_skipped_moves_no_router(tmp_path, monkeypatch):
         if name in before:
             assert torch.equal(buffer, before[name]), name
     assert all(float(getattr(router, name).abs().sum()) == 0 for router in model.routers for name in router.pending)
+
+
+def test_neftune_on_a_model_without_token_embeddings_is_refused_up_front(tmp_path):
+    """Found in review: transformers' NEFTune hook failed inside train() with "'NoneType' object has no attribute
+    'neftune_noise_alpha'"."""
+    model = SALForImageClassification(tiny_config())
+    with pytest.raises(ValueError, match="neftune_noise_alpha=5.0.*has none"):
+        SALTrainer(model=model, args=training_args(tmp_path, neftune_noise_alpha=5.0))
+
+
+def test_torch_compile_with_the_mlps_split_kernel_is_warned_about(tmp_path, caplog):
+    split = SALForImageClassification(tiny_config(area_implementation="split"))
+    with caplog.at_level("WARNING"):
+        SALTrainer(model=split, args=training_args(tmp_path, torch_compile=True, torch_compile_backend="eager"))
+    assert "recompiles each step" in caplog.text
+    caplog.clear()
+    masked = SALForImageClassification(tiny_config(area_implementation="masked"))
+    with caplog.at_level("WARNING"):
+        SALTrainer(model=masked, args=training_args(tmp_path, torch_compile=True, torch_compile_backend="eager"))
+    assert "recompiles each step" not in caplog.text
