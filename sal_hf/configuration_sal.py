@@ -135,6 +135,9 @@ class SALConfig(PreTrainedConfig):
             Add a shared dense path beside the area path in every hidden layer; the two are summed. Unset (None):
             derived on read (`effective_dual_path`): True when `num_areas > 1` in expert mode (measured better,
             docs/ABLATIONS.md), else False. Partition mode refuses it: there a sample activates one block of units.
+            Each path starts from its own Kaiming draw, so a layer's pre-activation starts with twice Kaiming's
+            variance: in a deep stack without `residual` the activations grow by about sqrt(2) a layer at
+            initialisation (the measured defaults keep this init; deep stacks should use `residual=True` and a norm).
         residual (`bool`, defaults to `False`):
             Make every hidden layer after the first a residual block, ``h_l = h_{l-1} + f(a_l)``. Needs equal
             hidden sizes (the first layer maps the input to that width and is never residual). The block's
@@ -297,6 +300,22 @@ class SALConfig(PreTrainedConfig):
             )
         if self.residual and len(self.hidden_sizes) == 1:
             lines.append("residual=True has no effect with one hidden layer (the first layer is never residual).")
+        if self.residual_scale is not None and not self.residual:
+            lines.append(f"residual_scale={self.residual_scale!r} has no effect: residual=False (no residual blocks).")
+        if self.router == "random" and changed("routing_loss_weight"):
+            lines.append(
+                f"routing_loss_weight={self.routing_loss_weight!r} has no effect: router='random' never trains."
+            )
+        if self.router == "claim":
+            learned_only = ("routing_dim", "routing_balance_rate", "routing_center_momentum", "router_lr_scale")
+            for name in [n for n in (*learned_only, "routing_loss_weight") if changed(n)]:
+                lines.append(
+                    f"{name}={getattr(self, name)!r} has no effect: router='claim' routes by its claims' prototypes in "
+                    "input space (claim_* fields), with no learned projection."
+                )
+        if self.num_areas == 1:  # (area_lr_scale=1.0 is what K = 1 does anyway: the benchmark's baselines pin it)
+            for name in [n for n in ("area_update_norm", "area_lr_scale") if changed(n) and getattr(self, n) != 1.0]:
+                lines.append(f"{name}={getattr(self, name)!r} has no effect: num_areas=1 has no areas.")
         return lines
 
     def validate_sal(self) -> None:
@@ -443,6 +462,14 @@ class SALConfig(PreTrainedConfig):
                 )
             if self.output_areas:
                 raise ValueError("area_mode='partition' cannot split the output layer; set output_areas=False.")
+            if self.hidden_act != "relu":
+                # A sample's other blocks hold a = 0: only ReLU gives them f(0) = 0 (silent) and f'(0) = 0 (no error).
+                raise ValueError(
+                    f"area_mode='partition' with hidden_act={self.hidden_act!r}: the units of a sample's inactive blocks "
+                    f"have pre-activation 0, and {self.hidden_act}'s f(0) or f'(0) is not 0, so they would output a "
+                    "constant and pass a local error down that backprop would not. Use hidden_act='relu' with "
+                    "partition, or area_mode='expert'."
+                )
         for name in ("residual", "output_areas"):  # a string "false" would read as True
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"SALConfig.{name} must be a bool; got {name}={getattr(self, name)!r}.")

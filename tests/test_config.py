@@ -43,6 +43,7 @@ INVALID = [
     ({"area_update_norm": "sample"}, "area_update_norm='sample'"),
     ({"area_mode": "partition", "hidden_sizes": [30]}, "not divisible"),
     ({"area_mode": "partition", "output_areas": True}, "output_areas=False"),
+    ({"area_mode": "partition", "hidden_act": "tanh"}, "partition.*hidden_act=.tanh.*tanh.s f.0. or f..0. is not 0"),
     ({"num_areas": 1, "dual_path": True}, "dual_path=True needs areas"),
     ({"routing_balance_rate": -0.1}, "routing_balance_rate"),
     ({"routing_center_momentum": 0.0}, "routing_center_momentum"),

@@ -166,6 +166,14 @@ def test_every_pil_mode_becomes_the_luminance_pil_gives(mode):
         ({"feedback_alignment": "fixed", "feedback_decay": 0.1}, "feedback_decay=0.1 has no effect"),
         ({"learning_rule": "bp", "routing_loss_weight": 0.5}, "routing_loss_weight=0.5 has no effect"),
         ({"residual": True, "hidden_sizes": [32]}, "residual=True has no effect with one hidden layer"),
+        # Found in review: these were silent.
+        ({"residual_scale": 0.5}, "residual_scale=0.5 has no effect: residual=False"),
+        ({"router": "random", "routing_loss_weight": 5.0}, "routing_loss_weight=5.0 has no effect: router='random'"),
+        (
+            {"router": "claim", "routing_scope": "shared", "routing_dim": 8},
+            "routing_dim=8 has no effect: router='claim'",
+        ),
+        ({"num_areas": 1, "area_lr_scale": 4.0}, "area_lr_scale=4.0 has no effect: num_areas=1"),
     ],
 )
 def test_a_setting_the_rest_of_the_config_ignores_is_named(fields, says, caplog):

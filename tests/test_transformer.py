@@ -102,6 +102,14 @@ def test_invalid_config_raises_naming_the_field(overrides, field):
         tiny(**overrides)
 
 
+def test_a_transformer_setting_the_config_ignores_is_named(caplog):
+    with caplog.at_level("WARNING"):
+        config = tiny(feedback_decay=0.1)  # identity feedback (the default for sal): nothing learns, nothing decays
+    assert "feedback_decay=0.1 has no effect" in caplog.text and config.ignored_settings()
+    assert tiny(feedback_decay=0.1, feedback_alignment="kolen_pollack").ignored_settings() == []
+    assert tiny().ignored_settings() == []
+
+
 def test_llama_fields_that_say_what_the_model_does_are_taken():
     config = tiny(rope_parameters={"rope_type": "default", "rope_theta": 500.0}, head_dim=16, num_key_value_heads=2)
     assert config.rope_theta == 500.0 and config.head_dim == 16
