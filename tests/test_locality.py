@@ -89,7 +89,7 @@ def first_layer_update(model, x, y, error):
             logits=out.logits,
             labels=y,
             pre_activations=out.pre_activations,
-            feedback=model.feedback.matrices(),
+            feedback=model.feedback_matrices(),  # what SALTrainer passes (sign feedback would read weights here)
             routing_losses=(),
         ).backward()
     finally:
