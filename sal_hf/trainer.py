@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -223,6 +224,19 @@ def saved_weight_shapes(checkpoint: str | os.PathLike) -> dict[str, tuple[int, .
     except (SafetensorError, OSError):
         return None  # unreadable: Trainer's load reports it
     return shapes
+
+
+def routed_count(batch: dict[str, Any]) -> torch.Tensor | int:
+    """The rows a batch's routers average their objective over: the unpadded tokens of a text batch (its 2-D
+    `attention_mask`, else every token), the images of an image batch."""
+    mask = batch.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+        return mask.sum()
+    tokens = batch.get("input_ids", batch.get("inputs_embeds"))
+    if isinstance(tokens, torch.Tensor) and tokens.dim() >= 2:
+        return tokens.shape[0] * tokens.shape[1]
+    rows = batch.get("labels", batch.get("pixel_values"))
+    return len(rows) if rows is not None else 0  # (a batch without labels is refused in compute_loss)
 
 
 class SALTrainer(Trainer):
@@ -573,6 +587,7 @@ class SALTrainer(Trainer):
             )
         else:
             outputs = model(**inputs, **self._window_loss_kwargs(num_items_in_batch), local=True, return_dict=True)
+            self._weigh_routing_losses(outputs, inputs)
             # The model's own views of its feedback matrices where it returns them (DDP then counts learned ones used).
             feedback = getattr(outputs, "feedback", None) or core.feedback_matrices()
             loss = self.learning_rule.surrogate(outputs, inputs["labels"], feedback)
@@ -590,11 +605,34 @@ class SALTrainer(Trainer):
             )
         return (loss, outputs) if return_outputs else loss
 
+    def get_batch_samples(
+        self, epoch_iterator: Iterator, num_batches: int, device: torch.device
+    ) -> tuple[list, torch.Tensor | int | None]:
+        """[`~transformers.Trainer.get_batch_samples`], also counting the rows (tokens, for text) the routers see in
+        the accumulation window (`_weigh_routing_losses`)."""
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self._routed_in_window = sum(routed_count(batch) for batch in batch_samples) if batch_samples else None
+        return batch_samples, num_items_in_batch
+
+    def _weigh_routing_losses(self, outputs: Any, inputs: dict[str, Any]) -> None:
+        """Under gradient accumulation, make the routers' objectives (each a mean over its micro-batch's rows, or
+        unpadded tokens) the mean over the whole window's, as one batch of all would have it: Trainer divides every
+        micro-batch's loss by the number of micro-batches, so micro-batch i weighs ``n_i * steps / N``. Exact for
+        micro-batches of unequal token counts (padding) and a short last one; counted per process."""
+        window, steps = getattr(self, "_routed_in_window", None), self.current_gradient_accumulation_steps
+        losses = getattr(outputs, "routing_losses", None)
+        if not losses or window is None or steps == 1:
+            return
+        total = window.clamp(min=1) if isinstance(window, torch.Tensor) else max(window, 1)
+        weight = routed_count(inputs) * steps / total
+        outputs.routing_losses = tuple(loss * weight for loss in losses)
+
     def _window_loss_kwargs(self, num_items_in_batch: torch.Tensor | int | None) -> dict[str, Any]:
         """For a model that takes `num_items_in_batch` (the causal LM), the count that makes its local loss the mean
         over every counted token of the accumulation window (and of every process), as under `bp`: the local
         surrogate is then divided by the accumulation steps like any unscaled loss (`loss_is_scaled_for_ga=False`,
-        which keeps the routing and Kolen-Pollack terms per-micro-batch means), and DDP averages over the processes.
+        under which the Kolen-Pollack decay, a mean per micro-batch, adds up to one per step; the routers'
+        objectives are weighed by `_weigh_routing_losses`), and DDP averages over the processes.
         Without it, each micro-batch was a mean over its own tokens: micro-batches with more padding or prompt
         tokens weighed as much as full ones."""
         if num_items_in_batch is None or not self.model_accepts_loss_kwargs:
