@@ -462,13 +462,13 @@ class SALConfig(PreTrainedConfig):
                 )
             if self.output_areas:
                 raise ValueError("area_mode='partition' cannot split the output layer; set output_areas=False.")
-            if self.hidden_act != "relu":
+            if self.hidden_act != "relu" and self.learning_rule != "bp":
                 # A sample's other blocks hold a = 0: only ReLU gives them f(0) = 0 (silent) and f'(0) = 0 (no error).
                 raise ValueError(
                     f"area_mode='partition' with hidden_act={self.hidden_act!r}: the units of a sample's inactive blocks "
                     f"have pre-activation 0, and {self.hidden_act}'s f(0) or f'(0) is not 0, so they would output a "
                     "constant and pass a local error down that backprop would not. Use hidden_act='relu' with "
-                    "partition, or area_mode='expert'."
+                    "partition under a local rule, or area_mode='expert'."
                 )
         for name in ("residual", "output_areas"):  # a string "false" would read as True
             if not isinstance(getattr(self, name), bool):

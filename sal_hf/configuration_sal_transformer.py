@@ -18,6 +18,17 @@ logger = logging.get_logger(__name__)
 
 
 TRANSFORMER_RULES = ("sal", "dfa", "bp")
+# Llama-style fields a ported config may carry: taken where they say what this model does, else refused
+# (`SALTransformerConfig._check_llama_fields`).
+LLAMA_FIELDS = (
+    "rope_parameters",
+    "head_dim",
+    "num_key_value_heads",
+    "attention_bias",
+    "mlp_bias",
+    "rope_scaling",
+    "sliding_window",
+)
 FEEDBACK_POINTS = ("block", "micro")
 
 
@@ -210,9 +221,19 @@ class SALTransformerConfig(PreTrainedConfig):
                     "scaling). Pass rope_theta=... alone, or rope_parameters={'rope_type': 'default', "
                     "'rope_theta': ...}."
                 )
-            self.rope_theta = float(rope.get("rope_theta", self.rope_theta))
+            theta = float(rope.get("rope_theta", self.rope_theta))
+            if self.rope_theta != type(self).rope_theta and theta != self.rope_theta:
+                raise ValueError(
+                    f"{type(self).__name__} got rope_theta={self.rope_theta} and rope_parameters with rope_theta="
+                    f"{theta}: give one of them."
+                )
+            self.rope_theta = theta
         same = {
-            "head_dim": (self.hidden_size // heads if heads else None, "hidden_size / num_attention_heads"),
+            # (With no valid head count, validate_sal names num_attention_heads.)
+            "head_dim": (
+                self.hidden_size // heads if isinstance(heads, int) and heads > 0 else None,
+                "hidden_size / num_attention_heads",
+            ),
             "num_key_value_heads": (heads, "num_attention_heads (grouped-query attention is not implemented)"),
             "attention_bias": (False, "False (the attention projections have no bias)"),
             "mlp_bias": (False, "False (the MLP projections have no bias)"),
@@ -222,6 +243,8 @@ class SALTransformerConfig(PreTrainedConfig):
         for field, (value, meaning) in same.items():
             if field in kwargs:
                 given = kwargs.pop(field)
+                if field == "head_dim" and value is None:
+                    continue  # no valid head count: validate_sal names num_attention_heads
                 if given is not None and given != value:
                     raise ValueError(
                         f"{type(self).__name__} got {field}={given!r}: this transformer has {field} = {meaning}. "
@@ -358,7 +381,10 @@ class SALTransformerConfig(PreTrainedConfig):
     def from_dict(cls, config_dict: dict, **kwargs):
         """[`PreTrainedConfig.from_dict`] of a config saved before `feedback_alignment` or `router_lr_scale` existed:
         see `configuration_sal.with_saved_defaults`."""
-        return super().from_dict(with_saved_defaults(config_dict, kwargs), **kwargs)
+        # Llama-style overrides (`from_pretrained(dir, head_dim=...)`) go through the constructor's checks, not
+        # through setattr (a property) or back to the caller unused.
+        llama = {key: kwargs.pop(key) for key in LLAMA_FIELDS if key in kwargs}
+        return super().from_dict({**with_saved_defaults(config_dict, kwargs), **llama}, **kwargs)
 
     @property
     def effective_feedback_alignment(self) -> str:

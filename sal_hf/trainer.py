@@ -401,7 +401,8 @@ class SALTrainer(Trainer):
         core = self.accelerator.unwrap_model(self.model)
         saved_config = type(core.config).from_pretrained(checkpoint)
         self._check_resumed_architecture(core, checkpoint, saved_config)
-        if not any(name.startswith("optimizer") for name in os.listdir(checkpoint)):  # .pt, .bin, FSDP's optimizer_0
+        # optimizer.pt / .bin, FSDP's optimizer_0, XLA's rank0-of-N-optimizer.pt, DeepSpeed's global_step*/
+        if not any("optimizer" in name or name.startswith("global_step") for name in os.listdir(checkpoint)):
             logger.warning(
                 f"{checkpoint} holds no optimizer state (saved with save_only_model=True?): training continues from its "
                 "weights and routing state with a fresh optimizer and schedule, so it will not match an uninterrupted "
@@ -619,9 +620,12 @@ class SALTrainer(Trainer):
         unpadded tokens) the mean over the whole window's, as one batch of all would have it: Trainer divides every
         micro-batch's loss by the number of micro-batches, so micro-batch i weighs ``n_i * steps / N``. Exact for
         micro-batches of unequal token counts (padding) and a short last one; counted per process."""
-        window, steps = getattr(self, "_routed_in_window", None), self.current_gradient_accumulation_steps
+        # Only inside Trainer's step (`training_step` sets `_in_training_step`): a direct `compute_loss` (a loop of
+        # one's own, a benchmark) has no window, and Trainer sets `current_gradient_accumulation_steps` in `train`.
+        window = getattr(self, "_routed_in_window", None)
+        steps = getattr(self, "current_gradient_accumulation_steps", 1)
         losses = getattr(outputs, "routing_losses", None)
-        if not losses or window is None or steps == 1:
+        if not getattr(self, "_in_training_step", False) or not losses or window is None or steps == 1:
             return
         total = window.clamp(min=1) if isinstance(window, torch.Tensor) else max(window, 1)
         weight = routed_count(inputs) * steps / total
@@ -722,8 +726,12 @@ class SALTrainer(Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor:
         # Switched on for Trainer's own step only, never for the model outside it.
-        with self.in_place_area_updates(model):
-            return super().training_step(model, inputs, num_items_in_batch)
+        self._in_training_step = True
+        try:
+            with self.in_place_area_updates(model):
+                return super().training_step(model, inputs, num_items_in_batch)
+        finally:
+            self._in_training_step = False
 
     def create_model_card(self, **kwargs: Any) -> None:
         """Write `README.md` in `args.output_dir`. Takes [`~Trainer.create_model_card`]'s arguments (`dataset`,

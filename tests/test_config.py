@@ -65,3 +65,10 @@ INVALID = [
 def test_invalid_settings_raise_value_error_naming_the_field(overrides, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
         tiny_config(**overrides)
+
+
+def test_partition_with_a_smooth_activation_is_refused_for_the_local_rules_only():
+    """Backprop reads no error at the inactive blocks' constant pre-activation: the refusal is the local rules'."""
+    assert tiny_config(area_mode="partition", hidden_act="tanh", learning_rule="bp").hidden_act == "tanh"
+    with pytest.raises(ValueError, match="partition under a local rule"):
+        tiny_config(area_mode="partition", hidden_act="gelu", learning_rule="dfa")

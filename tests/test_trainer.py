@@ -323,3 +323,22 @@ def test_torch_compile_with_the_mlps_split_kernel_is_warned_about(tmp_path, capl
     with caplog.at_level("WARNING"):
         SALTrainer(model=masked, args=training_args(tmp_path, torch_compile=True, torch_compile_backend="eager"))
     assert "recompiles each step" not in caplog.text
+
+
+def test_compute_loss_outside_train_is_not_weighed_by_an_accumulation_window(tmp_path):
+    """Found in review: the routers' window weighting read Trainer's step count, which exists only inside `train()`,
+    so a direct `compute_loss` (a loop of one's own, the benchmarks) raised; after a `train()` with accumulation it
+    would have kept the last window's weights."""
+    torch.manual_seed(0)
+    model = SALForImageClassification(tiny_config(router_lr_scale=0.01))
+    x, y = tiny_batch(32)
+    batch = {"pixel_values": x[:8], "labels": y[:8]}
+    trainer = SALTrainer(model=model, args=training_args(tmp_path, max_steps=1, gradient_accumulation_steps=2))
+    assert trainer.compute_loss(model.train(), batch, return_outputs=True)[1].routing_losses  # no AttributeError
+    trainer.train_dataset = as_dataset(x[:24], y[:24])  # a window of 16 and 8 rows: weights 4/3 and 2/3
+    trainer.train()
+    after = trainer.compute_loss(model.train(), batch, return_outputs=True)[1].routing_losses
+    own = model(**batch, local=True).routing_losses  # the model's own objectives, means over the 8 rows
+    assert len(after) == len(own) > 0
+    for weighed, plain in zip(after, own):
+        torch.testing.assert_close(weighed, plain)

@@ -110,10 +110,19 @@ def test_a_transformer_setting_the_config_ignores_is_named(caplog):
     assert tiny().ignored_settings() == []
 
 
-def test_llama_fields_that_say_what_the_model_does_are_taken():
+def test_llama_fields_that_say_what_the_model_does_are_taken(tmp_path):
     config = tiny(rope_parameters={"rope_type": "default", "rope_theta": 500.0}, head_dim=16, num_key_value_heads=2)
     assert config.rope_theta == 500.0 and config.head_dim == 16
     assert not hasattr(config, "rope_parameters") and not hasattr(config, "num_key_value_heads")
+    with pytest.raises(ValueError, match="rope_theta=10.0 and rope_parameters with rope_theta=20.0"):
+        tiny(rope_theta=10.0, rope_parameters={"rope_theta": 20.0})
+    # The same checks for from_pretrained's overrides (head_dim had been an AttributeError, the rest unused kwargs).
+    tiny().save_pretrained(tmp_path)
+    assert SALTransformerConfig.from_pretrained(tmp_path, head_dim=16).head_dim == 16
+    with pytest.raises(ValueError, match="num_key_value_heads=1.*grouped-query"):
+        SALTransformerConfig.from_pretrained(tmp_path, num_key_value_heads=1)
+    with pytest.raises(ValueError, match="head_dim=8"):
+        SALTransformerConfig.from_pretrained(tmp_path, head_dim=8)
 
 
 def test_tied_embeddings_work_under_bp_only():

@@ -195,6 +195,9 @@ def test_a_batch_without_pad_token_or_attention_mask_is_refused():
 
 
 def test_padded_embeddings_without_a_mask_are_warned_about(caplog):
+    from transformers.utils import logging
+
+    logging.warning_once.cache_clear()  # (warned once per process: an earlier test may have warned already)
     model = classifier(pad_token_id=0).eval()
     ids = torch.tensor([[5, 6, 7, 8], [5, 6, 0, 0]])
     with caplog.at_level("WARNING"):
