@@ -351,7 +351,7 @@ DEFAULTS_NOTES = [
     "what two seeds on 360 test images can tell. BP reaches 96-97 at 8-128 layers (DEPTH.md).",
     "- **The deep blocks still do not learn in BP's direction with direct feedback**: router left out, the middle "
     "and last blocks' cosine to their BP gradient is 0.07-0.27 at 8 to 128 layers (seed means 0.14-0.18), as in "
-    "DEPTH.md; residual-stream feedback (`feedback=\"stream\"`, docs/DEPTH_FEEDBACK.md) is what raises it.",
+    'DEPTH.md; residual-stream feedback (`feedback="stream"`, docs/DEPTH_FEEDBACK.md) is what raises it.',
     "",
 ]
 
