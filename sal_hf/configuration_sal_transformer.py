@@ -207,15 +207,8 @@ class SALTransformerConfig(PreTrainedConfig):
         heads = self.num_attention_heads
         rope = kwargs.pop("rope_parameters", None)
         if rope is not None:
-            if (
-                not isinstance(rope, dict)
-                or rope.get("rope_type", "default") != "default"
-                or set(rope)
-                - {
-                    "rope_type",
-                    "rope_theta",
-                }
-            ):
+            plain = isinstance(rope, dict) and rope.get("rope_type", "default") == "default"
+            if not plain or set(rope) - {"rope_type", "rope_theta"}:
                 raise ValueError(
                     f"{type(self).__name__} got rope_parameters={rope!r}: only the default RoPE is implemented (no "
                     "scaling). Pass rope_theta=... alone, or rope_parameters={'rope_type': 'default', "
