@@ -367,21 +367,16 @@ def test_two_processes_train_the_transformer_like_one(fields, tmp_path):
         torch.testing.assert_close(two[key], one[key], rtol=0, atol=2e-5, msg=key)
 
 
-def test_accumulating_padded_micro_batches_moves_the_routers_as_one_batch(tmp_path):
-    """Found in review: each router's objective was a mean over its micro-batch's unpadded tokens, so with padding
-    the routers' projections stepped 8-20% away from one batch of both (every other weight was exact)."""
+def one_batch_and_two_micro_batches(rows: list[dict], tmp_path: Path, **fields) -> list[dict[str, torch.Tensor]]:
+    """The change of every weight after one SGD step (lr 1, no clipping) on the 4 rows as one batch, then as two
+    accumulated micro-batches of 2, from the same start: a causal LM with the defaults but `fields`."""
     from transformers import TrainingArguments
 
-    x = torch.randint(0, 64, (4, 8), generator=torch.Generator().manual_seed(0))
-    mask = torch.ones(4, 8, dtype=torch.long)
-    mask[2:, 3:] = 0  # the second micro-batch has 3 tokens a row, the first 8
-    labels = x.masked_fill(mask == 0, -100)
-    rows = [{"input_ids": a, "attention_mask": m, "labels": b} for a, m, b in zip(x, mask, labels)]
     changes = []
     for batch, steps in ((4, 1), (2, 2)):
         torch.manual_seed(0)
         size = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
-        model = SALTransformerForCausalLM(SALTransformerConfig(**size, max_position_embeddings=16))
+        model = SALTransformerForCausalLM(SALTransformerConfig(**size, max_position_embeddings=16, **fields))
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
         args = TrainingArguments(
             str(tmp_path / f"b{batch}"),
@@ -397,6 +392,18 @@ def test_accumulating_padded_micro_batches_moves_the_routers_as_one_batch(tmp_pa
         )
         SALTrainer(model=model, args=args, train_dataset=rows).train()
         changes.append({n: p.detach() - before[n] for n, p in model.named_parameters()})
+    return changes
+
+
+def test_accumulating_padded_micro_batches_moves_the_routers_as_one_batch(tmp_path):
+    """Found in review: each router's objective was a mean over its micro-batch's unpadded tokens, so with padding
+    the routers' projections stepped 8-20% away from one batch of both (every other weight was exact)."""
+    x = torch.randint(0, 64, (4, 8), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(4, 8, dtype=torch.long)
+    mask[2:, 3:] = 0  # the second micro-batch has 3 tokens a row, the first 8
+    labels = x.masked_fill(mask == 0, -100)
+    rows = [{"input_ids": a, "attention_mask": m, "labels": b} for a, m, b in zip(x, mask, labels)]
+    changes = one_batch_and_two_micro_batches(rows, tmp_path)
     routers = [n for n in changes[0] if "router.projection" in n]
     assert routers and all(changes[0][n].norm() > 0 for n in routers)
     for name, one in changes[0].items():
@@ -408,32 +415,13 @@ def test_accumulating_micro_batches_of_unequal_token_counts_equals_one_batch(rul
     """The local rule's loss was a mean over each micro-batch's own tokens: two micro-batches whose rows count
     different numbers of tokens (prompts labelled -100) moved the weights 64% away from one batch of both (bp: 1e-7).
     With the defaults, as users train."""
-    from transformers import TrainingArguments
-
     x = torch.randint(0, 64, (4, 8), generator=torch.Generator().manual_seed(0))
     labels = x.clone()
     labels[2:, :6] = -100  # the second micro-batch counts 2 tokens a row, the first 7
     rows = [{"input_ids": a, "labels": b} for a, b in zip(x, labels)]
-    changes = []
-    for batch, steps in ((4, 1), (2, 2)):
-        torch.manual_seed(0)
-        size = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
-        config = SALTransformerConfig(**size, max_position_embeddings=16, learning_rule=rule)
-        model = SALTransformerForCausalLM(config)
-        before = [p.detach().clone() for p in model.parameters()]
-        args = TrainingArguments(
-            str(tmp_path / f"b{batch}"),
-            per_device_train_batch_size=batch,
-            gradient_accumulation_steps=steps,
-            max_steps=1,
-            optim="sgd",
-            learning_rate=1.0,
-            max_grad_norm=0.0,
-            report_to=[],
-            use_cpu=True,
-            save_strategy="no",
-        )
-        SALTrainer(model=model, args=args, train_dataset=rows).train()
-        changes.append(torch.cat([(p.detach() - q).flatten() for p, q in zip(model.parameters(), before)]))
+    changes = [
+        torch.cat([d.flatten() for d in run.values()])
+        for run in one_batch_and_two_micro_batches(rows, tmp_path, learning_rule=rule)
+    ]
     assert changes[0].norm() > 0
     assert (changes[1] - changes[0]).norm() / changes[0].norm() < 1e-5
