@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 from transformers import PreTrainedConfig
@@ -46,6 +47,26 @@ AREA_NORMS = ("batch", "area")
 ACTIVATION_NAMES = tuple(ACTIVATIONS)
 # The feedback each rule implies; `sal` may use either.
 RULE_FEEDBACK = {"dfa": "direct", "fa": "layerwise", "sal": "direct", "bp": None}
+
+
+def changed_fields(config) -> Callable[[str], bool]:
+    """``changed(name)``: whether a dataclass config's field differs from its class default."""
+    defaults = {field.name: field.default for field in dataclasses.fields(type(config)) if field.init}
+    return lambda name: getattr(config, name) != defaults.get(name)
+
+
+def ignored_in_both(config) -> list[str]:
+    """The `ignored_settings` lines `SALConfig` and `SALTransformerConfig` share: a router lr for a router that never
+    trains, a decay for feedback that does not learn."""
+    changed, lines = changed_fields(config), []
+    if config.router == "random" and changed("router_lr_scale"):
+        lines.append(f"router_lr_scale={config.router_lr_scale!r} has no effect: router='random' never trains.")
+    if config.effective_feedback_alignment != "kolen_pollack" and changed("feedback_decay"):
+        lines.append(
+            f"feedback_decay={config.feedback_decay!r} has no effect: only learned (Kolen-Pollack) feedback decays; "
+            f"this config's feedback is {config.effective_feedback_alignment!r}."
+        )
+    return lines
 
 
 def check_number(owner: str, field: str, value: Any, *, strict: bool = False, optional: bool = False) -> None:
@@ -283,16 +304,8 @@ class SALConfig(PreTrainedConfig):
     def ignored_settings(self) -> list[str]:
         """A line for each field set away from its default where the rest of the config gives it no effect (valid,
         so a warning, not an error; `__post_init__` logs them): the user asked for something that will not happen."""
-        defaults = {field.name: field.default for field in dataclasses.fields(type(self)) if field.init}
-        changed = lambda name: getattr(self, name) != defaults.get(name)  # noqa: E731
-        lines = []
-        if self.router == "random" and changed("router_lr_scale"):
-            lines.append(f"router_lr_scale={self.router_lr_scale!r} has no effect: router='random' never trains.")
-        if self.effective_feedback_alignment != "kolen_pollack" and changed("feedback_decay"):
-            lines.append(
-                f"feedback_decay={self.feedback_decay!r} has no effect: only learned (Kolen-Pollack) feedback decays; "
-                f"this config's feedback is {self.effective_feedback_alignment!r}."
-            )
+        changed = changed_fields(self)
+        lines = ignored_in_both(self)
         if self.learning_rule == "bp" and changed("routing_loss_weight"):
             lines.append(
                 f"routing_loss_weight={self.routing_loss_weight!r} has no effect: learning_rule='bp' does not train the "

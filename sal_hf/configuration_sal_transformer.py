@@ -11,7 +11,7 @@ from transformers.utils import logging
 from .activations import ACTIVATIONS
 from .areas import AREA_IMPLEMENTATIONS
 from .block_rule import BLOCK_FEEDBACK_ALIGNMENTS, ERROR_SOURCES
-from .configuration_sal import AREA_INITS, ROUTERS, SALConfig, check_number, with_saved_defaults
+from .configuration_sal import AREA_INITS, ROUTERS, SALConfig, check_number, ignored_in_both, with_saved_defaults
 
 
 logger = logging.get_logger(__name__)
@@ -190,15 +190,7 @@ class SALTransformerConfig(PreTrainedConfig):
     def ignored_settings(self) -> list[str]:
         """A line for each field set away from its default where the rest of the config gives it no effect (valid,
         so a warning, not an error): as `SALConfig.ignored_settings`."""
-        lines = []
-        if self.effective_feedback_alignment != "kolen_pollack" and self.feedback_decay != 0.0:
-            lines.append(
-                f"feedback_decay={self.feedback_decay!r} has no effect: only learned (Kolen-Pollack) feedback decays; "
-                f"this config's feedback is {self.effective_feedback_alignment!r}."
-            )
-        if self.router == "random" and self.router_lr_scale != 1.0:
-            lines.append(f"router_lr_scale={self.router_lr_scale!r} has no effect: router='random' never trains.")
-        return lines
+        return ignored_in_both(self)
 
     def _check_llama_fields(self, kwargs: dict) -> None:
         """Llama-style fields (a ported config): pop those that say what this model already does (the derived

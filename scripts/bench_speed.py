@@ -113,8 +113,9 @@ class Variant:
             self.trainer.optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01, **extra)
         # The `-defaults` variants: the lr multipliers today's config asks for (area lr / K, router lr x0.01), in param
         # groups of their own as in the optimizer SALTrainer creates. The others keep one group, as first measured.
-        for scale, group in lr_scaled_parameters(self.model, config).values() if name.endswith("-defaults") else ():
-            scale_learning_rates(self.trainer.optimizer, group, scale)
+        if name.endswith("-defaults"):
+            for scale, group in lr_scaled_parameters(self.model, config).values():
+                scale_learning_rates(self.trainer.optimizer, group, scale)
         # SALTrainer keeps an optimizer it is given and registers its pre-step hook on it (clear_unselected_area_grads:
         # areas no sample selected, or whose rows carried no error, get no gradient), as in training.
         self.optimizer = self.trainer.create_optimizer()
