@@ -195,9 +195,13 @@ class SALConfig(PreTrainedConfig):
             When unset (see `effective_feedback_alignment`): `kolen_pollack` for `sal` with direct or stream
             feedback ("SAL as we recommend", measured better in docs/RESULTS.md), `fixed` otherwise (`dfa` and `fa`
             name the published algorithms; "SAL as published" is `feedback_alignment="fixed"`).
-        feedback_decay (`float`, defaults to 1e-3):
+        feedback_decay (`float`, defaults to 0.0):
             `lambda` of the Kolen-Pollack update of the feedback matrices, `grad B = s^T h + lambda B` (only with
-            `feedback_alignment="kolen_pollack"`).
+            `feedback_alignment="kolen_pollack"`). It decays `B` alone, towards 0, not towards the forward weights.
+            Under AdamW the term enters `B`'s normalised step, and once the error is small it dominates: `B` shrinks
+            while the output layer grows, and their cosine falls (full Fashion-MNIST, 25 epochs: 0.26 at the end with
+            1e-3, the default until 2026-11-30, against 0.96 with 0; docs/FEEDBACK.md). Kolen-Pollack as published
+            decays both matrices: `weight_decay` in `TrainingArguments` does that.
         feedback_gain (`float`, defaults to 1.0):
             Multiplies the feedback matrices' random draw (Kaiming-uniform with the output layer's fan-in, std
             `sqrt(2 / width)`; `sqrt(width / 2)`, 11.3 at width 256, gives unit-variance entries, the draw of much
@@ -275,7 +279,7 @@ class SALConfig(PreTrainedConfig):
     learning_rule: str = "sal"
     feedback: str | None = None
     feedback_alignment: str | None = None
-    feedback_decay: float = 1e-3
+    feedback_decay: float = 0.0
     feedback_gain: float = 1.0
     feedback_scope: str = "shared"
     area_update_norm: str = "batch"

@@ -133,6 +133,11 @@ def run(rule: str, depth: int, data, args) -> dict:
         # local rule (docs/FEEDBACK.md).
         **({"feedback": args.feedback} if rule == "sal" else {}),
         **({"feedback_alignment": args.feedback_alignment} if rule != "bp" else {}),
+        **(
+            {"feedback_decay": args.feedback_decay}
+            if rule != "bp" and args.feedback_alignment == "kolen_pollack"
+            else {}
+        ),
     )
     model = SALForImageClassification(config)
     with tempfile.TemporaryDirectory() as tmp:
@@ -553,6 +558,13 @@ def main() -> None:
         default="fixed",
         choices=["fixed", "kolen_pollack", "sign"],
         help="how the local rules' feedback matrices are made (docs/FEEDBACK.md)",
+    )
+    parser.add_argument(
+        "--feedback-decay",
+        type=float,
+        default=1e-3,
+        help="Kolen-Pollack's decay of the feedback matrices: 1e-3, SALConfig's default until 2026-11-30, with which "
+        "every depth page's learned-feedback runs were measured; today's default is 0",
     )
     parser.add_argument("--residual-scale", type=float, default=None, help="default: SALConfig's 1/blocks")
     parser.add_argument("--epochs", type=int, default=10)
