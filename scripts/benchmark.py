@@ -131,7 +131,8 @@ SLOW_ROUTER = {"router_lr_scale": 0.01}
 # Kolen-Pollack without the decay of the feedback matrices (SALConfig's default since 2026-11-30). Under AdamW the
 # decay term `feedback_decay * B` enters B's normalised step: once the error is small it dominates, B shrinks while
 # the output layer grows, and their cosine falls (0.56 at epoch 3 to 0.26 at epoch 25 on full Fashion-MNIST, against
-# 0.96 without the decay; docs/FEEDBACK.md). Every method above ran with the decay (`model_config` pins it).
+# 0.96 without the decay; docs/FEEDBACK.md). Every learned-feedback method of every suite that does not name its
+# own decay ran with 1e-3 (`model_config` pins it).
 NO_DECAY = {"feedback_decay": 0.0}
 MAIN_METHODS = {
     **RULES,
@@ -269,6 +270,19 @@ PAPER_VARIANTS = {
         if gain != 1.0 or name.startswith("today")  # the other two have their gain-1 rows (above, main table)
     },
 }
+# The variants' names are their records' keys; "today's defaults" in them is SALConfig() of 2026-11-29/30, with
+# feedback decay 1e-3 (under plain SGD at lr 1e-4 a decay of 1e-7 of B per step). Shown as that.
+THEN = (
+    "today's defaults (Kolen-Pollack, router lr x0.01)",
+    "the defaults until 2026-11-30 (Kolen-Pollack, router lr x0.01)",
+)
+
+
+def shown(variant: str) -> str:
+    """A paper-protocol variant's name as the report shows it."""
+    return variant.replace(*THEN)
+
+
 SUITES["variants"] = {
     "methods": PAPER_VARIANTS,
     "protocols": ["paper"],
@@ -934,7 +948,7 @@ def targets_table(main: dict, variants: dict) -> list[str]:
 
     def best_paper(column: tuple) -> tuple[str, dict] | None:
         rows = [(GAP_LABELS[m], get(m, "paper", column)) for m in ("sal+", "sal+kp", "sal+kp+r")]
-        rows += [(m, get(m, "paper", column, "variants")) for m in PAPER_VARIANTS if not m.startswith("DFA")]
+        rows += [(shown(m), get(m, "paper", column, "variants")) for m in PAPER_VARIANTS if not m.startswith("DFA")]
         rows = [(name, e) for name, e in rows if e and len(e["seeds"]) >= 3]
         return max(rows, key=lambda row: row[1]["mean"]) if rows else None
 
@@ -1000,7 +1014,7 @@ def targets_table(main: dict, variants: dict) -> list[str]:
     # "SAL-16 >= same-protocol BP on every dataset": which one configuration does it, wherever both ran?
     columns = [c for c in _keys_by_dataset(main) if (bp := get("bp", "paper", c)) and len(bp["seeds"]) >= 3]
     candidates = [(GAP_LABELS[m], m, "main") for m in ("sal+", "sal+kp", "sal+kp+r")]
-    candidates += [(m, m, "variants") for m in PAPER_VARIANTS if not m.startswith("DFA")]
+    candidates += [(shown(m), m, "variants") for m in PAPER_VARIANTS if not m.startswith("DFA")]
     everywhere = [
         name
         for name, method, suite in candidates
@@ -1125,7 +1139,7 @@ def variants_markdown(variants: dict, main: dict) -> str:
         bp = main.get(("main", key[1], key[2], "bp", *key[4:]))
         data = dataset_label(key[1], e["sizes"], key[4], e["reduced"])
         lines.append(
-            f"| {data} | {key[3]} | {fmt(e)} | {e['train_accuracy']:.1f} | {fmt(bp)} | {f'*{published}*' if published else '-'} |"
+            f"| {data} | {shown(key[3])} | {fmt(e)} | {e['train_accuracy']:.1f} | {fmt(bp)} | {f'*{published}*' if published else '-'} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -1146,8 +1160,9 @@ def ablations_markdown(table: dict, hw: str, args: argparse.Namespace, suite: st
         changes = methods
         base = [
             "  feedback differ), ReLU, Kaiming init. `defaults (SAL-16 + KP)` is `SALConfig()` as it was before",
-            "  `router_lr_scale` (2026-11-29): Kolen-Pollack feedback, dual path, identical init, area lr / K, and the",
-            "  routers at the full lr (today's default is 1/100 of it); each other row changes the fields named in it.",
+            "  `router_lr_scale` (2026-11-29): Kolen-Pollack feedback with decay 1e-3, dual path, identical init, area lr",
+            "  / K, and the routers at the full lr (today's defaults: 1/100 of it, no feedback decay); each other row",
+            "  changes the fields named in it.",
             "  AdamW, no weight decay, batch 32; lr per",
         ]
     lines = [

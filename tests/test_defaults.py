@@ -327,6 +327,8 @@ def test_learned_feedback_keeps_turning_towards_the_output_layer_under_adamw(tmp
     def cosines(**fields) -> tuple[float, float]:
         torch.manual_seed(0)
         model = SALForImageClassification(SALConfig(**DEFAULTS, **fields))
+        output = model.classifier.areas.weight_0
+        start = (model.feedback_matrices()[-1] - output).detach().clone()
         seen = []
 
         class Cosine(TrainerCallback):
@@ -339,6 +341,8 @@ def test_learned_feedback_keeps_turning_towards_the_output_layer_under_adamw(tmp
             tmp_path, per_device_train_batch_size=32, learning_rate=3e-2, lr_scheduler_type="constant", max_steps=400
         )
         SALTrainer(model=model, args=args, train_dataset=data, callbacks=[Cosine()]).train()
+        if not fields:  # no decay: B and the output layer got the same steps, so their difference never moved
+            torch.testing.assert_close(model.feedback_matrices()[-1] - output, start, atol=1e-4, rtol=0)
         return tuple(seen)
 
     assert SALConfig().feedback_decay == 0.0 and SALConfig().effective_feedback_alignment == "kolen_pollack"
@@ -346,3 +350,29 @@ def test_learned_feedback_keeps_turning_towards_the_output_layer_under_adamw(tmp
     assert late > early, (early, late)  # measured: 0.53 -> 0.58
     early, late = cosines(feedback_decay=1e-3)
     assert late < early - 0.05, (early, late)  # measured: 0.44 -> 0.32
+
+
+@pytest.mark.parametrize(
+    "fields, loaded",
+    [
+        ({"learning_rule": "dfa"}, 0.0),  # fixed feedback: the stored 1e-3 never acted
+        ({"feedback_alignment": "fixed"}, 0.0),  # SAL as published
+        ({}, 1e-3),  # learned feedback trained with the decay: keeps it
+        ({"learning_rule": "dfa", "feedback_alignment": "kolen_pollack"}, 1e-3),
+    ],
+)
+def test_a_config_saved_while_the_decay_defaulted_to_1e_3_loads_silently_and_as_trained(
+    fields, loaded, tmp_path, caplog
+):
+    """Configs saved before 2026-11-30 store `feedback_decay: 0.001` whatever their feedback. Loading one with fixed
+    feedback once warned that the (never set) decay has no effect; learned feedback must keep the decay it had."""
+    import json
+    import logging
+
+    SALConfig(**DEFAULTS, **fields).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "feedback_decay": 0.001}))
+    with caplog.at_level(logging.WARNING):
+        config = SALConfig.from_pretrained(tmp_path)
+    assert config.feedback_decay == loaded and "has no effect" not in caplog.text
+    assert SALConfig.from_pretrained(tmp_path, feedback_decay=0.01).feedback_decay == 0.01
