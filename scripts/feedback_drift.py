@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -41,9 +42,10 @@ def run(method: str, decay: float, args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(1)
     train, test, _ = load_splits(args.dataset, None, None, "final")
+    train_rows, test_rows = TensorRows(train), TensorRows(test)
     seed = args.seed
     config = SALConfig(
-        input_size=784,
+        input_size=math.prod(train_rows.columns["pixel_values"].shape[1:]),
         hidden_sizes=[256],
         num_labels=train.features["labels"].num_classes,
         routing_seed=10 * seed,
@@ -95,8 +97,8 @@ def run(method: str, decay: float, args: argparse.Namespace) -> dict:
         trainer = SALTrainer(
             model=model,
             args=training,
-            train_dataset=TensorRows(train),
-            eval_dataset=TensorRows(test),
+            train_dataset=train_rows,
+            eval_dataset=test_rows,
             compute_metrics=accuracy,
             callbacks=[Probe()],
         )
@@ -149,11 +151,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--results", default=str(RESULTS), help="where the records go")
+    parser.add_argument("--results", default=str(RESULTS), help="where the records are")
+    parser.add_argument("--page", default=str(PAGE), help="the page whose generated block `report` rewrites")
     args = parser.parse_args()
     if args.command == "report":
         text = report(Path(args.results))
-        write_generated(PAGE, text, START)
+        write_generated(Path(args.page), text, START)
         print(text)
         return
     Path(args.results).mkdir(parents=True, exist_ok=True)
