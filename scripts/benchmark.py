@@ -128,11 +128,10 @@ STREAM = {**NORMED, "feedback": "stream", "feedback_alignment": "kolen_pollack"}
 # field existed, with the routing projections at the full lr: `model_config` pins 1.0 for a method that does not
 # name its own, so their records stay reproducible.
 SLOW_ROUTER = {"router_lr_scale": 0.01}
-# Kolen-Pollack without the decay of the feedback matrices (SALConfig's default since 2026-11-30). Under AdamW the
-# decay term `feedback_decay * B` enters B's normalised step: once the error is small it dominates, B shrinks while
-# the output layer grows, and their cosine falls (0.56 at epoch 3 to 0.26 at epoch 25 on full Fashion-MNIST, against
-# 0.96 without the decay; docs/FEEDBACK.md). Every learned-feedback method of every suite that does not name its
-# own decay ran with 1e-3 (`model_config` pins it).
+# Kolen-Pollack without the decay of the feedback matrices (SALConfig's is 1e-3). Under AdamW the decay term
+# `feedback_decay * B` enters B's normalised step: once the error is small it dominates, B shrinks while the output
+# layer grows, and their cosine falls (0.56 at epoch 3 to 0.26 at epoch 25 on full Fashion-MNIST, 0.96 without the
+# decay), and the signal the hidden layers learn from shrinks with B. Measured against the default: docs/FEEDBACK.md.
 NO_DECAY = {"feedback_decay": 0.0}
 MAIN_METHODS = {
     **RULES,
@@ -158,10 +157,10 @@ METHOD_LABELS = {
     "bp+ln": "BP, layer norm",
     "dfa+stream": "DFA, layer norm, stream feedback (SAL-1; learned)",
     "sal+stream": "SAL-16, layer norm, stream feedback (learned; dual path, identical init, area lr / 16)",
-    "sal+kp+r": "SAL-16 + Kolen-Pollack, router lr x0.01 (SALConfig defaults from router_lr_scale to 2026-11-30: feedback decay 1e-3)",
+    "sal+kp+r": "SAL-16 + Kolen-Pollack, router lr x0.01 (SALConfig defaults since router_lr_scale)",
     "sal+stream+r": "SAL-16, layer norm, stream feedback, router lr x0.01",
     "dfa+kp0": "DFA + Kolen-Pollack, no feedback decay",
-    "sal+kp0": "SAL-16 + Kolen-Pollack, router lr x0.01, no feedback decay (SALConfig defaults since 2026-11-30)",
+    "sal+kp0": "SAL-16 + Kolen-Pollack, router lr x0.01, no feedback decay (`feedback_decay=0`)",
 }
 # Ablations of SAL-16 (fair protocol). Per-layer vs shared routing and the feedback path only differ with two or
 # more hidden layers, so the ablation net is input-256-256-labels; `base` is SALConfig's defaults.
@@ -270,19 +269,6 @@ PAPER_VARIANTS = {
         if gain != 1.0 or name.startswith("today")  # the other two have their gain-1 rows (above, main table)
     },
 }
-# The variants' names are their records' keys; "today's defaults" in them is SALConfig() of 2026-11-29/30, with
-# feedback decay 1e-3 (under plain SGD at lr 1e-4 a decay of 1e-7 of B per step). Shown as that.
-THEN = (
-    "today's defaults (Kolen-Pollack, router lr x0.01)",
-    "the defaults until 2026-11-30 (Kolen-Pollack, router lr x0.01)",
-)
-
-
-def shown(variant: str) -> str:
-    """A paper-protocol variant's name as the report shows it."""
-    return variant.replace(*THEN)
-
-
 SUITES["variants"] = {
     "methods": PAPER_VARIANTS,
     "protocols": ["paper"],
@@ -446,9 +432,6 @@ def model_config(job: Job, input_size: int, num_labels: int) -> dict:
     overrides = dict(SUITES[job.suite]["methods"][job.method])
     rule = overrides.get("learning_rule", "sal")
     areas = overrides.pop("num_areas", NUM_AREAS if rule == "sal" else 1)
-    # Kolen-Pollack: learned feedback, asked for or SAL's default (layer-wise SAL rows name `fixed`). Every such
-    # method without its own `feedback_decay` ran with 1e-3, the default before NO_DECAY: pinned, so they reproduce.
-    learned = overrides.get("feedback_alignment", "kolen_pollack" if rule == "sal" else "fixed") == "kolen_pollack"
     return {
         "input_size": input_size,
         "hidden_sizes": SUITES[job.suite]["hidden_sizes"],
@@ -458,7 +441,6 @@ def model_config(job: Job, input_size: int, num_labels: int) -> dict:
         "routing_seed": 10 * job.seed,
         "feedback_seed": 1000 + 10 * job.seed,
         "router_lr_scale": 1.0,  # what every method without SLOW_ROUTER ran with (see SLOW_ROUTER)
-        **({"feedback_decay": 1e-3} if learned else {}),
         **overrides,
     }
 
@@ -584,7 +566,7 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], dict]:
                 for protocol in SUITES[suite]["protocols"]:
                     if args.protocols and protocol not in args.protocols:
                         continue
-                    grid = [args.lr] if args.lr else lr_grid(suite, protocol)
+                    grid = [args.lr] if args.lr else args.lr_grid or lr_grid(suite, protocol)
                     common = dict(
                         suite=suite,
                         dataset=dataset,
@@ -848,9 +830,9 @@ def results_markdown(table: dict, hw: str, args: argparse.Namespace, variants: d
         "- Architecture: input-256-labels MLP, ReLU, Kaiming init; every run goes through `SALTrainer`. SAL-16 has",
         "  `SALConfig`'s area defaults (dual path, identical init, area lr / 16, chosen by docs/ABLATIONS.md; the",
         "  foundation's SAL-16 is the ablations' base row), with fixed random feedback (SAL as published) or learned",
-        "  Kolen-Pollack feedback (`+ Kolen-Pollack`, the default since 2026-11-29, chosen by these tables; without its",
-        "  decay, `feedback_decay=0`, since 2026-11-30: docs/FEEDBACK.md); `DFA + Kolen-Pollack` is the same learned",
-        "  feedback without areas. With one hidden layer FA and DFA are the same rule",
+        "  Kolen-Pollack feedback (`+ Kolen-Pollack`, the default since 2026-11-29, chosen by these tables; `no feedback",
+        "  decay`: `feedback_decay=0`, docs/FEEDBACK.md); `DFA + Kolen-Pollack` is the same learned feedback without",
+        "  areas. With one hidden layer FA and DFA are the same rule",
         "  (identical numbers, seed for seed); where FA shows `-` it was not run separately for that reason.",
         "- `paper` protocol: plain SGD (no gradient clipping), lr 1e-4, batch 16, image pixels scaled to [-1, 1]: the",
         "  paper's Table 2 recipe. With [0, 1] pixels or Trainer's default clipping at 1.0, every rule stayed near",
@@ -932,8 +914,7 @@ def results_markdown(table: dict, hw: str, args: argparse.Namespace, variants: d
 
 def targets_table(main: dict, variants: dict) -> list[str]:
     """Issue 12's targets at a glance, a row per dataset and budget: the measured gaps and whether each meets its
-    target, for SALConfig's defaults (`sal+kp0`; where they did not run, the defaults until 2026-11-30, `sal+kp+r`,
-    marked) and SAL as published (`sal+`) under the fair protocol, and under
+    target, for SALConfig's defaults (`sal+kp+r`) and SAL as published (`sal+`) under the fair protocol, and under
     the paper protocol for the best SAL-16 row with 3 or more seeds of either suite (named). Measured, never
     asserted; `-`: not run there."""
 
@@ -948,7 +929,7 @@ def targets_table(main: dict, variants: dict) -> list[str]:
 
     def best_paper(column: tuple) -> tuple[str, dict] | None:
         rows = [(GAP_LABELS[m], get(m, "paper", column)) for m in ("sal+", "sal+kp", "sal+kp+r")]
-        rows += [(shown(m), get(m, "paper", column, "variants")) for m in PAPER_VARIANTS if not m.startswith("DFA")]
+        rows += [(m, get(m, "paper", column, "variants")) for m in PAPER_VARIANTS if not m.startswith("DFA")]
         rows = [(name, e) for name, e in rows if e and len(e["seeds"]) >= 3]
         return max(rows, key=lambda row: row[1]["mean"]) if rows else None
 
@@ -956,8 +937,7 @@ def targets_table(main: dict, variants: dict) -> list[str]:
         "## Issue 12's targets at a glance",
         "",
         "Points of mean test accuracy, from the tables below. Fair protocol (lr searched, 3 seeds): `defaults` is",
-        "`SALConfig()` (Kolen-Pollack feedback without decay, router lr x0.01; where they did not run, marked †, the",
-        "defaults until 2026-11-30, with feedback decay 1e-3), `as published` fixed feedback; the gap to tuned BP",
+        "`SALConfig()` (Kolen-Pollack feedback, router lr x0.01), `as published` fixed feedback; the gap to tuned BP",
         "is a target (>= -0.5, stretch >= 0) on full-size MNIST and Fashion-MNIST only (a budget under the 25 epochs is",
         "named in the cell: its verdict is for that budget). Paper protocol: the best SAL-16 row with 3 or more seeds",
         "of the main table or the step-size table (named) against same-protocol BP. That row is picked by its test",
@@ -972,10 +952,7 @@ def targets_table(main: dict, variants: dict) -> list[str]:
         dataset, epochs, max_train, _ = column
         full = max_train is None and dataset in ("mnist", "fashion_mnist")
         budget = f" (at {epochs} epochs)" if full and epochs != 25 else ""
-        bp, dfa = get("bp", "fair", column), get("dfa", "fair", column)
-        defaults, mark = get("sal+kp0", "fair", column), ""
-        if defaults is None and get("sal+kp+r", "fair", column):
-            defaults, mark = get("sal+kp+r", "fair", column), " †"
+        bp, dfa, defaults = get("bp", "fair", column), get("dfa", "fair", column), get("sal+kp+r", "fair", column)
         best = best_paper(column)
         paper = (
             "-"
@@ -984,13 +961,11 @@ def targets_table(main: dict, variants: dict) -> list[str]:
         )
         other = []
         if dataset == "wine" and defaults:
-            other.append(
-                f"defaults >= 97: {defaults['mean']:.2f}{mark}, {'met' if defaults['mean'] >= 97 else '**missed**'}"
-            )
+            other.append(f"defaults >= 97: {defaults['mean']:.2f}, {'met' if defaults['mean'] >= 97 else '**missed**'}")
         if dataset == "mnist1d" and defaults and dfa:
-            other.append(f"defaults >= DFA: {gap(defaults, dfa, 0.0)}{mark}")
+            other.append(f"defaults >= DFA: {gap(defaults, dfa, 0.0)}")
         if full and defaults and bp:
-            other.append(f"stretch, defaults >= tuned BP: {gap(defaults, bp, 0.0)}{mark}{budget}")
+            other.append(f"stretch, defaults >= tuned BP: {gap(defaults, bp, 0.0)}{budget}")
         if dataset == "digits" and max_train is None and best:
             entry, first = best[1], [a for seed, a in zip(best[1]["seeds"], best[1]["accuracies"]) if seed < 3]
             seeds = (
@@ -1001,9 +976,9 @@ def targets_table(main: dict, variants: dict) -> list[str]:
             other.append(f"paper, >= 60: {entry['mean']:.2f}{seeds}, {'met' if entry['mean'] >= 60 else '**missed**'}")
         cells = [
             dataset_label(dataset, main[keys[0]]["sizes"], epochs, main[keys[0]]["reduced"]),
-            gap(defaults, dfa, 0.5) + (mark if defaults and dfa else ""),
+            gap(defaults, dfa, 0.5),
             gap(get("sal+", "fair", column), dfa, 0.5),
-            gap(defaults, bp, -0.5 if full else None) + (mark + budget if defaults and bp else ""),
+            gap(defaults, bp, -0.5 if full else None) + (budget if defaults and bp else ""),
             gap(get("sal+", "fair", column), bp, -0.5 if full else None)
             + (budget if get("sal+", "fair", column) and bp else ""),
             paper,
@@ -1014,7 +989,7 @@ def targets_table(main: dict, variants: dict) -> list[str]:
     # "SAL-16 >= same-protocol BP on every dataset": which one configuration does it, wherever both ran?
     columns = [c for c in _keys_by_dataset(main) if (bp := get("bp", "paper", c)) and len(bp["seeds"]) >= 3]
     candidates = [(GAP_LABELS[m], m, "main") for m in ("sal+", "sal+kp", "sal+kp+r")]
-    candidates += [(shown(m), m, "variants") for m in PAPER_VARIANTS if not m.startswith("DFA")]
+    candidates += [(m, m, "variants") for m in PAPER_VARIANTS if not m.startswith("DFA")]
     everywhere = [
         name
         for name, method, suite in candidates
@@ -1139,7 +1114,7 @@ def variants_markdown(variants: dict, main: dict) -> str:
         bp = main.get(("main", key[1], key[2], "bp", *key[4:]))
         data = dataset_label(key[1], e["sizes"], key[4], e["reduced"])
         lines.append(
-            f"| {data} | {shown(key[3])} | {fmt(e)} | {e['train_accuracy']:.1f} | {fmt(bp)} | {f'*{published}*' if published else '-'} |"
+            f"| {data} | {key[3]} | {fmt(e)} | {e['train_accuracy']:.1f} | {fmt(bp)} | {f'*{published}*' if published else '-'} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -1160,9 +1135,8 @@ def ablations_markdown(table: dict, hw: str, args: argparse.Namespace, suite: st
         changes = methods
         base = [
             "  feedback differ), ReLU, Kaiming init. `defaults (SAL-16 + KP)` is `SALConfig()` as it was before",
-            "  `router_lr_scale` (2026-11-29): Kolen-Pollack feedback with decay 1e-3, dual path, identical init, area lr",
-            "  / K, and the routers at the full lr (today's defaults: 1/100 of it, no feedback decay); each other row",
-            "  changes the fields named in it.",
+            "  `router_lr_scale` (2026-11-29): Kolen-Pollack feedback, dual path, identical init, area lr / K, and the",
+            "  routers at the full lr (today's default is 1/100 of it); each other row changes the fields named in it.",
             "  AdamW, no weight decay, batch 32; lr per",
         ]
     lines = [
@@ -1325,10 +1299,10 @@ GAP_LABELS = {
     "bp+ln": "BP, layer norm",
     "dfa+stream": "DFA, layer norm, stream feedback",
     "sal+stream": "SAL-16, layer norm, stream feedback",
-    "sal+kp+r": "SAL-16 + Kolen-Pollack, router lr x0.01 (defaults until 2026-11-30)",
+    "sal+kp+r": "SAL-16 + Kolen-Pollack, router lr x0.01 (defaults)",
     "sal+stream+r": "SAL-16, layer norm, stream feedback, router lr x0.01",
     "dfa+kp0": "DFA + Kolen-Pollack, no feedback decay",
-    "sal+kp0": "SAL-16 + Kolen-Pollack, router lr x0.01, no feedback decay (defaults)",
+    "sal+kp0": "SAL-16 + Kolen-Pollack, router lr x0.01, no feedback decay",
 }
 
 
@@ -1485,6 +1459,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-train", type=int, default=None, help="stratified training subset (reduced run)")
     parser.add_argument("--max-test", type=int, default=None, help="stratified test subset (reduced run)")
     parser.add_argument("--lr", type=float, default=None, help="one lr for every run, no search (a confirmation run)")
+    parser.add_argument(
+        "--lr-grid",
+        nargs="+",
+        type=float,
+        default=None,
+        help="search these lrs instead of the protocol's grid (a narrower search, widened at an edge as the grid is; "
+        "the report's grid column lists every lr tried)",
+    )
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)))
     parser.add_argument(
         "--reuse",

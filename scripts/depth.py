@@ -133,11 +133,6 @@ def run(rule: str, depth: int, data, args) -> dict:
         # local rule (docs/FEEDBACK.md).
         **({"feedback": args.feedback} if rule == "sal" else {}),
         **({"feedback_alignment": args.feedback_alignment} if rule != "bp" else {}),
-        **(
-            {"feedback_decay": args.feedback_decay}
-            if rule != "bp" and args.feedback_alignment == "kolen_pollack"
-            else {}
-        ),
     )
     model = SALForImageClassification(config)
     with tempfile.TemporaryDirectory() as tmp:
@@ -317,8 +312,8 @@ MNIST1D_NOTES = [
     "docs/results/depth/depth_m1d_*.json.",
     "",
     "- **Here depth pays under BP, and not under SAL.** BP gains +10.3 points from 2 to 8 layers (39.2 ± 0.5 to "
-    "49.5 ± 2.9) and +11.9 at 16; SAL-4 with the defaults of the day (stream Kolen-Pollack feedback with decay 1e-3, area lr "
-    "x0.25, router lr x0.01) stays at 40.0 ± 1.0 / 40.0 ± 0.8 / 39.8 ± 2.5, and so does SAL with one area and the same feedback "
+    "49.5 ± 2.9) and +11.9 at 16; SAL-4 with today's defaults (stream Kolen-Pollack feedback, area lr x0.25, router "
+    "lr x0.01) stays at 40.0 ± 1.0 / 40.0 ± 0.8 / 39.8 ± 2.5, and so does SAL with one area and the same feedback "
     "(40.0 / 40.5 / 39.9). DFA with fixed direct feedback gains +1.2 / +1.6, from a lower start (34.4). At 2 layers "
     "SAL is level with BP (40.0 vs 39.2); at 8 it is 9.5 points behind.",
     "- **Why not: the deep blocks' updates point roughly the right way, and still add nothing.** Router left out, "
@@ -344,8 +339,8 @@ MNIST1D_NOTES = [
 # written by `--name DEPTH_DEFAULTS --out docs --from-json docs/results/depth/depth_def_s*.json`.
 DEFAULTS_NOTES = [
     "**Reading (hand-written).** docs/DEPTH.md's study (Digits, 2 to 128 layers, the same blocks, budget and seeds "
-    "0 and 1) with `SALConfig()`'s learning settings of 2026-11-30 (morning) instead of the foundation design it was "
-    "measured with: Kolen-Pollack direct feedback (decay 1e-3, the default until that evening), the shared dense path beside the areas, identical area start, areas at lr x0.25 "
+    "0 and 1) with today's `SALConfig()` learning settings instead of the foundation design it was measured with: "
+    "Kolen-Pollack direct feedback, the shared dense path beside the areas, identical area start, areas at lr x0.25 "
     "(1/K) and routers at lr x0.01. Run 2026-11-30 13:29-13:35 UTC next to two other jobs (the times are rough).",
     "",
     "- **128 layers train and keep their accuracy**: no NaN or Inf at any depth; 90.8 / 86.9 at 128 layers against "
@@ -558,13 +553,6 @@ def main() -> None:
         default="fixed",
         choices=["fixed", "kolen_pollack", "sign"],
         help="how the local rules' feedback matrices are made (docs/FEEDBACK.md)",
-    )
-    parser.add_argument(
-        "--feedback-decay",
-        type=float,
-        default=1e-3,
-        help="Kolen-Pollack's decay of the feedback matrices: 1e-3, SALConfig's default until 2026-11-30, with which "
-        "every depth page's learned-feedback runs were measured; today's default is 0",
     )
     parser.add_argument("--residual-scale", type=float, default=None, help="default: SALConfig's 1/blocks")
     parser.add_argument("--epochs", type=int, default=10)

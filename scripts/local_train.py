@@ -31,11 +31,6 @@ from sal_hf.trainer import local_learning_rule  # noqa: E402
 def build(fields: dict, *, input_size: int, num_labels: int, hidden_sizes: list[int], seed: int, lr: float):
     """(model, rule or None for bp, optimizer) for one run; `fields` are SALConfig overrides."""
     torch.manual_seed(seed)
-    # Learned (Kolen-Pollack) feedback, asked for or SAL's default: every recorded run of these scripts decayed it by
-    # 1e-3, SALConfig's default until 2026-11-30; pinned unless a method names its own `feedback_decay`.
-    rule = fields.get("learning_rule", "sal")
-    if fields.get("feedback_alignment", "kolen_pollack" if rule == "sal" else "fixed") == "kolen_pollack":
-        fields = {"feedback_decay": 1e-3, **fields}
     config = SALConfig(
         input_size=input_size,
         hidden_sizes=hidden_sizes,

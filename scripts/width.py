@@ -106,7 +106,7 @@ LABELS = {
     "bp-ln": "BP, layer norm",
     "dfa-stream": "DFA, layer norm, stream feedback (SAL-1)",
     "sal-stream": "SAL-16, layer norm, stream feedback",
-    "sal-kp-r": "SAL-16, Kolen-Pollack, router lr x0.01 (the defaults from router_lr_scale to 2026-11-30)",
+    "sal-kp-r": "SAL-16, Kolen-Pollack, router lr x0.01 (the defaults since router_lr_scale)",
     "sal-stream-r": "SAL-16, layer norm, stream feedback, router lr x0.01",
     "sal-stream-r-a1": "SAL-16, layer norm, stream feedback, router lr x0.01, area lr x1",
     "sal4-stream-r-a1": "SAL-4, layer norm, stream feedback, router lr x0.01, area lr x1",
