@@ -199,9 +199,9 @@ class SALConfig(PreTrainedConfig):
             `lambda` of the Kolen-Pollack update of the feedback matrices, `grad B = s^T h + lambda B` (only with
             `feedback_alignment="kolen_pollack"`). It decays `B` alone, towards 0, not towards the forward weights;
             under AdamW, once the error is small, the term dominates `B`'s normalised step, so over a long run `B`
-            shrinks and turns away from the layer it stands in for. Measured both ways (docs/FEEDBACK.md): 0 scores
-            0.74 higher on full Fashion-MNIST at 25 epochs, 1e-3 higher on Digits, MNIST-1D and MNIST; the default
-            stays 1e-3. Kolen-Pollack as published decays both matrices: `weight_decay` in `TrainingArguments`.
+            shrinks and turns away from the layer it stands in for. Measured both ways (docs/RESULTS.md): 0 scores
+            0.74 higher on full Fashion-MNIST at 25 epochs, 1e-3 0.9-1.6 higher on Digits, MNIST-1D and MNIST; the
+            default stays 1e-3. Kolen-Pollack as published decays both matrices: `weight_decay` in `TrainingArguments`.
         feedback_gain (`float`, defaults to 1.0):
             Multiplies the feedback matrices' random draw (Kaiming-uniform with the output layer's fan-in, std
             `sqrt(2 / width)`; `sqrt(width / 2)`, 11.3 at width 256, gives unit-variance entries, the draw of much
