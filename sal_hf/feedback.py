@@ -34,8 +34,8 @@ How ``B_l`` is refined (``SALConfig.feedback_alignment``; see docs/FEEDBACK.md):
   direct Kolen-Pollack, Webster et al. 2020) or ``s_l = delta_{l+1}`` (layer-wise: Kolen-Pollack, Akrout et al.
   2019). For layer-wise feedback that is exactly the update of the dense forward matrix ``W_{l+1}`` that reads
   ``h_l`` (with areas: of its shared path; without an input norm), so ``B_l - W_{l+1}`` changes only through
-  ``lambda B_l`` (``feedback_decay``, 1e-3 by default) and ``B_l`` aligns with ``W_{l+1}`` as their shared updates grow,
-  without ever reading it (no weight transport). :func:`kolen_pollack_gradient`.
+  ``lambda B_l`` (``feedback_decay``, 1e-3 by default; without it ``B_l`` aligns with ``W_{l+1}`` as their shared
+  updates grow), without ever reading it (no weight transport). :func:`kolen_pollack_gradient`.
 - ``sign``: ``B_l = |B_l^fixed| * sign(W_{l+1})`` (fixed random magnitudes, the forward weights' signs: BioTorch's
   frSF, Liao et al. 2016). This TRANSPORTS THE SIGNS of the forward weights (one bit per weight);
   layer-wise feedback only. :func:`sign_concordant`.

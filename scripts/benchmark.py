@@ -1464,8 +1464,8 @@ def main(argv: list[str] | None = None) -> None:
         nargs="+",
         type=float,
         default=None,
-        help="search these lrs instead of the protocol's grid (a narrower search, widened at an edge as the grid is; "
-        "the report's grid column lists every lr tried)",
+        help="search these lrs instead of the protocol's grid, in every protocol run (a narrower search, widened at an "
+        "edge as the grid is; the report's grid column lists every lr tried); --lr wins over it",
     )
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)))
     parser.add_argument(

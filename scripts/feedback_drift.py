@@ -128,13 +128,13 @@ def report(folder: Path) -> str:
         "| method, dataset, lr, seed | feedback_decay | epoch | test acc % | train loss | cos(B, W) | \\|B\\| | \\|W\\| |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for record in sorted(records, key=lambda r: (r["method"], r["dataset"], r["seed"], -r["decay"])):
+    for record in sorted(records, key=lambda r: (r["method"], r["dataset"], r["lr"], r["seed"], -r["decay"])):
         name = f"{LABELS[record['method']]}, {record['dataset']}, {record['lr']:g}, {record['seed']}"
         picks = sorted({1, 3, 10, 15, 20, len(record["epochs"])} & set(range(1, len(record["epochs"]) + 1)))
         for epoch in picks:
             e = record["epochs"][epoch - 1]
             lines.append(
-                f"| {name} | {record['decay']:g} | {epoch} | {100 * e['accuracy']:.2f} | {e['train_loss']:.3f} | "
+                f"| {name} | {record['decay']:g} | {epoch} | {100 * e['accuracy']:.2f} | {e['train_loss']:.4f} | "
                 f"{e['cosine']:.2f} | {e['feedback_norm']:.1f} | {e['output_norm']:.1f} |"
             )
     hardware = sorted({r["hardware"] for r in records})
