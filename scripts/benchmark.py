@@ -445,13 +445,56 @@ def model_config(job: Job, input_size: int, num_labels: int) -> dict:
     }
 
 
+def protocol_trainer(model, job: Job, train_rows, eval_rows, output_dir: str, callbacks: list):
+    """A `SALTrainer` for `job`: its protocol's optimizer, batch size and clipping, its lr, epochs and seed; a
+    constant lr, no weight decay, an evaluation (test accuracy) and a log entry per epoch, no checkpoints, and no
+    printed logs (the records hold them). scripts/feedback_drift.py trains through it too."""
+    import numpy as np
+    from transformers import PrinterCallback, TrainingArguments
+
+    from sal_hf import SALTrainer
+
+    def accuracy(prediction) -> dict[str, float]:
+        return {"accuracy": float((np.argmax(prediction.predictions, -1) == prediction.label_ids).mean())}
+
+    protocol = PROTOCOLS[job.protocol]
+    args = TrainingArguments(
+        output_dir=output_dir,
+        optim=protocol["optim"],
+        learning_rate=job.lr,
+        per_device_train_batch_size=protocol["batch_size"],
+        per_device_eval_batch_size=1024,
+        num_train_epochs=job.epochs,
+        lr_scheduler_type="constant",
+        max_grad_norm=protocol["max_grad_norm"],
+        weight_decay=0.0,
+        eval_strategy="epoch",
+        logging_strategy="epoch",
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=job.seed,
+        use_cpu=job.device == "cpu",
+        dataloader_num_workers=0,
+    )
+    trainer = SALTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_rows,
+        eval_dataset=eval_rows,
+        compute_metrics=accuracy,
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
 def run_job(job: Job) -> Record:
     """Train one model through SALTrainer and score it; runs in a worker process."""
-    import numpy as np
     import torch
-    from transformers import PrinterCallback, TrainerCallback, TrainingArguments
+    from transformers import TrainerCallback
 
-    from sal_hf import SALConfig, SALForImageClassification, SALTrainer
+    from sal_hf import SALConfig, SALForImageClassification
     from sal_hf.data import TensorRows
 
     torch.set_num_threads(1)
@@ -477,40 +520,10 @@ def run_job(job: Job) -> Record:
         def on_epoch_end(self, args, state, control, **kwargs):
             self.seconds.append(time.perf_counter() - self.start)  # training only: evaluation runs after this
 
-    def accuracy(prediction) -> dict[str, float]:
-        return {"accuracy": float((np.argmax(prediction.predictions, -1) == prediction.label_ids).mean())}
-
     protocol = PROTOCOLS[job.protocol]
     timer = EpochTimer()
     with tempfile.TemporaryDirectory() as tmp:
-        args = TrainingArguments(
-            output_dir=tmp,
-            optim=protocol["optim"],
-            learning_rate=job.lr,
-            per_device_train_batch_size=protocol["batch_size"],
-            per_device_eval_batch_size=1024,
-            num_train_epochs=job.epochs,
-            lr_scheduler_type="constant",
-            max_grad_norm=protocol["max_grad_norm"],
-            weight_decay=0.0,
-            eval_strategy="epoch",
-            logging_strategy="epoch",
-            save_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-            seed=job.seed,
-            use_cpu=job.device == "cpu",
-            dataloader_num_workers=0,
-        )
-        trainer = SALTrainer(
-            model=model,
-            args=args,
-            train_dataset=train_rows,
-            eval_dataset=eval_rows,
-            compute_metrics=accuracy,
-            callbacks=[timer],
-        )
-        trainer.remove_callback(PrinterCallback)  # the records hold the logs
+        trainer = protocol_trainer(model, job, train_rows, eval_rows, tmp, [timer])
         trainer.train()
     history = trainer.state.log_history
     curve = [entry["eval_accuracy"] for entry in history if "eval_accuracy" in entry]
