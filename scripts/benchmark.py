@@ -23,6 +23,7 @@ small JSON per suite and dataset under docs/results/.
     python scripts/benchmark.py --quick                     # smoke test of the whole pipeline, < 5 min
     python scripts/benchmark.py run --suite main --datasets digits wine breast_cancer
     python scripts/benchmark.py run --suite ablations --datasets digits
+    python scripts/benchmark.py run --suite schedule --datasets digits  # main's lrs, decayed linearly (docs/SCHEDULE.md)
     python scripts/benchmark.py report                      # tables + plots from every stored record
     python scripts/benchmark.py run --suite all --datasets all && python scripts/benchmark.py report   # full
 
@@ -297,6 +298,22 @@ SUITES["feedback"] = {
     "hidden_sizes": [256, 256],
     "datasets": ["digits", "mnist1d", "fashion_mnist"],
 }
+# The fair protocol with the lr decayed linearly to 0 over the run (`lr_scheduler_type="linear"`, TrainingArguments'
+# default; the fair protocol holds it constant), every method at the lr its constant-lr search in the main suite
+# chose for the same dataset and budget (`lr_from`: no search of its own). The question: how much of SAL's default
+# feedback decay's lead over no decay (docs/FEEDBACK.md: the decay shrinks the feedback and, with it, the hidden
+# layers' steps) does an annealed lr give every rule alike? Not run by `--suite all` (it needs the main suite's
+# records first). `<method>, constant lr (control)` is the same run with the lr held constant, for a row whose main-suite
+# runs were made on another CPU (the same seed can differ between two CPUs): the report compares with it when it ran.
+SCHEDULED = {m: MAIN_METHODS[m] for m in ("bp", "dfa", "dfa+kp", "sal+kp+r", "dfa+kp0", "sal+kp0")}
+CONSTANT_CONTROL = ", constant lr (control)"
+SUITES["schedule"] = {
+    "methods": {**SCHEDULED, **{m + CONSTANT_CONTROL: fields for m, fields in SCHEDULED.items()}},
+    "protocols": ["fair"],
+    "hidden_sizes": [256],
+    "lr_scheduler": "linear",
+    "lr_from": "main",
+}
 NUM_AREAS = 16
 
 
@@ -346,6 +363,7 @@ class Record:
     loss_curve: list[float] = field(default_factory=list)  # mean training loss of each epoch
     seconds_per_epoch: float = 0.0
     area_health: dict = field(default_factory=dict)  # last epoch's area utilisation
+    lr_scheduler: str = "constant"  # TrainingArguments.lr_scheduler_type (records before 2026-11-30 lack it: constant)
 
 
 def hardware() -> str:
@@ -447,7 +465,7 @@ def model_config(job: Job, input_size: int, num_labels: int) -> dict:
 
 def protocol_trainer(model, job: Job, train_rows, eval_rows, output_dir: str, callbacks: list):
     """A `SALTrainer` for `job`: its protocol's optimizer, batch size and clipping, its lr, epochs and seed; a
-    constant lr, no weight decay, an evaluation (test accuracy) and a log entry per epoch, no checkpoints, and no
+    constant lr (its suite's `lr_scheduler` where it names one), no weight decay, an evaluation (test accuracy) and a log entry per epoch, no checkpoints, and no
     printed logs (the records hold them). scripts/feedback_drift.py trains through it too."""
     import numpy as np
     from transformers import PrinterCallback, TrainingArguments
@@ -465,7 +483,9 @@ def protocol_trainer(model, job: Job, train_rows, eval_rows, output_dir: str, ca
         per_device_train_batch_size=protocol["batch_size"],
         per_device_eval_batch_size=1024,
         num_train_epochs=job.epochs,
-        lr_scheduler_type="constant",
+        lr_scheduler_type=(
+            "constant" if job.method.endswith(CONSTANT_CONTROL) else SUITES[job.suite].get("lr_scheduler", "constant")
+        ),
         max_grad_norm=protocol["max_grad_norm"],
         weight_decay=0.0,
         eval_strategy="epoch",
@@ -552,6 +572,7 @@ def run_job(job: Job) -> Record:
         loss_curve=losses,
         seconds_per_epoch=sum(timer.seconds) / max(len(timer.seconds), 1),
         area_health=health[-1] if health else {},
+        lr_scheduler=str(trainer.args.lr_scheduler_type.value),
     )
 
 
@@ -568,7 +589,8 @@ def _run_and_store(job: Job, runs_dir: str) -> str:
 def plan(args: argparse.Namespace) -> tuple[list[Job], dict]:
     """Jobs that need no tuning now, and the tuning groups: (suite, dataset, method, protocol) -> lr grid."""
     ready, groups = [], {}
-    suites = list(SUITES) if args.suite == "all" else [args.suite]
+    suites = [s for s in SUITES if not SUITES[s].get("lr_from")] if args.suite == "all" else [args.suite]
+    chosen = summarise(load_records(Path(args.results))) if any(SUITES[s].get("lr_from") for s in suites) else {}
     for suite in suites:
         for dataset in args.datasets:
             if args.suite == "all" and dataset not in SUITES[suite].get("datasets", DATASETS):
@@ -580,6 +602,8 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], dict]:
                     if args.protocols and protocol not in args.protocols:
                         continue
                     grid = [args.lr] if args.lr else args.lr_grid or lr_grid(suite, protocol)
+                    if SUITES[suite].get("lr_from") and not args.lr:
+                        grid = [inherited_lr(chosen, suite, dataset, method, protocol, args)]
                     common = dict(
                         suite=suite,
                         dataset=dataset,
@@ -598,6 +622,21 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], dict]:
                         groups[(suite, dataset, method, protocol)] = (tune, common, folds)
                         ready += tune
     return ready, groups
+
+
+def inherited_lr(table: dict, suite: str, dataset: str, method: str, protocol: str, args: argparse.Namespace) -> float:
+    """The lr that the suite named by `suite`'s `lr_from` chose (or ran, where it ran one lr) for this method,
+    dataset, protocol and budget, from the records under --results."""
+    source, method = SUITES[suite]["lr_from"], method.removesuffix(CONSTANT_CONTROL)
+    entry = table.get((source, dataset, protocol, method, args.epochs, args.max_train, args.max_test))
+    if entry is None:
+        raise SystemExit(
+            f"The {suite} suite trains at the lr the {source} suite chose, and there is no {source} run of {method} "
+            f"on {dataset} ({protocol}, {args.epochs} epochs, --max-train {args.max_train}, --max-test "
+            f"{args.max_test}) under {args.results}: run `benchmark.py run --suite {source}` for it first, or "
+            "pass --lr."
+        )
+    return entry["lr"]
 
 
 def scored_records(tune_records: list[dict]) -> list[dict]:
@@ -765,8 +804,14 @@ def summarise(records: list[dict]) -> dict:
             "sizes": finals[0]["sizes"],
             "reduced": key[5] is not None or key[6] is not None or key[4] != 25,
             "num_areas": finals[0]["config"]["num_areas"],
+            "cpus": sorted({short_cpu(r.get("hardware", "unknown")) for r in finals}),
         }
     return table
+
+
+def short_cpu(hardware_line: str) -> str:
+    """'Intel(R) Xeon(R) Processor, 2 logical CPUs, ...' -> 'Intel Xeon'; 'AMD EPYC, ...' -> 'AMD EPYC'."""
+    return hardware_line.split(",")[0].replace("(R)", "").replace(" Processor", "").strip()
 
 
 def fmt(entry: dict | None) -> str:
@@ -810,6 +855,9 @@ def write_report(args: argparse.Namespace) -> None:
         plot_main(main, docs, hw)
     if ablations:
         write_generated(docs / "ABLATIONS.md", ablations_markdown(ablations, hardware_of(("ablations",)), args), START)
+    schedule = {k: v for k, v in table.items() if k[0] == "schedule"}
+    if schedule:
+        write_generated(docs / "SCHEDULE.md", schedule_markdown(schedule, table, hardware_of(("schedule",))), START)
     ablations_kp = {k: v for k, v in table.items() if k[0] == "ablations_kp"}
     if ablations_kp:
         text = ablations_markdown(ablations_kp, hardware_of(("ablations_kp",)), args, suite="ablations_kp")
@@ -1130,6 +1178,75 @@ def variants_markdown(variants: dict, main: dict) -> str:
             f"| {data} | {key[3]} | {fmt(e)} | {e['train_accuracy']:.1f} | {fmt(bp)} | {f'*{published}*' if published else '-'} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def schedule_markdown(schedule: dict, table: dict, hw: str) -> str:
+    """The schedule suite beside the main suite's constant-lr runs of the same method, dataset and budget: the
+    change each method gets from the decay, and SAL-16's gaps to BP and DFA under each schedule."""
+    lines = [
+        "# A linear lr decay for every method (the schedule suite)",
+        "",
+        "Generated by `scripts/benchmark.py report` from `docs/results/schedule_*.json` and the main suite's records.",
+        "",
+        f"- Hardware: {hw}. Test accuracy %, mean ± sample std over the seeds (n=3 unless `n=`).",
+        "- The fair protocol of docs/RESULTS.md (AdamW, no weight decay, batch 32, clipping 1.0, input-256-labels),",
+        "  but the lr decays linearly from its peak to 0 over the run (`lr_scheduler_type='linear'`, the default of",
+        "  TrainingArguments; the fair protocol holds it constant). Each method trains at the lr its constant-lr search",
+        "  chose (the main suite's, same dataset and budget; no search of its own), which need not be the best peak",
+        "  for a decay.",
+        "- `constant lr`: the main suite's runs (docs/RESULTS.md), or, where it is marked `control`, the same runs",
+        "  made again in this suite (`<method>, constant lr (control)`) on the CPU of the linear ones: the same seed",
+        "  can differ between two CPUs (their floating-point kernels differ), and a change across CPUs holds that too.",
+        "- `change`: linear minus constant, paired by seed (the same seeds, data order and initial weights), ± the",
+        "  sample std of the per-seed differences.",
+        "",
+    ]
+    methods = SCHEDULED
+    for (dataset, epochs, max_train, max_test), keys in _keys_by_dataset(schedule).items():
+        some = schedule[keys[0]]
+        lines += [
+            f"## {dataset_label(dataset, some['sizes'], epochs, some['reduced'])}",
+            "",
+            "| method | lr | linear decay | constant lr | change | train acc %, linear / constant | CPU, linear / constant |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        both, budget = {}, (epochs, max_train, max_test)
+        for method in methods:
+            decayed = schedule.get(("schedule", dataset, "fair", method, *budget))
+            control = schedule.get(("schedule", dataset, "fair", method + CONSTANT_CONTROL, *budget))
+            constant = control or table.get(("main", dataset, "fair", method, *budget))
+            if decayed is None:
+                continue
+            both[method] = (decayed, constant)
+            change = "-"
+            if constant is not None:
+                gap, spread, paired = gap_to(decayed, constant)
+                change = (
+                    f"{gap:+.2f}"
+                    + (f" ± {spread:.2f}" if spread is not None else "")
+                    + ("" if paired else " (unpaired)")
+                )
+            trained = f"{decayed['train_accuracy']:.1f} / " + (f"{constant['train_accuracy']:.1f}" if constant else "-")
+            cpus = " / ".join(", ".join(e["cpus"]) if e else "-" for e in (decayed, constant))
+            lines.append(
+                f"| {METHOD_LABELS[method]} | {decayed['lr']:g} | {fmt(decayed)} | {fmt(constant)}"
+                f"{' (control)' if control else ''} | {change} | {trained} | {cpus} |"
+            )
+        lines.append("")
+        for sal, refs in (("sal+kp+r", ("bp", "dfa", "dfa+kp")), ("sal+kp0", ("bp", "dfa", "dfa+kp0"))):
+            for ref in refs:
+                if sal not in both or ref not in both:
+                    continue
+                gaps = []
+                for i, schedule_name in enumerate(("linear", "constant")):
+                    if both[sal][i] is not None and both[ref][i] is not None:
+                        gap, spread, _ = gap_to(both[sal][i], both[ref][i])
+                        gaps.append(
+                            f"{schedule_name} {gap:+.2f}" + (f" (± {spread:.2f})" if spread is not None else "")
+                        )
+                lines.append(f"- {METHOD_LABELS[sal]} minus {METHOD_LABELS[ref]}: {'; '.join(gaps)}.")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def ablations_markdown(table: dict, hw: str, args: argparse.Namespace, suite: str = "ablations") -> str:

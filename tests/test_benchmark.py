@@ -245,3 +245,42 @@ def test_a_page_with_two_generated_blocks_keeps_both_and_the_hand_written_text(b
     assert page.read_text() == (
         f"{benchmark.START_KP}\nnew kp\n{END}\nreading of kp\n{benchmark.START}\nnew base\n{END}\nreading of base\n"
     )
+
+
+def test_the_schedule_suite_decays_the_lr_the_main_suite_chose(benchmark, tmp_path):
+    """`--suite schedule` has no search: each method trains at its main-suite lr for the same data and budget,
+    with the lr decayed linearly to 0 (TrainingArguments' default schedule), and the report sets the two apart."""
+    with pytest.raises(SystemExit, match="no main run of bp on digits"):
+        run(benchmark, tmp_path, "--suite", "schedule", "--methods", "bp")
+    run(benchmark, tmp_path, "--suite", "main", "--methods", "bp", "--protocols", "fair", "--lr", "0.003")
+    results, docs = run(benchmark, tmp_path, "--suite", "schedule", "--methods", "bp")
+    records = {r["job"]["suite"]: r for r in map(json.loads, map(Path.read_text, (results / "runs").glob("*.json")))}
+    assert records["schedule"]["job"]["lr"] == 0.003 and records["schedule"]["lr_scheduler"] == "linear"
+    assert records["main"]["lr_scheduler"] == "constant"
+    # The lr the trainer applies falls from the peak to 0 over the run, and stays constant for the main suite and
+    # for the schedule suite's constant-lr control of a method.
+    from sal_hf import SALConfig, SALForImageClassification
+
+    job = benchmark.Job(**records["schedule"]["job"])
+    lrs = {}
+    for suite, method in (("schedule", "bp"), ("main", "bp"), ("schedule", "bp" + benchmark.CONSTANT_CONTROL)):
+        trainer = benchmark.protocol_trainer(
+            SALForImageClassification(SALConfig(input_size=2, hidden_sizes=[4], num_labels=2)),
+            benchmark.Job(**{**vars(job), "suite": suite, "method": method}),
+            [0] * 300,
+            [0],
+            str(tmp_path),
+            [],
+        )
+        trainer.create_optimizer_and_scheduler(num_training_steps=100)
+        lrs[method] = lrs.get(method, []) + [[trainer.lr_scheduler.get_last_lr()[0]]]
+        for _ in range(99):
+            trainer.optimizer.step()
+            trainer.lr_scheduler.step()
+            lrs[method][-1].append(trainer.lr_scheduler.get_last_lr()[0])
+    (decayed, constant), (control,) = lrs["bp"], lrs["bp" + benchmark.CONSTANT_CONTROL]
+    assert constant == control == [0.003] * 100
+    assert decayed[0] == 0.003 and decayed[-1] == pytest.approx(0.003 / 100)
+    assert all(a > b for a, b in zip(decayed, decayed[1:]))
+    page = (docs / "SCHEDULE.md").read_text()
+    assert "| BP | 0.003 |" in page and "linear minus constant" in page
