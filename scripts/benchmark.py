@@ -300,11 +300,13 @@ SUITES["feedback"] = {
 }
 # The fair protocol with the lr decayed linearly to 0 over the run (`lr_scheduler_type="linear"`, TrainingArguments'
 # default; the fair protocol holds it constant), every method at the lr its constant-lr search in the main suite
-# chose for the same dataset and budget (`lr_from`: no search of its own). The question: how much of SAL's default
-# feedback decay's lead over no decay (docs/FEEDBACK.md: the decay shrinks the feedback and, with it, the hidden
-# layers' steps) does an annealed lr give every rule alike? Not run by `--suite all` (it needs the main suite's
-# records first). `<method>, constant lr (control)` is the same run with the lr held constant, for a row whose main-suite
-# runs were made on another CPU (the same seed can differ between two CPUs): the report compares with it when it ran.
+# chose for the same dataset and budget (`lr_from`: no search of its own), unless `--lr-grid` asks for a search (as
+# the main suite's: cross-validated under 10,000 training samples, widened at an edge), whose choice then replaces
+# the inherited lr in the report. The question: how much of SAL's default feedback decay's lead over no decay
+# (docs/FEEDBACK.md: the decay shrinks the feedback and, with it, the hidden layers' steps) does an annealed lr give
+# every rule alike? Not run by `--suite all` (it needs the main suite's records first). `<method>, constant lr
+# (control)` is the same run with the lr held constant, for a row whose main-suite runs were made on another CPU (the
+# same seed can differ between two CPUs): the report compares with it when it ran.
 SCHEDULED = {m: MAIN_METHODS[m] for m in ("bp", "dfa", "dfa+kp", "sal+kp+r", "dfa+kp0", "sal+kp0")}
 CONSTANT_CONTROL = ", constant lr (control)"
 SUITES["schedule"] = {
@@ -313,6 +315,8 @@ SUITES["schedule"] = {
     "hidden_sizes": [256],
     "lr_scheduler": "linear",
     "lr_from": "main",
+    "cross_validate": True,
+    "extend_grid": True,
 }
 NUM_AREAS = 16
 
@@ -590,9 +594,7 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], dict]:
     """Jobs that need no tuning now, and the tuning groups: (suite, dataset, method, protocol) -> lr grid."""
     ready, groups = [], {}
     suites = [s for s in SUITES if not SUITES[s].get("lr_from")] if args.suite == "all" else [args.suite]
-    inherit = not args.lr and any(SUITES[s].get("lr_from") for s in suites)
-    if inherit and args.lr_grid:
-        raise SystemExit(f"--lr-grid: the {args.suite} suite searches no lr (it takes the main suite's); use --lr.")
+    inherit = not args.lr and not args.lr_grid and any(SUITES[s].get("lr_from") for s in suites)
     chosen = summarise(load_records(Path(args.results))) if inherit else {}
     for suite in suites:
         for dataset in args.datasets:
@@ -607,7 +609,7 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], dict]:
                     if args.protocols and protocol not in args.protocols:
                         continue
                     grid = [args.lr] if args.lr else args.lr_grid or lr_grid(suite, protocol)
-                    if SUITES[suite].get("lr_from") and not args.lr:
+                    if SUITES[suite].get("lr_from") and inherit:
                         grid = [inherited_lr(chosen, suite, dataset, method, protocol, args)]
                     common = dict(
                         suite=suite,
@@ -1206,8 +1208,9 @@ def schedule_markdown(schedule: dict, table: dict, hw: str) -> str:
         "  but the lr decays linearly from its peak to 0 over the run (`lr_scheduler_type='linear'`, the default of",
         "  TrainingArguments; the fair protocol holds it constant). Each method trains at the lr the main suite ran it",
         "  at for the same dataset and budget (its constant-lr search's choice where it searched; on Fashion-MNIST at",
-        "  25 epochs one lr, the 10-epoch search's), with no search of its own: that need not be the best peak for a",
-        "  decay.",
+        "  25 epochs one lr, the 10-epoch search's), with no search of its own, which need not be the best peak for a",
+        "  decay; where the lr column says `searched`, the lr was searched again under the decay (`--lr-grid`, by",
+        "  validation accuracy as in the main suite; the column lists the lrs tried and their validation accuracy %).",
         "- `constant lr`: the main suite's runs (docs/RESULTS.md), or, where it is marked `control`, the same runs",
         "  made again in this suite (`<method>, constant lr (control)`) on the CPU of the linear ones: the same seed",
         "  can differ between two CPUs (their floating-point kernels differ), and a change across CPUs holds that too.",
@@ -1244,8 +1247,10 @@ def schedule_markdown(schedule: dict, table: dict, hw: str) -> str:
                 )
             trained = f"{decayed['train_accuracy']:.1f} / " + (f"{constant['train_accuracy']:.1f}" if constant else "-")
             cpus = " / ".join(", ".join(e["cpus"]) if e else "-" for e in (decayed, constant))
+            searched = ", ".join(f"{lr}: {acc}" for lr, acc in decayed["grid"].items())
+            lr = f"{decayed['lr']:g}" + (f" (searched; {searched})" if searched else "")
             lines.append(
-                f"| {METHOD_LABELS[method]} | {decayed['lr']:g} | {fmt(decayed)} | {fmt(constant)}"
+                f"| {METHOD_LABELS[method]} | {lr} | {fmt(decayed)} | {fmt(constant)}"
                 f"{' (control)' if control else ''} | {change} | {trained} | {cpus} |"
             )
         lines.append("")

@@ -1,6 +1,7 @@
 """scripts/benchmark.py end to end on a tiny Digits subset: runs through SALTrainer, stores records, writes the
 report with the paper's numbers in their own column."""
 
+import argparse
 import importlib
 import json
 import shutil
@@ -288,3 +289,26 @@ def test_the_schedule_suite_decays_the_lr_the_main_suite_chose(benchmark, tmp_pa
     decayed, constant = (100 * records[suite]["accuracy"] for suite in ("schedule", "main"))
     row = f"| BP | 0.003 | {decayed:.2f} ± 0.00 (n=1) | {constant:.2f} ± 0.00 (n=1) | {decayed - constant:+.2f} |"
     assert row in (docs / "SCHEDULE.md").read_text()
+
+
+def test_the_schedule_suite_searches_its_own_lr_when_given_a_grid(benchmark, tmp_path):
+    """With `--lr-grid` the schedule suite needs no main-suite record: it plans a search, cross-validated on a small
+    training set as the main suite's is."""
+    args = argparse.Namespace(
+        suite="schedule",
+        datasets=["digits"],
+        methods=["bp"],
+        protocols=None,
+        lr=None,
+        lr_grid=[1e-3, 3e-3],
+        epochs=2,
+        max_train=300,
+        max_test=100,
+        device="cpu",
+        seeds=[0],
+        results=str(tmp_path),  # empty: no main-suite records
+    )
+    ready, groups = benchmark.plan(args)
+    assert list(groups) == [("schedule", "digits", "bp", "fair")]
+    assert {(j.suite, j.stage) for j in ready} == {("schedule", "tune")}
+    assert sorted({j.lr for j in ready}) == [1e-3, 3e-3] and {j.fold for j in ready} == set(range(benchmark.CV_FOLDS))
