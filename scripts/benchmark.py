@@ -469,8 +469,9 @@ def model_config(job: Job, input_size: int, num_labels: int) -> dict:
 
 def protocol_trainer(model, job: Job, train_rows, eval_rows, output_dir: str, callbacks: list):
     """A `SALTrainer` for `job`: its protocol's optimizer, batch size and clipping, its lr, epochs and seed; a
-    constant lr (its suite's `lr_scheduler` where it names one, but for a `CONSTANT_CONTROL` method), no weight decay, an evaluation (test accuracy) and a log entry per epoch, no checkpoints, and no
-    printed logs (the records hold them). scripts/feedback_drift.py trains through it too."""
+    constant lr (its suite's `lr_scheduler` where it names one, except for a `CONSTANT_CONTROL` method), no weight
+    decay, an evaluation (test accuracy) and a log entry per epoch, no checkpoints, and no printed logs (the records
+    hold them). scripts/feedback_drift.py trains through it too."""
     import numpy as np
     from transformers import PrinterCallback, TrainingArguments
 

@@ -249,8 +249,9 @@ def test_a_page_with_two_generated_blocks_keeps_both_and_the_hand_written_text(b
 
 
 def test_the_schedule_suite_decays_the_lr_the_main_suite_chose(benchmark, tmp_path):
-    """`--suite schedule` has no search: each method trains at its main-suite lr for the same data and budget,
-    with the lr decayed linearly to 0 (TrainingArguments' default schedule), and the report sets the two apart."""
+    """`--suite schedule` without `--lr-grid` has no search: each method trains at its main-suite lr for the same
+    data and budget, with the lr decayed linearly to 0 (TrainingArguments' default), and the report sets the two
+    apart."""
     with pytest.raises(SystemExit, match="no main run of bp on digits"):
         run(benchmark, tmp_path, "--suite", "schedule", "--methods", "bp")
     run(benchmark, tmp_path, "--suite", "main", "--methods", "bp", "--protocols", "fair", "--lr", "0.003")
