@@ -292,6 +292,42 @@ def test_the_schedule_suite_decays_the_lr_the_main_suite_chose(benchmark, tmp_pa
     assert row in (docs / "SCHEDULE.md").read_text()
 
 
+def test_the_schedule_targets_judge_the_defaults_and_name_whose_lr_was_searched(benchmark):
+    """The targets under the decay: SAL-16's defaults minus DFA (>= +0.5) and minus BP (>= -0.5 only on full-size
+    MNIST and Fashion-MNIST at 25 epochs, with the stretch), judged on the numbers shown, each row naming which
+    rules' lrs were searched under the decay and which were inherited."""
+
+    def entry(mean: float, searched: bool, cpu: str = "Intel Xeon", train: int = 8000) -> dict:
+        grid = {"0.001": 95.0, "0.003": 96.0} if searched else {}
+        return {"mean": mean, "grid": grid, "cpus": [cpu], "sizes": {"train": train, "eval": 2000}, "reduced": False}
+
+    def key(dataset: str, method: str, max_train=None) -> tuple:
+        return ("schedule", dataset, "fair", method, 25, max_train, None)
+
+    schedule = {
+        key("mnist", "sal+kp+r"): entry(96.18, False),
+        key("mnist", "bp"): entry(96.47, True),
+        key("mnist", "dfa"): entry(95.68, True, "AMD EPYC"),
+        key("mnist", "dfa+kp"): entry(96.37, False),
+        key("digits", "sal+kp+r"): entry(97.41, True, train=1437),
+        key("digits", "bp"): entry(98.0, True, train=1437),
+        key("digits", "dfa"): entry(96.91, True, train=1437),
+        key("mnist", "bp", 2000): entry(90.0, True, train=2000),  # no defaults row: left out
+    }
+    lines = benchmark.schedule_targets(schedule)
+    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| dataset")]
+    assert len(rows) == 2
+    digits, mnist = rows  # in the datasets' order
+    assert "| SAL-16, BP, DFA searched |" in digits
+    # DFA + 0.5: +0.50 meets it; no BP target on Digits, so the gap carries no verdict
+    assert "| +0.50: met | -0.59 | - |" in digits
+    assert "| BP, DFA searched; SAL-16, DFA + KP inherited |" in mnist
+    assert "| +0.50: met | -0.29: met (stretch >= 0: **missed**) | -0.19 | AMD EPYC, Intel Xeon |" in mnist
+    schedule[key("mnist", "dfa")] = entry(95.69, True)
+    (mnist,) = [line for line in benchmark.schedule_targets(schedule) if line.startswith("| MNIST")]
+    assert "| +0.49: **missed** |" in mnist and mnist.endswith("| Intel Xeon |")
+
+
 def test_the_schedule_suite_searches_its_own_lr_when_given_a_grid(benchmark, tmp_path):
     """With `--lr-grid` the schedule suite needs no main-suite record: it plans a search, cross-validated on a small
     training set as the main suite's is."""
