@@ -370,8 +370,14 @@ class Record:
     lr_scheduler: str = "constant"  # TrainingArguments.lr_scheduler_type (records before 2026-11-30 lack it: constant)
 
 
-def hardware() -> str:
-    return f"{cpu_name()}, {os.cpu_count()} logical CPUs, 1 torch thread per run"
+def hardware(device: str = "cpu") -> str:
+    """What a run ran on: the CPU, or for `cuda` the GPU first (the tables' hardware column shows the first part)."""
+    host = f"{cpu_name()}, {os.cpu_count()} logical CPUs, 1 torch thread per run"
+    if device != "cuda":
+        return host
+    import torch
+
+    return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}), host {host}"
 
 
 @functools.lru_cache(maxsize=2)
@@ -544,6 +550,8 @@ def run_job(job: Job) -> Record:
 
         def on_epoch_end(self, args, state, control, **kwargs):
             self.seconds.append(time.perf_counter() - self.start)  # training only: evaluation runs after this
+            if os.environ.get("SAL_BENCH_PROGRESS"):  # --progress
+                print(f"{job.name}: epoch {len(self.seconds)}/{job.epochs}, {self.seconds[-1]:.1f} s", flush=True)
 
     protocol = PROTOCOLS[job.protocol]
     timer = EpochTimer()
@@ -586,7 +594,10 @@ def _run_and_store(job: Job, runs_dir: str) -> str:
     if not path.exists():
         start = time.perf_counter()
         record = run_job(job)
-        payload = asdict(record) | {"wall_seconds": round(time.perf_counter() - start, 2), "hardware": hardware()}
+        payload = asdict(record) | {
+            "wall_seconds": round(time.perf_counter() - start, 2),
+            "hardware": hardware(job.device),
+        }
         path.write_text(json.dumps(payload))
     return str(path)
 
@@ -695,7 +706,8 @@ def run_all(args: argparse.Namespace) -> None:
     if args.workers < 1:
         raise SystemExit(f"--workers must be >= 1; got {args.workers}.")
     stored = {Job(**r["job"]).name: r for r in load_records(Path(args.results))} if args.reuse else None
-    print(f"{len(ready)} jobs to start, {len(groups)} lr searches; {args.workers} workers; {hardware()}", flush=True)
+    runs_on = f"{args.workers} workers on {args.device}; host {hardware()}"
+    print(f"{len(ready)} jobs to start, {len(groups)} lr searches; {runs_on}", flush=True)
     done: dict[Job, str] = {}
     finals_submitted: set = set()
     queue = sorted(ready, key=_priority)
@@ -841,9 +853,9 @@ def write_report(args: argparse.Namespace) -> None:
         raise SystemExit(f"No run records under {results / 'runs'}; run `benchmark.py run` first.")
     table = summarise(records)
 
-    def hardware_of(suites: tuple[str, ...]) -> str:  # of the records a page or file shows, not of every record
+    def hardware_of(suites: tuple[str, ...], rows: list[dict] = records) -> str:  # of what a page or file shows
         return args.hardware or "; ".join(
-            sorted({r.get("hardware", "unknown") for r in records if r["job"]["suite"] in suites})
+            sorted({r.get("hardware", "unknown") for r in rows if r["job"]["suite"] in suites})
         )
 
     docs = Path(args.docs)
@@ -854,7 +866,7 @@ def write_report(args: argparse.Namespace) -> None:
         per_file[f"{r['job']['suite']}_{r['job']['dataset']}"].append(r)
     for name, rs in per_file.items():
         (results / f"{name}.json").write_text(
-            json.dumps({"hardware": hardware_of((rs[0]["job"]["suite"],)), "runs": rs}, indent=0)
+            json.dumps({"hardware": hardware_of((rs[0]["job"]["suite"],), rs), "runs": rs}, indent=0)
         )
     main = {k: v for k, v in table.items() if k[0] == "main"}
     ablations = {k: v for k, v in table.items() if k[0] == "ablations"}
@@ -1697,6 +1709,7 @@ def main(argv: list[str] | None = None) -> None:
         " a committed search or add seeds from a fresh clone)",
     )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--progress", action="store_true", help="print each run's epochs as they end")
     parser.add_argument("--results", default=str(ROOT / "docs" / "results"), help="run records and raw JSON")
     parser.add_argument("--docs", default=str(ROOT / "docs"), help="where RESULTS.md, ABLATIONS.md, plots go")
     parser.add_argument("--hardware", default=None, help="hardware line for the report (default: this machine)")
@@ -1712,6 +1725,8 @@ def main(argv: list[str] | None = None) -> None:
         args.suite, args.datasets, args.seeds, args.epochs = args.suite or "all", ["digits"], [0], 2
         args.max_train, args.max_test = args.max_train or 300, args.max_test or 100
     args.suite = args.suite or "main"
+    if args.progress:
+        os.environ["SAL_BENCH_PROGRESS"] = "1"  # read by the worker processes
     if args.command == "run":
         run_all(args)
     if args.command == "report" or args.quick:

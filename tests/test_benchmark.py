@@ -359,3 +359,24 @@ def test_the_schedule_suite_searches_its_own_lr_when_given_a_grid(benchmark, tmp
     assert list(groups) == [("schedule", "digits", "bp", "fair")]
     assert {(j.suite, j.stage) for j in ready} == {("schedule", "tune")}
     assert sorted({j.lr for j in ready}) == [1e-3, 3e-3] and {j.fold for j in ready} == set(range(benchmark.CV_FOLDS))
+
+
+def test_a_cuda_run_names_its_card_and_each_results_file_only_its_own_hardware(benchmark, tmp_path, monkeypatch):
+    """GPU runs say so in their records, and a results file does not claim the hardware of another dataset's runs."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
+    gpu, cpu = benchmark.hardware("cuda"), benchmark.hardware("cpu")
+    assert benchmark.short_cpu(gpu) == f"NVIDIA H200 (CUDA {torch.version.cuda})"
+    assert gpu.endswith(f"host {cpu}") and "CUDA" not in cpu and benchmark.short_cpu(cpu) != "NVIDIA H200"
+
+    results, docs = run(benchmark, tmp_path, "--suite", "main", "--methods", "bp", "--protocols", "paper")
+    (path,) = (results / "runs").glob("*.json")
+    record = json.loads(path.read_text())
+    assert record["hardware"] == cpu  # --device cpu, the default
+    record["job"]["dataset"], record["hardware"] = "wine", gpu
+    other = benchmark.Job(**record["job"]).name
+    (results / "runs" / f"{other}.json").write_text(json.dumps(record))
+    benchmark.main(["report", "--results", str(results), "--docs", str(docs)])
+    assert json.loads((results / "main_digits.json").read_text())["hardware"] == cpu
+    assert json.loads((results / "main_wine.json").read_text())["hardware"] == gpu
