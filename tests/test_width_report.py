@@ -25,3 +25,12 @@ def test_each_budget_gets_its_own_cells():
     assert long_widths == [16] and long_methods == ["dfa"]
     (row,) = [line for line in width.table_lines(long_cells, long_widths, long_methods) if line.startswith("| DFA")]
     assert "90.00 (n=1)" in row  # one seed, and none of the 5-epoch runs averaged in
+
+
+def test_the_page_names_every_machine_its_runs_ran_on():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    width = importlib.import_module("width")
+    records = [record("dfa", 16, 5, 0, 80.0) | {"hardware": "AMD EPYC"}, record("bp", 16, 5, 0, 84.0)]
+    records += [record("sal-kp-r", 16, 25, 0, 85.0) | {"hardware": "Intel Xeon"}]
+    records[1]["hardware"] = "AMD EPYC"
+    assert width.hardware(records) == "AMD EPYC; Intel Xeon"
