@@ -330,7 +330,9 @@ def test_the_schedule_targets_judge_the_defaults_and_name_whose_lr_was_searched(
     assert "| +1.09 | +0.50: met | -0.59 | - |" in digits
     (full,) = [row for row in mnists if "(8,000 train" in row and "REDUCED" not in row]
     assert "| BP, DFA searched; SAL-16, DFA + KP inherited |" in full
-    assert "| +0.79 | +0.50: met | -0.29: met (stretch >= 0: **missed** by 0.29) | -0.19 | AMD EPYC, Intel Xeon |" in full
+    assert (
+        "| +0.79 | +0.50: met | -0.29: met (stretch >= 0: **missed** by 0.29) | -0.19 | AMD EPYC, Intel Xeon |" in full
+    )
     for reduced in (row for row in mnists if row is not full):
         assert "REDUCED" in reduced and "| -1.00 | - |" in reduced and "stretch" not in reduced
     schedule[key("mnist", "dfa")] = entry(95.69, True)
@@ -380,3 +382,26 @@ def test_a_cuda_run_names_its_card_and_each_results_file_only_its_own_hardware(b
     benchmark.main(["report", "--results", str(results), "--docs", str(docs)])
     assert json.loads((results / "main_digits.json").read_text())["hardware"] == cpu
     assert json.loads((results / "main_wine.json").read_text())["hardware"] == gpu
+
+
+def test_an_ablation_cell_states_its_lr_training_accuracy_and_time(benchmark):
+    """Issue 12 asks for run times on the regenerated pages: each ablation cell carries its seconds per epoch."""
+    method = next(iter(benchmark.SUITES["ablations_kp"]["methods"]))
+
+    def record(stage, seed, seconds):
+        job = benchmark.Job("ablations_kp", "digits", method, "fair", stage, seed, 1e-3, 25, None, None)
+        return {
+            "job": dict(vars(job)),
+            "accuracy": 0.9,
+            "train_accuracy": 0.99,
+            "curve": [0.9],
+            "seconds_per_epoch": seconds,
+            "area_health": {},
+            "sizes": {"train": 100, "eval": 100},
+            "config": {"num_areas": 16},
+        }
+
+    records = [record("tune", 0, 1.0)] + [record("final", s, t) for s, t in [(0, 2.0), (1, 3.0), (2, 4.0)]]
+    page = benchmark.ablations_markdown(benchmark.summarise(records), "a CPU", None, suite="ablations_kp")
+    row = next(line for line in page.splitlines() if line.startswith(f"| {method} |"))
+    assert "(lr 0.001; train 99.0; 3.0 s/epoch)" in row  # the finals' mean, not the tune run's 1.0
