@@ -363,16 +363,29 @@ def test_the_schedule_suite_searches_its_own_lr_when_given_a_grid(benchmark, tmp
     assert sorted({j.lr for j in ready}) == [1e-3, 3e-3] and {j.fold for j in ready} == set(range(benchmark.CV_FOLDS))
 
 
-def test_a_cuda_run_names_its_card_and_each_results_file_only_its_own_hardware(benchmark, tmp_path, monkeypatch):
-    """GPU runs say so in their records, and a results file does not claim the hardware of another dataset's runs."""
+def test_a_cuda_run_names_its_card_and_each_results_file_only_its_own_hardware(benchmark, tmp_path, monkeypatch, capfd):
+    """GPU runs say so in their records, the parent process never asks CUDA (it forks the workers), and a results
+    file does not claim the hardware of another dataset's runs."""
     import torch
 
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
-    gpu, cpu = benchmark.hardware("cuda"), benchmark.hardware("cpu")
-    assert benchmark.short_cpu(gpu) == f"NVIDIA H200 (CUDA {torch.version.cuda})"
-    assert gpu.endswith(f"host {cpu}") and "CUDA" not in cpu and benchmark.short_cpu(cpu) != "NVIDIA H200"
+    def no_cuda(*args):
+        raise AssertionError("CUDA was initialised for a CPU hardware line")
 
-    results, docs = run(benchmark, tmp_path, "--suite", "main", "--methods", "bp", "--protocols", "paper")
+    monkeypatch.setattr(torch.cuda, "get_device_name", no_cuda)
+    cpu = benchmark.hardware()  # what the parent prints, and every CPU run's record
+    assert cpu == benchmark.hardware("cpu") and "CUDA" not in cpu
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
+    job = benchmark.Job("main", "digits", "bp", "fair", "final", 0, 1e-3, 2, 300, 100, device="cuda")
+    fields = dict(input_range=[0.0, 1.0], max_grad_norm=1.0, config={}, sizes={}, eval_split="test")
+    done = benchmark.Record(job=vars(job), accuracy=0.5, eval_loss=1.0, train_accuracy=0.5, **fields)
+    monkeypatch.setattr(benchmark, "run_job", lambda job: done)  # no GPU here: the worker's bookkeeping only
+    gpu = json.loads(Path(benchmark._run_and_store(job, str(tmp_path))).read_text())["hardware"]
+    assert gpu == f"NVIDIA H200 (CUDA {torch.version.cuda}), host {cpu}"
+    assert benchmark.short_cpu(gpu) == f"NVIDIA H200 (CUDA {torch.version.cuda})"
+    monkeypatch.undo()
+
+    results, docs = run(benchmark, tmp_path, "--suite", "main", "--methods", "bp", "--protocols", "paper", "--progress")
+    assert "epoch 2/2" in capfd.readouterr().out  # --progress: the worker printed each epoch
     (path,) = (results / "runs").glob("*.json")
     record = json.loads(path.read_text())
     assert record["hardware"] == cpu  # --device cpu, the default
@@ -382,6 +395,18 @@ def test_a_cuda_run_names_its_card_and_each_results_file_only_its_own_hardware(b
     benchmark.main(["report", "--results", str(results), "--docs", str(docs)])
     assert json.loads((results / "main_digits.json").read_text())["hardware"] == cpu
     assert json.loads((results / "main_wine.json").read_text())["hardware"] == gpu
+    # --hardware names the pages' machine; each results file keeps its own runs' machines.
+    benchmark.main(["report", "--results", str(results), "--docs", str(docs), "--hardware", "a named machine"])
+    assert "a named machine" in (docs / "RESULTS.md").read_text()
+    assert json.loads((results / "main_wine.json").read_text())["hardware"] == gpu
+
+
+def test_a_verdict_is_judged_on_the_number_shown(benchmark):
+    """A mean that rounds to the goal meets it; a shortfall is the goal minus the shown number, never 0.00."""
+    assert benchmark.verdict(59.9967, 60) == "met"  # shown as 60.00
+    assert benchmark.verdict(96.994, 97) == "**missed** by 0.01"  # shown as 96.99
+    assert benchmark.verdict(0.2000000000000028, 0.5) == "**missed** by 0.30"
+    assert benchmark.verdict(-0.5, -0.5) == "met"
 
 
 def test_an_ablation_cell_states_its_lr_training_accuracy_and_time(benchmark):
@@ -404,4 +429,4 @@ def test_an_ablation_cell_states_its_lr_training_accuracy_and_time(benchmark):
     records = [record("tune", 0, 1.0)] + [record("final", s, t) for s, t in [(0, 2.0), (1, 3.0), (2, 4.0)]]
     page = benchmark.ablations_markdown(benchmark.summarise(records), "a CPU", None, suite="ablations_kp")
     row = next(line for line in page.splitlines() if line.startswith(f"| {method} |"))
-    assert "(lr 0.001; train 99.0; 3.0 s/epoch)" in row  # the finals' mean, not the tune run's 1.0
+    assert "(lr 0.001; train 99.0; 3.00 s/epoch)" in row  # the finals' mean, not the tune run's 1.0
