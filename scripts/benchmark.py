@@ -954,18 +954,14 @@ def results_markdown(table: dict, hw: str, args: argparse.Namespace, variants: d
         "",
     ]
     # Searches that the cross-validation rule covers but that ran on the 10% split before it and were not re-run.
-    older = {
-        dataset_label(key[1], e["sizes"], key[4], e["reduced"])
-        for key, e in table.items()
-        if key[2] == "fair"
-        and len(e["grid"]) > 1
-        and not e["folds"]
-        and tuning_folds(key[0], key[1], "fair", key[5]) != [None]
-    }
+    older = defaultdict(list)
+    for key, e in table.items():
+        if key[2] == "fair" and len(e["grid"]) > 1 and not e["folds"] and tuning_folds(*key[:3], key[5]) != [None]:
+            older[dataset_label(key[1], e["sizes"], key[4], e["reduced"])].append(key[3])
     if older:
         lines[-1:-1] = [
-            "- Tables with searches on the 10% split from before the cross-validation rule reached them, not re-run (the"
-            f" grid column of those rows says no CV): {'; '.join(sorted(older))}.",
+            "- Searches on the 10% split from before the cross-validation rule reached them, not re-run (their grid"
+            " column says no CV): " + "; ".join(f"{label}: {', '.join(older[label])}" for label in sorted(older)) + ".",
         ]
     lines += targets_table(table, variants or {})
     for (dataset, epochs, max_train, max_test), keys in _keys_by_dataset(table).items():

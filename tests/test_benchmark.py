@@ -430,3 +430,24 @@ def test_an_ablation_cell_states_its_lr_training_accuracy_and_time(benchmark):
     page = benchmark.ablations_markdown(benchmark.summarise(records), "a CPU", None, suite="ablations_kp")
     row = next(line for line in page.splitlines() if line.startswith(f"| {method} |"))
     assert "(lr 0.001; train 99.0; 3.00 s/epoch)" in row  # the finals' mean, not the tune run's 1.0
+
+
+def test_the_page_names_each_row_still_searched_on_the_old_split(benchmark):
+    """Where a set's lr searches moved to cross-validation, the rows not re-run are named, not the whole table."""
+
+    def record(method, stage, lr, seed, fold=None):
+        job = benchmark.Job("main", "digits", method, "fair", stage, seed, lr, 25, None, None, fold=fold)
+        fields = {"train_accuracy": 1.0, "curve": [0.9], "seconds_per_epoch": 1.0, "area_health": {}}
+        return {
+            "job": dict(vars(job)),
+            "accuracy": 0.9,
+            "sizes": {"train": 100, "eval": 100},
+            "config": {"num_areas": 1},
+        } | fields
+
+    records = [record("dfa", "tune", lr, 0) for lr in (1e-3, 3e-3)]  # the 10% split of an earlier protocol
+    records += [record("bp", "tune", lr, 0, fold) for lr in (1e-3, 3e-3) for fold in range(benchmark.CV_FOLDS)]
+    records += [record(m, "final", 1e-3, s) for m in ("dfa", "bp") for s in range(3)]
+    page = benchmark.results_markdown(benchmark.summarise(records), "a CPU", None)
+    (line,) = [line for line in page.splitlines() if line.startswith("- Searches on the 10% split")]
+    assert line.endswith("Digits (8x8) (100 train / 100 test, 25 epochs): dfa.")
