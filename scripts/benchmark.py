@@ -1407,8 +1407,8 @@ def ablations_markdown(table: dict, hw: str, args: argparse.Namespace, suite: st
         for c in cols:
             e = table.get((suite, c[0], "fair", method, c[1], c[2], c[3]))
             dead = f"; dead areas ≤ {e['area'][2]}" if e and e["area"] else ""
-            cost = f"{e['seconds_per_epoch']:.2f} s/epoch" if e else ""
-            cells.append(f"{fmt(e)} (lr {e['lr']:g}; train {e['train_accuracy']:.1f}; {cost}{dead})" if e else "-")
+            cost = f"train {e['train_accuracy']:.1f}; {e['seconds_per_epoch']:.2f} s/epoch" if e else ""
+            cells.append(f"{fmt(e)} (lr {e['lr']:g}; {cost}{dead})" if e else "-")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += ["", *search_caveats(table, suite, methods, cols)]
     lines += ["", "Fields each row changes: " + "; ".join(f"`{m}`: `{o}`" for m, o in changes.items()), ""]
@@ -1526,8 +1526,8 @@ def gap_to(entry: dict, ref: dict) -> tuple[float, float | None, bool]:
 
 # The gap plot's panels: (reference, protocol) -> (the methods compared with it, SAL's target: the lowest gap that
 # meets it, in words; None: no target). Only the rows issue 12's targets are about, so that a reader takes them in at
-# a glance: SALConfig's defaults (sal+kp+r, or sal+kp under the paper protocol, which ran no sal+kp+r), SAL as
-# published (sal+), and DFA with and without the defaults' feedback (what the areas add is their difference). The
+# a glance: SALConfig's defaults (sal+kp+r; under the paper protocol the main suite ran sal+kp, the defaults before
+# router_lr_scale), SAL as published (sal+), and DFA with and without the defaults' feedback (what the areas add is their difference). The
 # opt-in rows (layer norm, no feedback decay, ...) are in the tables. FA is left out (DFA with one hidden layer).
 GAP_PANELS = {
     ("bp", "paper"): (["dfa", "dfa+kp", "sal+", "sal+kp", "sal+kp+r"], (0.0, "SAL > BP")),
