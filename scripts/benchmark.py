@@ -48,7 +48,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from machine import cpu_name  # scripts/machine.py, beside this file
+from machine import cpu_name, machines  # scripts/machine.py, beside this file
 from report_page import write_generated
 
 
@@ -842,11 +842,6 @@ def summarise(records: list[dict]) -> dict:
     return table
 
 
-def machines(records: list[dict]) -> str:
-    """Every machine `records` ran on (their hardware lines, sorted, joined by '; ')."""
-    return "; ".join(sorted({r.get("hardware", "unknown") for r in records}))
-
-
 def short_cpu(hardware_line: str) -> str:
     """The machine a record ran on, short, for the tables' hardware columns: 'Intel(R) Xeon(R) Processor, 2 logical
     CPUs, ...' -> 'Intel Xeon'; 'AMD EPYC, ...' -> 'AMD EPYC'; a CUDA run's 'NVIDIA H200 (CUDA 13.0), host ...' ->
@@ -1276,11 +1271,7 @@ def schedule_targets(schedule: dict) -> list[str]:
             )
             + f" | {target_gap(runs['bp'], runs['dfa'], None)} | {target_gap(defaults, runs['dfa'], 0.5)}"
             + f" | {target_gap(defaults, runs['bp'], -0.5 if full else None)}"
-            + (
-                f" (stretch >= 0: {verdict(round(defaults['mean'] - runs['bp']['mean'], 2), 0.0)})"
-                if full and runs["bp"]
-                else ""
-            )
+            + (f" (stretch >= 0: {verdict(defaults['mean'] - runs['bp']['mean'], 0.0)})" if full and runs["bp"] else "")
             + f" | {target_gap(defaults, runs['dfa+kp'], None)} | {', '.join(cpus)} |"
         )
     return lines + [""]

@@ -13,3 +13,9 @@ def cpu_name() -> str:
         return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
     except (OSError, subprocess.CalledProcessError, StopIteration):
         return platform.processor() or "unknown CPU"
+
+
+def machines(records: list[dict]) -> str:
+    """Every machine `records` ran on: their `hardware` lines, sorted, joined by '; ' (a page or results file names
+    them all, since a sweep or search extended later may have run elsewhere)."""
+    return "; ".join(sorted({r.get("hardware", "unknown") for r in records}))

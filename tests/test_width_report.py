@@ -35,4 +35,4 @@ def test_the_page_names_every_machine_its_runs_ran_on():
         record("bp", 16, 5, 0, 84.0) | {"hardware": "AMD EPYC"},
     ]
     records += [record("sal-kp-r", 16, 25, 0, 85.0) | {"hardware": "Intel Xeon"}]
-    assert width.hardware(records) == "AMD EPYC; Intel Xeon"
+    assert width.machines(records) == "AMD EPYC; Intel Xeon"
